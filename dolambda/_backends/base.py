@@ -1,0 +1,195 @@
+"""The backend interface: one async method that runs a job's tasks.
+
+A backend receives a :class:`JobContext` and an async iterator of planned
+tasks (pulled lazily, so it bounds how much is in flight) and yields one
+:class:`TaskResult` per task, in completion order. Everything else (planning,
+combine, error handling, progress, stats) is built once above it in
+:mod:`dolambda._job`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import dill
+
+from dolambda import _serialize
+from dolambda._errors import SerializationError
+from dolambda._plan import PlannedTask
+from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
+from dolambda._worker import (
+    IterationResult,
+    body_context,
+    decode_values,
+    manifest_context,
+    python_version,
+    task_context,
+)
+
+
+@dataclass
+class JobContext:
+    """A job as a backend sees it."""
+
+    job_id: str
+    body: Callable[..., Any]
+    seed: int | None
+    variables: tuple[str, ...]
+    chunk_size: int
+    errorhandling: str
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    trigger: str = "local"
+    task_timeout: float | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @cached_property
+    def body_bytes(self) -> bytes:
+        return _serialize.dumps_body(self.body)
+
+    @cached_property
+    def manifest(self) -> JobManifest:
+        return JobManifest(
+            job_id=self.job_id,
+            created_at=self.created_at,
+            python=python_version(),
+            dill_version=str(dill.__version__),
+            body_digest=_serialize.digest(self.body_bytes),
+            seed=self.seed,
+            variables=self.variables,
+            chunk_size=self.chunk_size,
+            trigger=self.trigger,  # type: ignore[arg-type]
+            task_timeout=self.task_timeout,
+            errorhandling=self.errorhandling,  # type: ignore[arg-type]
+        )
+
+    def sealed_manifest(self) -> bytes:
+        return _serialize.seal_model(
+            self.manifest, key=self.key, context=manifest_context(self.job_id)
+        )
+
+    def sealed_body(self) -> bytes:
+        return _serialize.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
+
+    def encode_task(self, task: PlannedTask, attempt: int = 0) -> TaskSpec:
+        """A planned task as a wire task; raises SerializationError naming the variable."""
+        args = [leaf.kwargs for leaf in task.leaves]
+        try:
+            blob = _serialize.dumps(args)
+        except Exception as exc:
+            raise _unpicklable_argument(task, exc) from exc
+        from dolambda._wire import IterationRef
+
+        return TaskSpec(
+            job_id=self.job_id,
+            task_id=task.task_id,
+            attempt=attempt,
+            iterations=tuple(
+                IterationRef(index=leaf.index, path=leaf.path) for leaf in task.leaves
+            ),
+            args=blob,
+        )
+
+    def sealed_task(self, task: PlannedTask, attempt: int = 0) -> bytes:
+        return _serialize.seal_model(
+            self.encode_task(task, attempt),
+            key=self.key,
+            context=task_context(self.job_id, task.task_id),
+        )
+
+
+def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
+    for leaf in task.leaves:
+        for name, value in leaf.kwargs.items():
+            try:
+                _serialize.dumps(value)
+            except Exception:
+                return SerializationError(
+                    f"variable {name!r} of iteration {leaf.path[0] if len(leaf.path) == 1 else leaf.path} "
+                    f"({_serialize.describe(value)}) cannot be serialized with dill: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+    return SerializationError(f"a task's arguments cannot be serialized: {exc}")
+
+
+@dataclass
+class TaskResult:
+    """A task's outcome in memory, as the job core consumes it."""
+
+    task_id: int
+    results: list[IterationResult] = field(default_factory=list)
+    failure: TaskFailure | None = None
+    stats: TaskStats | None = None
+    attempts: int = 1
+
+
+def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
+    """Turn a verified wire outcome into a TaskResult (values unpickled)."""
+    values = decode_values(outcome)
+    results = [
+        IterationResult(
+            index=it.index,
+            path=tuple(it.path),
+            ok=it.ok,
+            value=value,
+            duration=it.duration,
+            error_type=it.error_type,
+            error_message=it.error_message,
+            traceback=it.traceback,
+        )
+        for it, value in zip(outcome.iterations, values, strict=True)
+    ]
+    return TaskResult(
+        task_id=outcome.task_id,
+        results=results,
+        failure=outcome.failure,
+        stats=outcome.stats,
+        attempts=attempts,
+    )
+
+
+class Backend(abc.ABC):
+    """Where tasks run. Subclasses implement :meth:`run_tasks`."""
+
+    name: str = "backend"
+    #: whether iterations leave this process (progress on by default, body must pickle)
+    remote: bool = False
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def chunk_size_for(self, total: int | None) -> int:
+        """The chunk size used when the loop says ``"auto"``."""
+        if total is None:
+            return 8
+        return max(1, min(1000, -(-total // (self.workers * 4))))
+
+    def describe(self) -> tuple[str, int]:
+        return (self.name, self.workers)
+
+    @abc.abstractmethod
+    def run_tasks(
+        self, job: JobContext, tasks: AsyncIterator[PlannedTask]
+    ) -> AsyncIterator[TaskResult]:
+        """Run every task from ``tasks``; yield one TaskResult per task as each completes.
+
+        When ``job.cancelled`` is set, stop taking tasks and stop running ones
+        where possible. Closing the returned iterator early must release every
+        resource the run took.
+        """
+
+    async def attach(self, job_id: str) -> Any:
+        from dolambda._errors import DolambdaError
+
+        raise DolambdaError(
+            f"job {job_id!r} cannot be attached: the {self.name} backend keeps no record "
+            "of its jobs; only LambdaBackend jobs can be resumed"
+        )

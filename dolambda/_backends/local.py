@@ -1,0 +1,266 @@
+"""The local backend: tasks run on worker processes of this machine (doParallel).
+
+::
+
+    client event loop                         worker processes (python -m ..._procworker)
+    ─────────────────                         ─────────────────────────────────────────
+    one driver per worker ── job blobs once ─► WorkerState (manifest + body cached)
+                           ── task bytes ────► run_task_blob (the one execution path)
+                           ◄─ outcome bytes ──┘
+    EOF on the result pipe = the worker died: its task becomes a "crashed" failure
+    and a fresh worker takes its place.
+
+Workers are started with ``subprocess`` rather than ``multiprocessing`` so the
+user's ``__main__`` is never re-imported, and they are kept warm between jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+
+from dolambda import _serialize
+from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome
+from dolambda._errors import InvalidArgument, InvalidArgumentType
+from dolambda._plan import PlannedTask
+from dolambda._wire import TaskFailure, TaskOutcome
+from dolambda._worker import outcome_context
+
+
+class _Proc:
+    """One worker process and its two pipe ends."""
+
+    def __init__(self) -> None:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        env = dict(os.environ)
+        paths = [p for p in sys.path if p] + [os.getcwd()]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "dolambda._backends._procworker", str(task_r), str(result_w)],
+            pass_fds=(task_r, result_w),
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the client, which stops us
+        )
+        os.close(task_r)
+        os.close(result_w)
+        self.tx = Connection(task_w, readable=False)
+        self.rx = Connection(result_r, writable=False)
+        self.job_id: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        self.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+    def close(self) -> None:
+        for conn in (self.tx, self.rx):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def exit_reason(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+        code = self.popen.returncode
+        if code is None:
+            return "stopped answering"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"was killed by {name}"
+        return f"exited with code {code}"
+
+
+async def _readable(conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+class LocalBackend(Backend):
+    """Run iterations on ``workers`` local processes (default: the number of CPUs).
+
+    >>> from dolambda import foreach, LocalBackend, register
+    >>> register(LocalBackend(workers=2))
+    """
+
+    name = "local"
+    remote = True
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise InvalidArgumentType(f"LocalBackend: workers must be an integer, got {workers!r}")
+        if workers < 1:
+            raise InvalidArgument(f"LocalBackend: workers must be at least 1, got {workers}")
+        self._workers = workers
+        self._idle: list[_Proc] = []
+        self._lock = threading.Lock()
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(workers={self._workers})"
+
+    def _take(self) -> _Proc:
+        with self._lock:
+            while self._idle:
+                proc = self._idle.pop()
+                if proc.alive():
+                    return proc
+                proc.close()
+        return _Proc()
+
+    def _give_back(self, proc: _Proc) -> None:
+        with self._lock:
+            if len(self._idle) < self._workers:
+                self._idle.append(proc)
+                return
+        self._stop(proc)
+
+    @staticmethod
+    def _stop(proc: _Proc) -> None:
+        with contextlib.suppress(OSError):
+            proc.tx.send_bytes(pickle.dumps(("stop", None)))
+        proc.close()
+
+    def shutdown(self) -> None:
+        """Stop the warm worker processes (they are also stopped at exit)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for proc in idle:
+            self._stop(proc)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.shutdown()
+
+    async def _run_one(self, proc: _Proc, job: JobContext, task: PlannedTask) -> TaskResult:
+        blob = job.sealed_task(task)
+        if proc.job_id != job.job_id:
+            proc.tx.send_bytes(
+                pickle.dumps(("job", (job.job_id, job.key, _sealed(job, "m"), _sealed(job, "b"))))
+            )
+            proc.job_id = job.job_id
+        proc.tx.send_bytes(pickle.dumps(("task", (job.job_id, task.task_id, blob))))
+        await _readable(proc.rx)
+        try:
+            data = proc.rx.recv_bytes()
+        except (EOFError, OSError):
+            first, last = task.leaves[0].index, task.leaves[-1].index
+            span = f"iteration {first}" if first == last else f"iterations {first}-{last}"
+            raise _WorkerDied(
+                f"the worker process (pid {proc.pid}) {proc.exit_reason()} while running {span}"
+            ) from None
+        outcome = _serialize.unseal_model(
+            TaskOutcome, data, key=job.key, context=outcome_context(job.job_id, task.task_id)
+        )
+        return decode_outcome(outcome)
+
+    async def run_tasks(
+        self, job: JobContext, tasks: AsyncIterator[PlannedTask]
+    ) -> AsyncIterator[TaskResult]:
+        out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
+        pull_lock = asyncio.Lock()
+        busy: set[_Proc] = set()
+
+        async def next_task() -> PlannedTask | None:
+            async with pull_lock:
+                if job.cancelled.is_set():
+                    return None
+                return await anext(tasks, None)
+
+        async def drive() -> None:
+            proc: _Proc | None = None
+            try:
+                while (task := await next_task()) is not None:
+                    if proc is None:
+                        proc = self._take()
+                    busy.add(proc)
+                    try:
+                        result = await self._run_one(proc, job, task)
+                    except _WorkerDied as died:
+                        result = TaskResult(
+                            task.task_id, failure=TaskFailure(kind="crashed", message=str(died))
+                        )
+                        busy.discard(proc)
+                        proc.close()
+                        proc = None
+                    else:
+                        busy.discard(proc)  # only once its answer is read: never reuse mid-task
+                    await out.put(result)
+                if proc is not None:
+                    self._give_back(proc)
+                    proc = None
+            except BaseException as exc:
+                if proc is not None and proc in busy:
+                    busy.discard(proc)
+                    proc.kill()
+                elif proc is not None:
+                    self._give_back(proc)
+                if not isinstance(exc, asyncio.CancelledError):
+                    await out.put(exc)
+                raise
+            finally:
+                await out.put(None)
+
+        drivers = [asyncio.create_task(drive()) for _ in range(self._workers)]
+        running = len(drivers)
+        try:
+            while running:
+                item = await out.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for d in drivers:
+                d.cancel()
+            await asyncio.gather(*drivers, return_exceptions=True)
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def _sealed(job: JobContext, which: str) -> bytes:
+    cache = job.__dict__.setdefault("_local_sealed", {})
+    if which not in cache:
+        cache[which] = job.sealed_manifest() if which == "m" else job.sealed_body()
+    return bytes(cache[which])

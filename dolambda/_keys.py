@@ -1,0 +1,94 @@
+"""The only S3 key layout. Nothing else in dolambda spells a key.
+
+::
+
+    <prefix>/jobs/<job>/manifest.json    JobManifest (signed JSON)
+    <prefix>/jobs/<job>/body.pkl         the body, dill (signed), uploaded once per job
+    <prefix>/jobs/<job>/client.pkl       what the client needs to resume (combine, plan)
+    <prefix>/jobs/<job>/cancel           cancel marker (empty)
+    <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
+    <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
+
+Task numbers are zero-padded so a LIST returns them in order.
+"""
+
+from __future__ import annotations
+
+import re
+
+TASK_SUFFIX = ".task"
+RESULT_SUFFIX = ".out"
+_JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _p(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(_JOB_RE.match(job_id))
+
+
+def job_dir(prefix: str, job_id: str) -> str:
+    return f"{_p(prefix)}jobs/{job_id}/"
+
+
+def jobs_root(prefix: str) -> str:
+    return f"{_p(prefix)}jobs/"
+
+
+def manifest_key(prefix: str, job_id: str) -> str:
+    return f"{job_dir(prefix, job_id)}manifest.json"
+
+
+def body_key(prefix: str, job_id: str) -> str:
+    return f"{job_dir(prefix, job_id)}body.pkl"
+
+
+def client_key(prefix: str, job_id: str) -> str:
+    return f"{job_dir(prefix, job_id)}client.pkl"
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    return f"{job_dir(prefix, job_id)}cancel"
+
+
+def queue_root(prefix: str) -> str:
+    return f"{_p(prefix)}queue/"
+
+
+def queue_dir(prefix: str, job_id: str) -> str:
+    return f"{queue_root(prefix)}{job_id}/"
+
+
+def task_key(prefix: str, job_id: str, task_id: int) -> str:
+    return f"{queue_dir(prefix, job_id)}{task_id:07d}{TASK_SUFFIX}"
+
+
+def results_dir(prefix: str, job_id: str) -> str:
+    return f"{_p(prefix)}results/{job_id}/"
+
+
+def result_key(prefix: str, job_id: str, task_id: int) -> str:
+    return f"{results_dir(prefix, job_id)}{task_id:07d}{RESULT_SUFFIX}"
+
+
+def parse_task_key(prefix: str, key: str) -> tuple[str, int] | None:
+    """``(job_id, task_id)`` for a task key under ``prefix``, else None (not ours)."""
+    root = queue_root(prefix)
+    if not key.startswith(root) or not key.endswith(TASK_SUFFIX):
+        return None
+    rest = key[len(root) : -len(TASK_SUFFIX)]
+    job_id, sep, task = rest.partition("/")
+    if not sep or not valid_job_id(job_id) or not task.isdigit():
+        return None
+    return job_id, int(task)
+
+
+def parse_result_key(prefix: str, job_id: str, key: str) -> int | None:
+    root = results_dir(prefix, job_id)
+    if not key.startswith(root) or not key.endswith(RESULT_SUFFIX):
+        return None
+    task = key[len(root) : -len(RESULT_SUFFIX)]
+    return int(task) if task.isdigit() else None

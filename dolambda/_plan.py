@@ -1,0 +1,203 @@
+"""Iterations to tasks: zip the variables, filter with ``when``, expand nested
+loops, and group the leaves into chunks, lazily.
+
+A *leaf* is one call of the body. Its ``path`` is its iteration index at each
+nesting level (counted before ``when`` filters, so seeds and error messages do
+not depend on the filter), its ``slots`` its position among the *kept*
+iterations at each level (what the combine tree orders by). The planner yields
+leaves and, for nested loops, a :class:`InnerDone` once an inner loop has been
+fully enumerated, so the combine tree knows how many results to wait for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dolambda._errors import InvalidArgument, InvalidArgumentType
+
+if TYPE_CHECKING:
+    from dolambda._loop import Loop
+
+
+HIDDEN = "_times_"  # the variable of times(n): counted, never passed to the body
+
+
+@dataclass(frozen=True)
+class Leaf:
+    index: int
+    path: tuple[int, ...]
+    slots: tuple[int, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InnerDone:
+    """The inner loop under ``prefix`` (outer slots) has ``count`` kept iterations."""
+
+    prefix: tuple[int, ...]
+    path: tuple[int, ...]
+    count: int
+
+
+@dataclass
+class PlannedTask:
+    task_id: int
+    leaves: list[Leaf]
+
+
+def accepted_names(fn: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
+    """(names it accepts by keyword, names it requires, whether it takes **kwargs)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set(), set(), True  # cannot tell: let the call decide
+    accepted: set[str] = set()
+    required: set[str] = set()
+    var_kw = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            accepted.add(p.name)
+            if p.default is p.empty:
+                required.add(p.name)
+        elif p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            required.add(p.name)
+    return accepted, required, var_kw
+
+
+def check_signature(fn: Callable[..., Any], variables: Iterable[str], role: str) -> None:
+    """Raise InvalidArgument unless ``fn(**{v: ... for v in variables})`` binds."""
+    names = list(variables)
+    accepted, required, var_kw = accepted_names(fn)
+    fn_name = getattr(fn, "__qualname__", repr(fn))
+    missing = [n for n in names if n not in accepted] if not var_kw else []
+    unknown = sorted(required - set(names))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"it does not accept {', '.join(repr(n) for n in missing)}")
+        if unknown:
+            parts.append(
+                f"it requires {', '.join(repr(n) for n in unknown)}, which the loop does not define"
+            )
+        params = ", ".join(sorted(accepted | required)) or "no parameters"
+        loop_vars = ", ".join(names) or "no variables"
+        raise InvalidArgument(
+            f"the {role} {fn_name!r} takes ({params}) but the loop's variables are "
+            f"({loop_vars}): {'; '.join(parts)}. Name the parameters after the variables "
+            "or add **kwargs."
+        )
+
+
+def _iterable(name: str, value: Any, outer: dict[str, Any], nested: bool) -> Iterator[Any]:
+    if callable(value) and not hasattr(value, "__iter__"):
+        if not nested:
+            raise InvalidArgumentType(
+                f"foreach: variable {name!r} is a function; only the inner loop of "
+                ".nest() can take a function of the outer variables"
+            )
+        accepted, _, var_kw = accepted_names(value)
+        kwargs = outer if var_kw else {k: v for k, v in outer.items() if k in accepted}
+        value = value(**kwargs)
+    try:
+        return iter(value)
+    except TypeError:
+        raise InvalidArgumentType(
+            f"foreach: variable {name!r} is not iterable (got {type(value).__name__} "
+            f"{value!r}); pass a list, range, generator or other iterable"
+        ) from None
+
+
+def all_variables(loop: Loop) -> list[str]:
+    names: list[str] = []
+    level: Loop | None = loop
+    while level is not None:
+        names.extend(n for n, _ in level.variables if n != HIDDEN)
+        level = level.inner_loop
+    return names
+
+
+def iter_plan(loop: Loop) -> Iterator[Leaf | InnerDone]:
+    """Yield every leaf of ``loop`` (and InnerDone markers), lazily, in iteration order."""
+    counter = itertools.count()
+    yield from _walk(loop, {}, (), (), counter, nested=False)
+
+
+def _walk(
+    loop: Loop,
+    outer: dict[str, Any],
+    path: tuple[int, ...],
+    slots: tuple[int, ...],
+    counter: Iterator[int],
+    *,
+    nested: bool,
+) -> Iterator[Leaf | InnerDone]:
+    names = [n for n, _ in loop.variables]
+    iterators = [_iterable(n, v, outer, nested) for n, v in loop.variables]
+    kept = 0
+    for i, values in enumerate(zip(*iterators, strict=False)):
+        kwargs = {**outer, **{n: v for n, v in zip(names, values, strict=True) if n != HIDDEN}}
+        if loop.predicate is not None and not loop.predicate(**kwargs):
+            continue
+        if loop.inner_loop is None:
+            yield Leaf(next(counter), (*path, i), (*slots, kept), kwargs)
+        else:
+            inner_slots = (*slots, kept)
+            count = 0
+            for item in _walk(
+                loop.inner_loop, kwargs, (*path, i), inner_slots, counter, nested=True
+            ):
+                depth = len(item.slots) if isinstance(item, Leaf) else len(item.prefix)
+                if depth == len(inner_slots) + 1:
+                    count += 1
+                yield item
+            yield InnerDone(inner_slots, (*path, i), count)
+        kept += 1
+
+
+def chunk_plan(
+    items: Iterator[Leaf | InnerDone], chunk_size: int
+) -> Iterator[PlannedTask | InnerDone]:
+    """Group leaves into tasks of ``chunk_size``; InnerDone markers pass through after
+    the task holding the leaves they describe."""
+    task_id = 0
+    leaves: list[Leaf] = []
+    markers: list[InnerDone] = []
+    for item in items:
+        if isinstance(item, InnerDone):
+            markers.append(item)
+            continue
+        leaves.append(item)
+        if len(leaves) >= chunk_size:
+            yield PlannedTask(task_id, leaves)
+            task_id += 1
+            leaves = []
+            yield from markers
+            markers = []
+    if leaves:
+        yield PlannedTask(task_id, leaves)
+    yield from markers
+
+
+def check_loop(loop: Loop, body: Callable[..., Any]) -> None:
+    """Validate a loop and its body before any work starts."""
+    for name, value in loop.variables:
+        if not hasattr(value, "__iter__"):
+            _iterable(name, value, {}, nested=False)
+    if not callable(body):
+        raise InvalidArgumentType(f"the loop body must be a function, got {type(body).__name__}")
+    check_signature(body, all_variables(loop), "body")
+    level: Loop | None = loop
+    names: list[str] = []
+    while level is not None:
+        names = names + [n for n, _ in level.variables if n != HIDDEN]
+        if level.predicate is not None:
+            check_signature(level.predicate, names, "when() predicate")
+        level = level.inner_loop
+    if loop.error_mode is not None and loop.error_mode not in ("stop", "remove", "pass"):
+        raise InvalidArgument(f"errorhandling: unknown mode {loop.error_mode!r}")

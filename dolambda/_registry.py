@@ -1,0 +1,114 @@
+"""The registered backend (R's registerDoParallel / getDoParName / getDoParWorkers)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+from dolambda._backends.base import Backend
+from dolambda._backends.local import LocalBackend
+from dolambda._backends.sequential import SequentialBackend
+from dolambda._errors import ConfigError, InvalidArgumentType
+
+_lock = threading.Lock()
+_registered: Backend | None = None
+_local_by_workers: dict[int | None, LocalBackend] = {}
+
+
+def register(backend: Backend | str | None) -> None:
+    """Register the backend that ``.run()``, ``.arun()`` and ``.submit()`` use.
+
+    Accepts a backend object, ``"sequential"``, ``"local"``, or ``None`` to
+    unregister.
+
+    >>> from dolambda import register, registered, LocalBackend
+    >>> register(LocalBackend(workers=2)); registered()
+    ('local', 2)
+    >>> register("sequential")
+    """
+    global _registered
+    if isinstance(backend, str):
+        if backend == "sequential":
+            backend = SequentialBackend()
+        elif backend == "local":
+            backend = local_backend(None)
+        else:
+            raise InvalidArgumentType(
+                f"register: unknown backend name {backend!r}; use 'sequential', 'local', "
+                "or a backend object such as LambdaBackend(...) or LocalBackend(workers=4)"
+            )
+    elif backend is not None and not isinstance(backend, Backend):
+        raise InvalidArgumentType(
+            f"register: expected a backend (LambdaBackend, LocalBackend, 'sequential'), got "
+            f"{type(backend).__name__}"
+        )
+    with _lock:
+        _registered = backend
+
+
+def registered() -> tuple[str, int]:
+    """``(name, workers)`` of the registered backend, like R's getDoParName/getDoParWorkers.
+
+    >>> from dolambda import register, registered
+    >>> register("sequential"); registered()
+    ('sequential', 1)
+    """
+    backend = _registered
+    if backend is None:
+        return ("sequential", 1)
+    return backend.describe()
+
+
+def current() -> Backend | None:
+    return _registered
+
+
+def local_backend(workers: int | None) -> LocalBackend:
+    """A warm LocalBackend shared by every ``do_parallel`` call with this worker count."""
+    with _lock:
+        backend = _local_by_workers.get(workers)
+        if backend is None:
+            backend = LocalBackend(workers)
+            _local_by_workers[workers] = backend
+        return backend
+
+
+def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
+    """The backend for ``.run``/``.arun``/``.submit``: given, registered, or sequential + warning."""
+    if backend is not None:
+        if not isinstance(backend, Backend):
+            raise InvalidArgumentType(
+                f"backend: expected a backend object, got {type(backend).__name__}"
+            )
+        return backend
+    chosen = _registered
+    if chosen is None:
+        warnings.warn(
+            "no parallel backend registered: running sequentially. Register one with "
+            "dolambda.register(LocalBackend()) or register(LambdaBackend(...)).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return SequentialBackend(offload=offload)
+    if isinstance(chosen, SequentialBackend) and offload and not chosen.offload:
+        return SequentialBackend(offload=True)
+    return chosen
+
+
+def resolve_remote_backend(backend: Any) -> Backend:
+    """The backend for ``do_lambda`` and ``Job.attach``: given, registered, or configured."""
+    if backend is not None:
+        if not isinstance(backend, Backend):
+            raise InvalidArgumentType(
+                f"backend: expected a LambdaBackend, got {type(backend).__name__}"
+            )
+        return backend
+    chosen = _registered
+    if chosen is not None and getattr(chosen, "name", "") == "lambda":
+        return chosen
+    try:
+        from dolambda._backends.lambda_ import LambdaBackend
+    except ImportError as exc:  # pragma: no cover
+        raise ConfigError("the Lambda backend is not available") from exc
+    return LambdaBackend.from_config()

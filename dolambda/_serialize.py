@@ -1,0 +1,153 @@
+"""Serialization: dill for Python objects, zlib for size, HMAC-SHA256 for trust.
+
+Every object that crosses a process boundary is *sealed*::
+
+    b"DLS1" | flags (1 byte) | HMAC-SHA256 (32 bytes) | payload
+
+The MAC covers a *context* (the object's logical name, e.g.
+``"jobs/<id>/manifest"``), the flags and the payload, so an object moved from
+another job or another key fails verification just as a flipped byte does.
+Nothing is unpickled before its MAC has been checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dill
+from pydantic import BaseModel
+
+from dolambda._errors import SerializationError, SignatureError
+
+MAGIC = b"DLS1"
+_HEADER = len(MAGIC) + 1 + 32
+_ZLIB = 0x01
+COMPRESS_OVER = 64 * 1024  # bytes; smaller payloads are not worth the CPU
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _mac(key: bytes, context: str, flags: int, payload: bytes) -> bytes:
+    h = hmac.new(key, context.encode() + b"\0" + bytes([flags]), hashlib.sha256)
+    h.update(payload)
+    return h.digest()
+
+
+def seal(payload: bytes, *, key: bytes, context: str, compress: bool | None = None) -> bytes:
+    """Return ``payload`` framed and signed for ``context``."""
+    flags = 0
+    if compress or (compress is None and len(payload) > COMPRESS_OVER):
+        payload = zlib.compress(payload, 1)
+        flags |= _ZLIB
+    return MAGIC + bytes([flags]) + _mac(key, context, flags, payload) + payload
+
+
+def unseal(blob: bytes, *, key: bytes, context: str) -> bytes:
+    """Verify ``blob`` for ``context`` and return its payload, or raise SignatureError."""
+    if len(blob) < _HEADER or blob[: len(MAGIC)] != MAGIC:
+        raise SignatureError(
+            f"object {context!r} is not a signed dolambda object; refusing to read it"
+        )
+    flags = blob[len(MAGIC)]
+    mac = blob[len(MAGIC) + 1 : _HEADER]
+    payload = blob[_HEADER:]
+    if not hmac.compare_digest(mac, _mac(key, context, flags, payload)):
+        raise SignatureError(
+            f"object {context!r} has a wrong signature (tampered, moved from another job, "
+            "or signed with another key); nothing from it was unpickled. Check that the "
+            "client and the function share the same DOLAMBDA_SIGNING_KEY."
+        )
+    if flags & _ZLIB:
+        payload = zlib.decompress(payload)
+    return payload
+
+
+def dumps(obj: Any) -> bytes:
+    """dill-pickle ``obj`` (functions by value, with only the globals they use)."""
+    return bytes(dill.dumps(obj, recurse=True, byref=False))
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle bytes that were already verified by :func:`unseal`."""
+    return dill.loads(data)
+
+
+def seal_model(model: BaseModel, *, key: bytes, context: str) -> bytes:
+    return seal(model.model_dump_json().encode(), key=key, context=context)
+
+
+def unseal_model(cls: type[M], blob: bytes, *, key: bytes, context: str) -> M:
+    return cls.model_validate_json(unseal(blob, key=key, context=context))
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def describe(obj: Any) -> str:
+    """A short description of an object for error messages: its type and repr."""
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
+
+
+def dumps_body(fn: Callable[..., Any]) -> bytes:
+    """Pickle a loop body, or raise SerializationError naming what it captures that fails."""
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        culprit = _find_unpicklable_capture(fn)
+        where = f"; it captures {culprit}" if culprit else ""
+        raise SerializationError(
+            f"the loop body {getattr(fn, '__qualname__', fn)!r} cannot be serialized with "
+            f"dill{where}: {type(exc).__name__}: {exc}. Create such objects inside the body "
+            "instead of capturing them."
+        ) from exc
+
+
+def _captures(fn: Callable[..., Any]) -> list[tuple[str, Any]]:
+    """Names and values a function closes over: closure cells, globals, defaults."""
+    found: list[tuple[str, Any]] = []
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return (
+            [(name, value) for name, value in vars(fn).items()] if hasattr(fn, "__dict__") else []
+        )
+    closure = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars, closure, strict=False):
+        try:
+            found.append((name, cell.cell_contents))
+        except ValueError:  # empty cell
+            continue
+    glob = getattr(fn, "__globals__", {})
+    for name in _global_names(code):
+        if name in glob:
+            found.append((name, glob[name]))
+    for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
+        found.append((f"default #{i}", default))
+    return found
+
+
+def _global_names(code: Any) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names.extend(_global_names(const))
+    return names
+
+
+def _find_unpicklable_capture(fn: Callable[..., Any]) -> str:
+    for name, value in _captures(fn):
+        if inspect.ismodule(value):
+            continue
+        try:
+            dumps(value)
+        except Exception:
+            return f"{name!r} ({describe(value)})"
+    return ""

@@ -1,0 +1,493 @@
+"""The one execution path: run a chunk of iterations of a loop body.
+
+Every backend ends here: the sequential backend calls :func:`run_iterations`
+directly; worker processes and the Lambda handler call :func:`run_task_blob`,
+which verifies and decodes a task, runs it through :func:`run_iterations` and
+encodes the outcome. Seeding, timing, capture of exceptions with their
+formatted traceback, and pickling of results all happen here and only here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import dill
+
+from dolambda import _serialize
+from dolambda._errors import SignatureError, VersionMismatch
+from dolambda._wire import (
+    WIRE_VERSION,
+    IterationOutcome,
+    JobManifest,
+    TaskFailure,
+    TaskOutcome,
+    TaskSpec,
+    TaskStats,
+)
+
+_current_rng: contextvars.ContextVar[Any] = contextvars.ContextVar("dolambda_rng", default=None)
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def rng() -> Any:
+    """The current iteration's ``numpy.random.Generator``.
+
+    Inside the body of a seeded loop (``.seed(s)``) this is iteration k's
+    stream, ``numpy.random.default_rng(SeedSequence(s, spawn_key=(k,)))``,
+    identical on every backend. Elsewhere it is a fresh, unseeded generator.
+
+    >>> from dolambda import foreach, rng
+    >>> draws = foreach(i=range(3)).seed(42).do(lambda i: float(rng().random()))
+    """
+    current = _current_rng.get()
+    if current is not None:
+        return current
+    import numpy as np
+
+    return np.random.default_rng()
+
+
+@contextmanager
+def seeded(seed: int | None, path: tuple[int, ...]) -> Iterator[None]:
+    """Seed ``random``, numpy's global generator and :func:`rng` for one iteration."""
+    if seed is None:
+        yield
+        return
+    try:
+        import numpy as np
+    except ImportError as exc:  # pragma: no cover - numpy is in every supported setup
+        raise ImportError("seed() needs numpy: pip install numpy") from exc
+    ss = np.random.SeedSequence(seed, spawn_key=path)
+    words = ss.generate_state(4, dtype=np.uint32)
+    random.seed(int.from_bytes(words.tobytes(), "little"))
+    np.random.seed(words)
+    token = _current_rng.set(np.random.default_rng(ss))
+    try:
+        yield
+    finally:
+        _current_rng.reset(token)
+
+
+@dataclass
+class IterationResult:
+    """An iteration's outcome in memory: its value, or its exception and traceback."""
+
+    index: int
+    path: tuple[int, ...]
+    ok: bool
+    value: Any = None
+    duration: float = 0.0
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+
+
+def run_iterations(
+    body: Callable[..., Any],
+    items: list[tuple[int, tuple[int, ...], dict[str, Any]]],
+    *,
+    seed: int | None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> list[IterationResult]:
+    """Run ``body(**kwargs)`` for each ``(index, path, kwargs)``; never raises for the body."""
+    out: list[IterationResult] = []
+    for index, path, kwargs in items:
+        if is_cancelled():
+            break
+        start = time.perf_counter()
+        try:
+            with seeded(seed, path):
+                value = body(**kwargs)
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # SystemExit included: it is the body's error
+            out.append(
+                IterationResult(
+                    index=index,
+                    path=path,
+                    ok=False,
+                    value=exc,
+                    duration=time.perf_counter() - start,
+                    error_type=type(exc).__qualname__,
+                    error_message=_exception_text(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+            )
+            continue
+        out.append(
+            IterationResult(
+                index=index, path=path, ok=True, value=value, duration=time.perf_counter() - start
+            )
+        )
+    return out
+
+
+def _exception_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the body called sys.exit({exc.code!r})"
+    return str(exc)
+
+
+# --------------------------------------------------------------------------- tasks as bytes
+
+
+@dataclass
+class LoadedJob:
+    """A job as a worker holds it: its manifest and its unpickled body (cached per job)."""
+
+    manifest: JobManifest
+    body: Callable[..., Any]
+
+
+@dataclass
+class WorkerState:
+    """What a warm worker keeps between tasks."""
+
+    jobs: dict[str, LoadedJob] = field(default_factory=dict)
+    tasks_run: int = 0
+
+
+def manifest_context(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest"
+
+
+def body_context(job_id: str) -> str:
+    return f"jobs/{job_id}/body"
+
+
+def task_context(job_id: str, task_id: int) -> str:
+    return f"queue/{job_id}/{task_id}"
+
+
+def outcome_context(job_id: str, task_id: int) -> str:
+    return f"results/{job_id}/{task_id}"
+
+
+def check_versions(manifest: JobManifest) -> None:
+    """Raise VersionMismatch when this worker cannot faithfully run the job."""
+    here_py, here_dill = python_version(), str(dill.__version__)
+    if manifest.wire_version != WIRE_VERSION:
+        raise VersionMismatch(
+            f"the client speaks wire version {manifest.wire_version} but this worker speaks "
+            f"{WIRE_VERSION}; deploy the same dolambda version as the client (dolambda deploy)"
+        )
+    if manifest.python != here_py or manifest.dill_version != here_dill:
+        raise VersionMismatch(
+            f"the client runs Python {manifest.python} with dill {manifest.dill_version} but the "
+            f"worker runs Python {here_py} with dill {here_dill}; functions pickled by one "
+            "cannot be trusted to load in the other. Use the same versions (dolambda deploy "
+            "picks the runtime matching your Python)."
+        )
+
+
+def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str) -> LoadedJob:
+    """Verify and decode a job's manifest and body (raises SignatureError/VersionMismatch)."""
+    manifest = _serialize.unseal_model(
+        JobManifest, manifest_blob, key=key, context=manifest_context(job_id)
+    )
+    check_versions(manifest)
+    body_bytes = _serialize.unseal(body_blob, key=key, context=body_context(job_id))
+    if _serialize.digest(body_bytes) != manifest.body_digest:
+        raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
+    return LoadedJob(manifest=manifest, body=_serialize.loads(body_bytes))
+
+
+def encode_results(results: list[IterationResult]) -> tuple[list[IterationOutcome], bytes]:
+    """Pickle values one by one so an unpicklable result fails only its own iteration."""
+    outcomes: list[IterationOutcome] = []
+    blobs: list[bytes | None] = []
+    for r in results:
+        ok, etype, emsg, tb = r.ok, r.error_type, r.error_message, r.traceback
+        try:
+            blob: bytes | None = _serialize.dumps(r.value)
+        except Exception as exc:
+            blob = None
+            if ok:
+                ok = False
+                etype = "SerializationError"
+                emsg = (
+                    f"the result of iteration {r.index} (a {type(r.value).__module__}."
+                    f"{type(r.value).__qualname__}) cannot be pickled: {type(exc).__name__}: {exc}"
+                )
+                tb = ""
+        outcomes.append(
+            IterationOutcome(
+                index=r.index,
+                path=r.path,
+                ok=ok,
+                duration=r.duration,
+                error_type=etype,
+                error_message=emsg,
+                traceback=tb,
+            )
+        )
+        blobs.append(blob)
+    return outcomes, _serialize.dumps(blobs)
+
+
+def decode_values(outcome: TaskOutcome) -> list[Any]:
+    """The values of a verified outcome, aligned with its iterations."""
+    if not outcome.values:
+        return [None] * len(outcome.iterations)
+    blobs: list[bytes | None] = _serialize.loads(outcome.values)
+    values: list[Any] = []
+    for blob in blobs:
+        if blob is None:
+            values.append(None)
+            continue
+        try:
+            values.append(_serialize.loads(blob))
+        except Exception:  # e.g. an exception class that cannot be rebuilt here
+            values.append(None)
+    return values
+
+
+def memory_used_mb() -> float:
+    """Peak resident memory of this process in MB (what Lambda reports as Max Memory Used)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+    except Exception:  # pragma: no cover - non-POSIX
+        return 0.0
+
+
+def run_task_blob(
+    state: WorkerState,
+    task_blob: bytes,
+    *,
+    key: bytes,
+    job_id: str,
+    task_id: int,
+    fetch_job: Callable[[], tuple[bytes, bytes]],
+    is_cancelled: Callable[[], bool] = lambda: False,
+    stats: dict[str, Any] | None = None,
+) -> TaskOutcome:
+    """Verify, decode and run one task; always return an outcome (never raise for the body).
+
+    ``fetch_job`` returns the job's sealed manifest and body; it is called only
+    when this worker has not loaded the job yet (warm reuse).
+    """
+    started = time.time()
+    t0 = time.perf_counter()
+    cold = state.tasks_run == 0
+    state.tasks_run += 1
+    extra = dict(stats or {})
+
+    def finish(
+        iterations: tuple[IterationOutcome, ...] = (),
+        values: bytes = b"",
+        failure: TaskFailure | None = None,
+        attempt: int = 0,
+    ) -> TaskOutcome:
+        return TaskOutcome(
+            job_id=job_id,
+            task_id=task_id,
+            attempt=attempt,
+            iterations=iterations,
+            values=values,
+            failure=failure,
+            stats=TaskStats(
+                worker=extra.get("worker", f"{platform.node()}:{os.getpid()}"),
+                request_id=extra.get("request_id", ""),
+                started_at=started,
+                finished_at=time.time(),
+                duration=time.perf_counter() - t0,
+                cold_start=extra.get("cold_start", cold),
+                memory_used_mb=memory_used_mb(),
+                memory_limit_mb=int(extra.get("memory_limit_mb", 0)),
+                s3_requests=int(extra.get("s3_requests", 0)),
+            ),
+        )
+
+    try:
+        task = _serialize.unseal_model(
+            TaskSpec, task_blob, key=key, context=task_context(job_id, task_id)
+        )
+        if task.job_id != job_id or task.task_id != task_id:
+            raise SignatureError(
+                f"task object {task_context(job_id, task_id)!r} holds task "
+                f"{task.job_id}/{task.task_id}; refusing it"
+            )
+        job = state.jobs.get(job_id)
+        if job is None:
+            manifest_blob, body_blob = fetch_job()
+            job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
+            state.jobs = {job_id: job}  # keep only the current job: bodies may be large
+        if is_cancelled():
+            return finish(
+                failure=TaskFailure(kind="cancelled", message="the job was cancelled"),
+                attempt=task.attempt,
+            )
+        args: list[dict[str, Any]] = _serialize.loads(task.args)
+        items = [(ref.index, ref.path, kw) for ref, kw in zip(task.iterations, args, strict=True)]
+        results = run_iterations(job.body, items, seed=job.manifest.seed, is_cancelled=is_cancelled)
+        outcomes, values = encode_results(results)
+        return finish(tuple(outcomes), values, attempt=task.attempt)
+    except SignatureError as exc:
+        return finish(failure=TaskFailure(kind="signature", message=str(exc)))
+    except VersionMismatch as exc:
+        return finish(failure=TaskFailure(kind="version", message=str(exc)))
+    except Exception as exc:
+        return finish(
+            failure=TaskFailure(
+                kind="internal",
+                message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            )
+        )
+
+
+# --------------------------------------------------------------------------- S3 tasks (Lambda)
+
+
+def process_s3_task(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    prefix: str,
+    signing_key: bytes,
+    state: WorkerState,
+    context: Any = None,
+    inline_task: bytes | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
+
+    ``s3`` is a boto3 S3 client (the one the Lambda runtime ships). Keys outside
+    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again.
+    A task object that is gone was cancelled. The result is written with
+    ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
+    ``"ignored"``, ``"gone"``, ``"done"`` or ``"duplicate"``; never raises for the body.
+    """
+    from dolambda import _keys
+
+    parsed = _keys.parse_task_key(prefix, key)
+    if parsed is None:
+        log(f"dolambda: ignoring s3://{bucket}/{key}: not a task under {prefix!r}/queue/")
+        return "ignored"
+    job_id, task_id = parsed
+    requests = 0
+
+    def get(object_key: str) -> bytes:
+        nonlocal requests
+        requests += 1
+        body: bytes = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
+        return body
+
+    if inline_task is not None:
+        blob = inline_task
+    else:
+        try:
+            blob = get(key)
+        except Exception as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                log(f"dolambda: task s3://{bucket}/{key} is gone (job cancelled or finished)")
+                return "gone"
+            raise
+    stats: dict[str, Any] = {}
+    if context is not None:
+        stats["request_id"] = str(getattr(context, "aws_request_id", ""))
+        stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
+    outcome = run_task_blob(
+        state,
+        blob,
+        key=signing_key,
+        job_id=job_id,
+        task_id=task_id,
+        fetch_job=lambda: (
+            get(_keys.manifest_key(prefix, job_id)),
+            get(_keys.body_key(prefix, job_id)),
+        ),
+        stats=stats,
+    )
+    outcome = outcome.model_copy(
+        update={"stats": outcome.stats.model_copy(update={"s3_requests": requests + 1})}
+    )
+    if outcome.failure is not None:
+        log(f"dolambda: task {job_id}/{task_id}: {outcome.failure.kind}: {outcome.failure.message}")
+    data = _serialize.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
+    try:
+        s3.put_object(
+            Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
+        )
+    except Exception as exc:
+        if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return "duplicate"
+        raise
+    return "done"
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def task_records(event: Any) -> list[tuple[str, str, bytes | None]]:
+    """``(bucket, key, inline task)`` for each task in an S3 event or a direct invoke.
+
+    S3 records carry URL-encoded keys (``queue%2Fjob%2F0000001.task``); a direct
+    invoke is ``{"bucket": ..., "key": ..., "task": <base64, optional>}``.
+    Anything else yields nothing.
+    """
+    import base64
+    from urllib.parse import unquote_plus
+
+    out: list[tuple[str, str, bytes | None]] = []
+    if not isinstance(event, dict):
+        return out
+    records = event.get("Records")
+    if isinstance(records, list):
+        for record in records:
+            try:
+                s3 = record["s3"]
+                out.append(
+                    (str(s3["bucket"]["name"]), unquote_plus(str(s3["object"]["key"])), None)
+                )
+            except (KeyError, TypeError):
+                continue
+        return out
+    bucket, key = event.get("bucket"), event.get("key")
+    if isinstance(bucket, str) and isinstance(key, str):
+        inline = event.get("task")
+        try:
+            blob = base64.b64decode(inline, validate=True) if isinstance(inline, str) else None
+        except ValueError:
+            blob = None
+        out.append((bucket, key, blob))
+    return out
+
+
+def signing_key_from_env(value: str | None = None) -> bytes | None:
+    """The signing key from ``value`` or DOLAMBDA_SIGNING_KEY (hex if it parses as hex)."""
+    text = value if value is not None else os.environ.get("DOLAMBDA_SIGNING_KEY")
+    if not text:
+        return None
+    return signing_key_bytes(text)
+
+
+def signing_key_bytes(text: str | bytes) -> bytes:
+    if isinstance(text, bytes):
+        return text
+    try:
+        if len(text) >= 32 and len(text) % 2 == 0:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    return text.encode()
