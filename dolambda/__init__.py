@@ -6,6 +6,7 @@
 """
 
 from dolambda._backends.base import Backend
+from dolambda._backends.lambda_ import LambdaBackend
 from dolambda._backends.local import LocalBackend
 from dolambda._errors import DolambdaError, TaskError
 from dolambda._job import Job
@@ -19,6 +20,7 @@ __all__ = [
     "Backend",
     "DolambdaError",
     "Job",
+    "LambdaBackend",
     "LocalBackend",
     "Loop",
     "TaskError",

@@ -174,15 +174,25 @@ class Job:
         *,
         progress: bool | None = None,
         job_id: str | None = None,
+        plan: list[PlannedTask | InnerDone] | None = None,
+        seed: int | None = None,
     ) -> None:
         self.id = job_id or new_job_id()
+        self._plan = plan
+        self._seed = seed if plan is not None else loop.seed_value
         self._loop_spec = loop
         self._body = body
         self.backend = backend
-        self._show_progress = backend.remote if progress is None else progress
+        self._show_progress = (
+            getattr(backend, "progress_default", backend.remote) if progress is None else progress
+        )
         self._done = 0
         self._failed = 0
-        self._total: int | None = known_total(loop)
+        self._total: int | None = (
+            known_total(loop)
+            if plan is None
+            else sum(len(t.leaves) for t in plan if isinstance(t, PlannedTask))
+        )
         self.stats = JobStats(job_id=self.id, backend=backend.name)
         self._events: list[tuple[int, Any]] = []
         self._event_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -342,16 +352,18 @@ class Job:
         ctx = JobContext(
             job_id=self.id,
             body=self._body,
-            seed=loop.seed_value,
+            seed=self._seed,
             variables=tuple(all_variables(loop)),
             chunk_size=chunk_size,
             errorhandling=leaf_error_mode(loop),
+            attached=self._plan is not None,
         )
         self._ctx = ctx
         if self._cancel_requested:
             ctx.cancelled.set()
-        if backend.remote:
+        if backend.remote and self._plan is None:
             _ = ctx.body_bytes  # fail before anything starts if the body cannot travel
+            ctx.client_state = _client_state(loop)
         mode = leaf_error_mode(loop)
         tree = CombineTree(loop, self._on_top)
         pending: dict[int, PlannedTask] = {}
@@ -360,8 +372,10 @@ class Job:
 
         async def task_source() -> AsyncIterator[PlannedTask]:
             nonlocal planned_leaves
-            for item in chunk_plan(iter_plan(loop), chunk_size):
+            source = self._plan if self._plan is not None else chunk_plan(iter_plan(loop), chunk_size)
+            for item in source:
                 if isinstance(item, InnerDone):
+                    ctx.markers.append(item)
                     tree.declare(item.prefix, item.path, item.count)
                     continue
                 pending[item.task_id] = item
@@ -436,6 +450,9 @@ class Job:
         finally:
             if bar is not None:
                 bar.close()
+        self.stats.client_s3_requests = dict(ctx.__dict__.get("client_requests", {}))
+        self.stats.memory_mb = int(getattr(backend, "memory_mb", 0) or 0)
+        self.stats.architecture = str(getattr(backend, "architecture", "x86_64"))
         if ctx.cancelled.is_set() and self._cancel_requested:
             raise JobCancelled(f"job {self.id} was cancelled")
         if pending:
@@ -444,6 +461,25 @@ class Job:
                 f"{len(pending)} task(s); this is a bug in the backend"
             )
         return tree.finish()
+
+
+def _client_state(loop: Loop) -> Loop | None:
+    """The loop without its variables (they may be generators): what Job.attach needs."""
+    stripped: Loop | None = None
+    levels: list[Loop] = []
+    level: Loop | None = loop
+    while level is not None:
+        levels.append(level)
+        level = level.inner_loop
+    for lv in reversed(levels):
+        stripped = lv.model_copy(update={"variables": (), "inner_loop": stripped, "bound_body": None})
+    try:
+        from dolambda import _serialize
+
+        _serialize.dumps(stripped)
+    except Exception:
+        return None  # a combine function that cannot travel: attach will say so
+    return stripped
 
 
 async def _await_task(task: asyncio.Task[Any]) -> Any:

@@ -57,6 +57,7 @@ class IterationRef(_Model):
 
     index: int
     path: tuple[int, ...]
+    slots: tuple[int, ...] = ()
 
 
 class TaskSpec(_Model):

@@ -49,6 +49,12 @@ class JobContext:
     trigger: str = "local"
     task_timeout: float | None = None
     created_at: float = field(default_factory=time.time)
+    #: InnerDone markers seen so far (the Lambda backend stores them for Job.attach)
+    markers: list[Any] = field(default_factory=list)
+    #: the loop spec without its variables (the Lambda backend stores it for Job.attach)
+    client_state: Any = None
+    #: set by Job.attach: tasks already exist in the queue and must not be uploaded again
+    attached: bool = False
 
     @cached_property
     def body_bytes(self) -> bytes:

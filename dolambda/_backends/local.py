@@ -115,6 +115,7 @@ class LocalBackend(Backend):
 
     name = "local"
     remote = True
+    progress_default = False
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is None:

@@ -1,0 +1,574 @@
+"""The Lambda backend: an S3 bucket is the job queue, AWS Lambda runs the tasks.
+
+::
+
+    client (this module)                        S3 bucket <prefix>/             Lambda (handler/)
+    ────────────────────                        ───────────────────             ─────────────────
+    PUT jobs/<id>/manifest.json, body.pkl,
+        client.pkl (once per job)
+    dispatch: PUT queue/<id>/<task>.task ──────► ObjectCreated ───────────────► lambda_handler
+      (bounded concurrency, streamed;            (trigger="s3"), or             GET task (+ manifest,
+       trigger="invoke": async Invoke,           async Invoke with the          body once per warm
+       small tasks inlined in the payload)       task key (trigger="invoke")    container), run it
+    gather: LIST results/<id>/ (StartAfter  ◄── results/<id>/<task>.out ◄──── PUT If-None-Match: *
+      the first missing task), GET new ones
+      concurrently, adaptive poll interval
+    lost work: no result past the deadline ──► re-PUT the task (attempt+1), up to `retries`
+    cancel / stop: PUT jobs/<id>/cancel, DELETE the queued tasks (workers then skip them)
+    cleanup: DELETE the job's objects unless keep=True
+
+The results in S3 are the only source of truth: ``Job.attach`` rebuilds a job
+from ``manifest.json``, ``client.pkl``, ``plan.json`` and the task objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from dolambda import _keys, _serialize
+from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome
+from dolambda._config import load_config
+from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
+from dolambda._plan import InnerDone, Leaf, PlannedTask
+from dolambda._s3 import S3, RequestCounter, open_s3, resolve_region
+from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec
+from dolambda._worker import (
+    manifest_context,
+    outcome_context,
+    signing_key_bytes,
+    task_context,
+)
+
+INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
+GRACE = 30.0  # seconds past the function timeout before a task counts as lost
+POLL_MIN, POLL_MAX = 0.02, 1.0
+
+
+@dataclass
+class _Pending:
+    planned: PlannedTask
+    attempt: int
+    dispatched_at: float
+    blob: bytes | None = None  # kept only when needed for a re-enqueue without S3
+
+
+class LambdaBackend(Backend):
+    """Run iterations on AWS Lambda with an S3 bucket as the job queue.
+
+    Settings not given come from the config file that ``dolambda deploy`` writes.
+
+    >>> from dolambda import LambdaBackend, foreach, register
+    >>> backend = LambdaBackend(bucket="my-queue", region="us-east-1", signing_key="00" * 32)
+    >>> register(backend)  # then foreach(x=range(1000)).combine(sum).run(simulate)
+    """
+
+    name = "lambda"
+    remote = True
+
+    def __init__(
+        self,
+        bucket: str | None = None,
+        function_name: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        prefix: str | None = None,
+        trigger: str = "s3",
+        chunk_size: int | str = "auto",
+        retries: int = 2,
+        task_timeout: float | None = None,
+        max_concurrency: int | None = None,
+        keep: bool = False,
+        signing_key: str | bytes | None = None,
+    ) -> None:
+        config = load_config()
+        if bucket is None:
+            if config is None:
+                raise ConfigError(
+                    "LambdaBackend: no bucket given and no deployed setup found; pass "
+                    "bucket=... or run `dolambda deploy --bucket NAME` first"
+                )
+            bucket = config.bucket
+        same = config is not None and config.bucket == bucket
+        if not isinstance(bucket, str) or not bucket:
+            raise InvalidArgumentType(
+                f"LambdaBackend: bucket must be a bucket name, got {bucket!r}"
+            )
+        self.bucket = bucket
+        self.function_name = function_name or (
+            config.function_name if same and config else "dolambda"
+        )
+        self.profile = profile or (config.profile if same and config else None)
+        self.region = region or (config.region if same and config else None)
+        self.endpoint_url = endpoint_url or (config.endpoint_url if same and config else None)
+        self.prefix = (
+            prefix if prefix is not None else (config.prefix if same and config else "dolambda")
+        ).strip("/")
+        if trigger not in ("s3", "invoke"):
+            raise InvalidArgument(
+                f"LambdaBackend: trigger must be 's3' or 'invoke', got {trigger!r}"
+            )
+        self.trigger = trigger
+        if chunk_size != "auto" and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise InvalidArgument(
+                f"LambdaBackend: chunk_size must be a positive integer or 'auto', got {chunk_size!r}"
+            )
+        self.chunk_size = chunk_size
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidArgument(
+                f"LambdaBackend: retries must be an integer >= 0, got {retries!r}"
+            )
+        self.retries = retries
+        if task_timeout is not None and (
+            isinstance(task_timeout, bool)
+            or not isinstance(task_timeout, (int, float))
+            or not task_timeout > 0
+        ):
+            raise InvalidArgument(
+                f"LambdaBackend: task_timeout must be a positive number of seconds, got {task_timeout!r}"
+            )
+        self.task_timeout = (
+            float(task_timeout)
+            if task_timeout is not None
+            else (float(config.timeout) if same and config else 900.0)
+        )
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise InvalidArgument(
+                f"LambdaBackend: max_concurrency must be a positive integer, got {max_concurrency!r}"
+            )
+        self.max_concurrency = max_concurrency
+        self.keep = bool(keep)
+        key_text = (
+            signing_key
+            if signing_key is not None
+            else (
+                os.environ.get("DOLAMBDA_SIGNING_KEY")
+                or (config.signing_key if same and config else None)
+            )
+        )
+        self._key = signing_key_bytes(key_text) if key_text else None
+        self.memory_mb = config.memory_mb if same and config else 1024
+        self.architecture = config.architecture if same and config else "x86_64"
+        self.grace = GRACE
+        self._checked_setup = False
+        self.counter = RequestCounter()  # cumulative client requests over this backend's life
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> LambdaBackend:
+        """The backend ``dolambda deploy`` configured (explicit overrides win)."""
+        return cls(**overrides)
+
+    def __repr__(self) -> str:
+        return (
+            f"LambdaBackend(bucket={self.bucket!r}, function_name={self.function_name!r}, "
+            f"region={self.region!r}, prefix={self.prefix!r}, trigger={self.trigger!r}"
+            + (f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else "")
+            + ")"
+        )
+
+    @property
+    def workers(self) -> int:
+        return self.max_concurrency or 1000
+
+    def chunk_size_for(self, total: int | None) -> int:
+        if self.chunk_size != "auto":
+            return int(self.chunk_size)
+        if total is None:
+            return 16
+        target_tasks = min(self.workers * 4, 500)
+        return max(1, math.ceil(total / target_tasks))
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            raise ConfigError(
+                "LambdaBackend: no signing key; pass signing_key=, set DOLAMBDA_SIGNING_KEY, or "
+                "run `dolambda deploy` (it writes the key the function uses)"
+            )
+        return self._key
+
+    def _open(self, region: str, pool: int, counter: RequestCounter) -> Any:
+        return open_s3(
+            bucket=self.bucket,
+            region=region,
+            profile=self.profile,
+            endpoint_url=self.endpoint_url,
+            pool=pool,
+            counter=counter,
+            with_lambda=self.trigger == "invoke",
+            function_name=self.function_name,
+        )
+
+    async def _check_setup(self, s3: S3) -> None:
+        """Once per backend: the bucket exists and (trigger="s3") notifies our function."""
+        if self._checked_setup or self.trigger != "s3":
+            self._checked_setup = True
+            return
+        config = await s3.notification_config()
+        if config is not None:
+            wanted = _keys.queue_root(self.prefix)
+            for entry in config.get("LambdaFunctionConfigurations", ()):
+                rules = entry.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+                values = {r.get("Name", "").lower(): r.get("Value", "") for r in rules}
+                arn = str(entry.get("LambdaFunctionArn", ""))
+                if arn.split(":")[-1] == self.function_name and wanted.startswith(
+                    values.get("prefix", "")
+                ):
+                    break
+            else:
+                raise ConfigError(
+                    f"bucket {self.bucket!r} does not notify Lambda function "
+                    f"{self.function_name!r} of new objects under {wanted!r}, so no task would "
+                    f"run; run `dolambda deploy --bucket {self.bucket}` (or use trigger='invoke')"
+                )
+        self._checked_setup = True
+
+    async def run_tasks(
+        self, job: JobContext, tasks: AsyncIterator[PlannedTask]
+    ) -> AsyncIterator[TaskResult]:
+        region = resolve_region(self.region, self.profile)
+        job.key = self.key
+        job.trigger = self.trigger
+        job.task_timeout = self.task_timeout
+        counter = RequestCounter()
+        pool = 64
+        try:
+            async with self._open(region, pool, counter) as s3:
+                await self._check_setup(s3)
+                run = _Run(self, s3, job, pool)
+                async with contextlib.aclosing(run.execute(tasks)) as results:
+                    async for result in results:
+                        yield result
+        finally:
+            for kind, n in counter.counts.items():
+                self.counter.add(kind, n)
+            job.__dict__["client_requests"] = dict(counter.counts)
+
+    # ------------------------------------------------------------------ attach, jobs, cleanup
+
+    async def attach(self, job_id: str) -> Any:
+        """Rebuild a job from what is in S3 and return a running-ready Job."""
+        from dolambda._job import Job
+
+        if not _keys.valid_job_id(job_id):
+            raise InvalidArgument(f"Job.attach: {job_id!r} is not a dolambda job id")
+        region = resolve_region(self.region, self.profile)
+        counter = RequestCounter()
+        async with self._open(region, 16, counter) as s3:
+            blob = await s3.get(_keys.manifest_key(self.prefix, job_id))
+            if blob is None:
+                raise InvalidArgument(
+                    f"Job.attach: no job {job_id!r} in s3://{self.bucket}/{self.prefix}/jobs/ "
+                    "(finished and cleaned up, expired, or another bucket/prefix)"
+                )
+            manifest = _serialize.unseal_model(
+                JobManifest, blob, key=self.key, context=manifest_context(job_id)
+            )
+            client_blob = await s3.get(_keys.client_key(self.prefix, job_id))
+            plan_blob = await s3.get(_keys.job_dir(self.prefix, job_id) + "plan.json")
+            if client_blob is None or plan_blob is None:
+                raise InvalidArgument(
+                    f"Job.attach: job {job_id!r} was not fully dispatched (its client stopped "
+                    "before every task was uploaded); submit the loop again"
+                )
+            loop = _serialize.loads(
+                _serialize.unseal(client_blob, key=self.key, context=f"jobs/{job_id}/client")
+            )
+            plan = json.loads(
+                _serialize.unseal(plan_blob, key=self.key, context=f"jobs/{job_id}/plan")
+            )
+            task_keys = [k async for k in s3.list_keys(_keys.queue_dir(self.prefix, job_id))]
+            blobs = await _gather_bounded(16, [s3.get(k) for k in task_keys])
+        items: list[PlannedTask | InnerDone] = []
+        for key, tblob in zip(task_keys, blobs, strict=True):
+            parsed = _keys.parse_task_key(self.prefix, key)
+            if parsed is None or tblob is None:
+                continue
+            spec = _serialize.unseal_model(
+                TaskSpec, tblob, key=self.key, context=task_context(job_id, parsed[1])
+            )
+            args = _serialize.loads(spec.args)
+            leaves = [
+                Leaf(ref.index, tuple(ref.path), tuple(ref.slots), kw)
+                for ref, kw in zip(spec.iterations, args, strict=True)
+            ]
+            items.append(PlannedTask(spec.task_id, leaves))
+        if len(items) != plan["tasks"]:
+            raise InvalidArgument(
+                f"Job.attach: job {job_id!r} has {len(items)} of its {plan['tasks']} task objects "
+                "left; it was cancelled or partly cleaned up"
+            )
+        items.extend(InnerDone(tuple(p), tuple(q), c) for p, q, c in plan["markers"])
+        job = Job(loop, _attached_body, self, job_id=job_id, plan=items, seed=manifest.seed)
+        return job.start_on_portal()
+
+
+def _attached_body(**kwargs: Any) -> Any:  # pragma: no cover - never called: the body is in S3
+    raise RuntimeError("an attached job runs the body stored in S3")
+
+
+async def _gather_bounded(limit: int, coros: list[Any]) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
+class _Run:
+    """One job's dispatch and gather over one pooled client."""
+
+    def __init__(self, backend: LambdaBackend, s3: S3, job: JobContext, pool: int) -> None:
+        self.b = backend
+        self.s3 = s3
+        self.job = job
+        self.prefix = backend.prefix
+        self.pending: dict[int, _Pending] = {}
+        self.seen: set[int] = set()
+        self.dispatch_done = False
+        self.last_progress = time.monotonic()
+        self.uploads = asyncio.Semaphore(pool)
+        self.downloads = asyncio.Semaphore(pool)
+        self.out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
+        self.wake = asyncio.Event()
+        self.deadline = backend.task_timeout + backend.grace
+
+    # -------------------------------------------------------------- dispatch
+
+    async def _put_job_objects(self) -> None:
+        job, s3, p = self.job, self.s3, self.prefix
+        client_state = (
+            _serialize.seal(
+                _serialize.dumps(job.client_state), key=job.key, context=f"jobs/{job.job_id}/client"
+            )
+            if job.client_state is not None
+            else None
+        )
+        puts = [
+            s3.put(_keys.manifest_key(p, job.job_id), job.sealed_manifest()),
+            s3.put(_keys.body_key(p, job.job_id), job.sealed_body()),
+        ]
+        if client_state is not None:
+            puts.append(s3.put(_keys.client_key(p, job.job_id), client_state))
+        await asyncio.gather(*puts)
+
+    async def _send(self, task_id: int, blob: bytes) -> None:
+        key = _keys.task_key(self.prefix, self.job.job_id, task_id)
+        async with self.uploads:
+            if self.b.trigger == "invoke":
+                payload: dict[str, Any] = {"bucket": self.b.bucket, "key": key}
+                if len(blob) <= INLINE_LIMIT:
+                    payload["task"] = base64.b64encode(blob).decode()
+                else:
+                    await self.s3.put(key, blob)
+                await self.s3.invoke(payload)
+            else:
+                await self.s3.put(key, blob)
+
+    async def dispatch(self, tasks: AsyncIterator[PlannedTask]) -> None:
+        job = self.job
+        if not job.attached:
+            await self._put_job_objects()
+        sends: set[asyncio.Task[None]] = set()
+        count = 0
+        async for planned in tasks:
+            count += 1
+            entry = _Pending(planned, 0, time.monotonic())
+            self.pending[planned.task_id] = entry
+            if job.attached:
+                continue
+            blob = job.sealed_task(planned)
+            if self.b.trigger == "invoke" and len(blob) <= INLINE_LIMIT:
+                entry.blob = blob  # not in S3: keep it for a re-enqueue
+            await self.uploads.acquire()  # backpressure: never more than `pool` in flight
+            self.uploads.release()
+            t = asyncio.create_task(self._send(planned.task_id, blob))
+            sends.add(t)
+            t.add_done_callback(sends.discard)
+            if len(sends) > 2 * 64:
+                await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
+            for done in [s for s in list(sends) if s.done()]:
+                done.result()
+        if sends:
+            await asyncio.gather(*sends)
+        if not job.attached:
+            plan = {
+                "tasks": count,
+                "markers": [[list(m.prefix), list(m.path), m.count] for m in job.markers],
+            }
+            await self.s3.put(
+                _keys.job_dir(self.prefix, job.job_id) + "plan.json",
+                _serialize.seal(
+                    json.dumps(plan).encode(), key=job.key, context=f"jobs/{job.job_id}/plan"
+                ),
+            )
+        self.dispatch_done = True
+        self.wake.set()
+
+    # -------------------------------------------------------------- gather
+
+    async def _fetch(self, task_id: int, key: str) -> None:
+        async with self.downloads:
+            blob = await self.s3.get(key)
+        entry = self.pending.get(task_id)
+        if blob is None or entry is None:
+            self.seen.discard(task_id)
+            return
+        try:
+            outcome = _serialize.unseal_model(
+                TaskOutcome,
+                blob,
+                key=self.job.key,
+                context=outcome_context(self.job.job_id, task_id),
+            )
+        except SignatureError as exc:
+            raise SignatureError(f"result s3://{self.b.bucket}/{key}: {exc}") from None
+        if (
+            outcome.failure is not None
+            and outcome.failure.kind == "cancelled"
+            and not self.job.cancelled.is_set()
+        ):
+            # a stale cancel from an earlier attempt cannot happen (cancel is final); treat as lost
+            pass
+        del self.pending[task_id]
+        self.last_progress = time.monotonic()
+        await self.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
+
+    async def _poll_once(self) -> int:
+        if not self.pending:
+            return 0
+        first = min(self.pending)
+        start_after = _keys.result_key(self.prefix, self.job.job_id, first - 1) if first > 0 else ""
+        new: list[tuple[int, str]] = []
+        async for key in self.s3.list_keys(
+            _keys.results_dir(self.prefix, self.job.job_id), start_after
+        ):
+            task_id = _keys.parse_result_key(self.prefix, self.job.job_id, key)
+            if task_id is None or task_id in self.seen or task_id not in self.pending:
+                continue
+            self.seen.add(task_id)
+            new.append((task_id, key))
+        if new:
+            await asyncio.gather(*(self._fetch(t, k) for t, k in new))
+        return len(new)
+
+    async def _requeue_lost(self) -> None:
+        now = time.monotonic()
+        for task_id, entry in list(self.pending.items()):
+            if task_id in self.seen:
+                continue
+            since = now - max(entry.dispatched_at, self.last_progress)
+            if since < self.deadline:
+                continue
+            if entry.attempt >= self.b.retries:
+                del self.pending[task_id]
+                leaves = entry.planned.leaves
+                await self.out.put(
+                    TaskResult(
+                        task_id,
+                        failure=TaskFailure(
+                            kind="lost",
+                            message=(
+                                f"no result for task {task_id} after {entry.attempt + 1} "
+                                f"attempt(s), each given {self.deadline:.0f}s: it timed out "
+                                f"(function timeout {self.b.task_timeout:.0f}s), ran out of "
+                                "memory, crashed, or was never started (event lost)"
+                            ),
+                        ),
+                        attempts=entry.attempt + 1,
+                    )
+                )
+                del leaves
+                continue
+            entry.attempt += 1
+            entry.dispatched_at = now
+            blob = self.job.sealed_task(entry.planned, attempt=entry.attempt)
+            await self._send(task_id, blob)
+
+    async def gather(self) -> None:
+        interval = POLL_MIN
+        while True:
+            if self.dispatch_done and not self.pending:
+                return
+            found = await self._poll_once()
+            if found:
+                interval = POLL_MIN
+            else:
+                await self._requeue_lost()
+                interval = min(POLL_MAX, interval * 1.5)
+                self.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), interval)
+
+    # -------------------------------------------------------------- the run
+
+    async def execute(self, tasks: AsyncIterator[PlannedTask]) -> AsyncIterator[TaskResult]:
+        finished = False
+
+        async def guard(coro: Any) -> None:
+            try:
+                await coro
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    await self.out.put(exc)
+                raise
+            finally:
+                await self.out.put(None)
+
+        workers = [
+            asyncio.create_task(guard(self.dispatch(tasks))),
+            asyncio.create_task(guard(self.gather())),
+        ]
+        running = len(workers)
+        try:
+            while running:
+                item = await self.out.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+            finished = True
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.shield(self._finish(finished))
+
+    async def _finish(self, finished: bool) -> None:
+        job, s3, p = self.job, self.s3, self.prefix
+        with contextlib.suppress(Exception):
+            if not finished or job.cancelled.is_set():
+                await s3.put(_keys.cancel_key(p, job.job_id), b"")
+                await s3.delete_keys(_keys.task_key(p, job.job_id, t) for t in list(self.pending))
+            if not self.b.keep and (finished or job.cancelled.is_set()):
+                for root in (
+                    _keys.queue_dir(p, job.job_id),
+                    _keys.results_dir(p, job.job_id),
+                ):
+                    await s3.delete_prefix(root)
+                keep_marker = job.cancelled.is_set()
+                keys = [
+                    k
+                    async for k in s3.list_keys(_keys.job_dir(p, job.job_id))
+                    if not (keep_marker and k == _keys.cancel_key(p, job.job_id))
+                ]
+                await s3.delete_keys(keys)
