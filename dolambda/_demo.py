@@ -1,0 +1,34 @@
+"""The demo: a seeded Monte Carlo estimate of pi on the local Lambda emulator (or AWS)."""
+
+from __future__ import annotations
+
+import time
+
+from dolambda._backends.lambda_ import LambdaBackend
+from dolambda._loop import foreach
+from dolambda._worker import rng
+
+
+def throw_darts(batch: int, samples: int) -> int:
+    """How many of ``samples`` random points in the unit square fall in the quarter circle."""
+    points = rng().random((samples, 2))
+    return int(((points**2).sum(axis=1) <= 1.0).sum())
+
+
+def run_demo(backend: LambdaBackend, iterations: int = 200, samples: int = 100_000) -> float:
+    loop = foreach(batch=range(iterations), samples=[samples] * iterations).seed(2026)
+    print(f"Estimating pi with {iterations} x {samples:,} samples on {backend!r}")
+    job = loop.combine(sum).submit(throw_darts, backend=backend)
+    started = time.perf_counter()
+    hits = job.result()
+    wall = time.perf_counter() - started
+    estimate = 4.0 * hits / (iterations * samples)
+    print(f"pi ~= {estimate:.6f} (error {abs(estimate - 3.141592653589793):.2e}) in {wall:.2f}s")
+    print(f"stats: {job.stats.summary()}")
+    stats = job.stats
+    memory = stats.memory_mb or 1024
+    print(
+        f"on AWS at {memory} MB this would bill about {stats.billed_gb_seconds or 0:.3f} GB-s, "
+        f"~${stats.cost_usd:.6f} (one price table: dolambda._stats.PRICES)"
+    )
+    return estimate
