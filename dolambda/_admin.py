@@ -37,7 +37,9 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         blob = await s3.get(_keys.manifest_key(p, job_id))
         if blob is not None:
             try:
-                payload = _serialize.unseal(blob, key=backend.key, context=f"jobs/{job_id}/manifest")
+                payload = _serialize.unseal(
+                    blob, key=backend.key, context=f"jobs/{job_id}/manifest"
+                )
                 created = float(json.loads(payload)["created_at"])
             except Exception:
                 created = None
@@ -46,7 +48,9 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         blob = await s3.get(plan_key)
         if blob is not None:
             try:
-                plan = json.loads(_serialize.unseal(blob, key=backend.key, context=f"jobs/{job_id}/plan"))
+                plan = json.loads(
+                    _serialize.unseal(blob, key=backend.key, context=f"jobs/{job_id}/plan")
+                )
                 tasks = int(plan["tasks"])
             except Exception:
                 tasks = None
@@ -65,7 +69,9 @@ async def list_jobs(backend: LambdaBackend) -> list[JobInfo]:
         return [await _job_info(s3, backend, j) for j in sorted(ids)]
 
 
-async def cleanup_jobs(backend: LambdaBackend, older_than: float, *, dry_run: bool = False) -> list[str]:
+async def cleanup_jobs(
+    backend: LambdaBackend, older_than: float, *, dry_run: bool = False
+) -> list[str]:
     """Delete every object of jobs created more than ``older_than`` seconds ago."""
     region = resolve_region(backend.region, backend.profile)
     cutoff = time.time() - older_than

@@ -10,6 +10,7 @@ accumulator counts as one). The combine function always runs in the client.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import operator
 from collections.abc import Callable
@@ -87,7 +88,19 @@ def _as_rows(v: Any) -> list[list[Any]]:
     return [[v]]
 
 
+def _is_empty(v: Any) -> bool:
+    """R's rbind/cbind ignore NULL and zero-length arguments (e.g. an empty ``init``)."""
+    if v is None:
+        return True
+    if isinstance(v, (list, tuple)):
+        return len(v) == 0
+    return _is_array(v) and v.size == 0
+
+
 def _bind(values: list[Any], *, by_row: bool) -> Any:
+    values = [v for v in values if not _is_empty(v)]
+    if not values:
+        return []
     if any(_is_pandas(v) for v in values):
         import pandas as pd  # only when results are pandas objects
 
@@ -249,17 +262,29 @@ def _fold(fn: Callable[[Any, Any], Any], values: list[Any]) -> Any:
     return acc
 
 
+def _fresh(init: Any) -> Any:
+    """A private copy of ``init`` (the object itself when it cannot be copied)."""
+    if init is MISSING:
+        return MISSING
+    try:
+        return copy.deepcopy(init)
+    except Exception:
+        return init
+
+
 class Accumulator:
     """One run of a combine: ``put``/``skip`` slots as they complete, then ``finish``."""
 
     def __init__(self, spec: CombineSpec) -> None:
         self.spec = spec
         self._max = spec.effective_maxcombine()
-        self._has_acc = spec.init is not MISSING
+        # each run starts from its own copy of init: a combine that mutates its
+        # accumulator must not leak into the next run or into a sibling inner loop
+        self._init = _fresh(spec.init)
+        self._has_acc = self._init is not MISSING
         self._acc: Any = (
-            ([spec.init] if spec.is_default_list else spec.init) if self._has_acc else None
+            ([self._init] if spec.is_default_list else self._init) if self._has_acc else None
         )
-        self._list_acc = spec.is_default_list and self._has_acc
         self._waiting: list[Any] = []
         self._buffer: dict[int, tuple[bool, Any]] = {}
         self._next = 0
@@ -317,8 +342,8 @@ class Accumulator:
                 self._waiting = []
         if not self._has_acc:
             self._acc = [] if spec.is_default_list else None
-        elif self.count == 0 and spec.init is not MISSING:
-            self._acc = spec.init
+        elif self.count == 0 and self._init is not MISSING:
+            self._acc = self._init
         result = self._acc
         if spec.final is not None:
             result = spec.final(result)

@@ -20,7 +20,7 @@ def run_demo(backend: LambdaBackend, iterations: int = 200, samples: int = 100_0
     print(f"Estimating pi with {iterations} x {samples:,} samples on {backend!r}")
     job = loop.combine(sum).submit(throw_darts, backend=backend)
     started = time.perf_counter()
-    hits = job.result()
+    hits = int(job.result())
     wall = time.perf_counter() - started
     estimate = 4.0 * hits / (iterations * samples)
     print(f"pi ~= {estimate:.6f} (error {abs(estimate - 3.141592653589793):.2e}) in {wall:.2f}s")

@@ -120,7 +120,7 @@ def leaf_error_mode(loop: Loop) -> str:
     innermost = "stop"
     while level is not None:
         if level.error_mode is not None:
-            return level.error_mode
+            return str(level.error_mode)
         level = level.inner_loop
     return innermost
 
@@ -372,7 +372,9 @@ class Job:
 
         async def task_source() -> AsyncIterator[PlannedTask]:
             nonlocal planned_leaves
-            source = self._plan if self._plan is not None else chunk_plan(iter_plan(loop), chunk_size)
+            source = (
+                self._plan if self._plan is not None else chunk_plan(iter_plan(loop), chunk_size)
+            )
             for item in source:
                 if isinstance(item, InnerDone):
                     ctx.markers.append(item)
@@ -472,7 +474,9 @@ def _client_state(loop: Loop) -> Loop | None:
         levels.append(level)
         level = level.inner_loop
     for lv in reversed(levels):
-        stripped = lv.model_copy(update={"variables": (), "inner_loop": stripped, "bound_body": None})
+        stripped = lv.model_copy(
+            update={"variables": (), "inner_loop": stripped, "bound_body": None}
+        )
     try:
         from dolambda import _serialize
 

@@ -204,7 +204,7 @@ class Loop(BaseModel):
         *,
         progress: bool | None = None,
     ) -> Any:
-        """R's ``%dopar%``: the given or registered backend (sequential, with a warning, if none)."""
+        """R's ``%dopar%``: the given or registered backend (sequential + a warning if none)."""
         body = self._body(fn)
         job = Job(self, body, resolve_run_backend(backend, offload=False), progress=progress)
         return _sync.run_sync(job._run())

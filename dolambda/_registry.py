@@ -75,7 +75,7 @@ def local_backend(workers: int | None) -> LocalBackend:
 
 
 def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
-    """The backend for ``.run``/``.arun``/``.submit``: given, registered, or sequential + warning."""
+    """The backend for ``.run``/``.arun``/``.submit``: given, registered, or sequential."""
     if backend is not None:
         if not isinstance(backend, Backend):
             raise InvalidArgumentType(

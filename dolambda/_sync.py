@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -72,10 +73,8 @@ def wait_future(future: concurrent.futures.Future[T]) -> T:
         return future.result()
     except KeyboardInterrupt:
         future.cancel()
-        try:
+        with contextlib.suppress(BaseException):
             future.result(timeout=30)
-        except BaseException:
-            pass
         raise
 
 

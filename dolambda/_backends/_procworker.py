@@ -36,13 +36,17 @@ def main(read_fd: int, write_fd: int) -> None:
         job_id, task_id, blob = payload
         assert job is not None and job[0] == job_id
         _, key, manifest_blob, body_blob = job
+
+        def fetch_job(m: bytes = manifest_blob, b: bytes = body_blob) -> tuple[bytes, bytes]:
+            return m, b
+
         outcome = run_task_blob(
             state,
             blob,
             key=key,
             job_id=job_id,
             task_id=task_id,
-            fetch_job=lambda: (manifest_blob, body_blob),
+            fetch_job=fetch_job,
         )
         sys.stdout.flush()
         tx.send_bytes(

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -117,8 +117,9 @@ def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
             try:
                 _serialize.dumps(value)
             except Exception:
+                where = leaf.path[0] if len(leaf.path) == 1 else leaf.path
                 return SerializationError(
-                    f"variable {name!r} of iteration {leaf.path[0] if len(leaf.path) == 1 else leaf.path} "
+                    f"variable {name!r} of iteration {where} "
                     f"({_serialize.describe(value)}) cannot be serialized with dill: "
                     f"{type(exc).__name__}: {exc}"
                 )
@@ -184,7 +185,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
-    ) -> AsyncIterator[TaskResult]:
+    ) -> AsyncGenerator[TaskResult, None]:
         """Run every task from ``tasks``; yield one TaskResult per task as each completes.
 
         When ``job.cancelled`` is set, stop taking tasks and stop running ones

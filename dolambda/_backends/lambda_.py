@@ -7,7 +7,7 @@
     PUT jobs/<id>/manifest.json, body.pkl,
         client.pkl (once per job)
     dispatch: PUT queue/<id>/<task>.task ──────► ObjectCreated ───────────────► lambda_handler
-      (bounded concurrency, streamed;            (trigger="s3"), or             GET task (+ manifest,
+      (bounded concurrency, streamed;            (trigger="s3"), or             GET task (+manifest,
        trigger="invoke": async Invoke,           async Invoke with the          body once per warm
        small tasks inlined in the payload)       task key (trigger="invoke")    container), run it
     gather: LIST results/<id>/ (StartAfter  ◄── results/<id>/<task>.out ◄──── PUT If-None-Match: *
@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +122,8 @@ class LambdaBackend(Backend):
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
         ):
             raise InvalidArgument(
-                f"LambdaBackend: chunk_size must be a positive integer or 'auto', got {chunk_size!r}"
+                "LambdaBackend: chunk_size must be a positive integer or 'auto', "
+                f"got {chunk_size!r}"
             )
         self.chunk_size = chunk_size
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -136,7 +137,8 @@ class LambdaBackend(Backend):
             or not task_timeout > 0
         ):
             raise InvalidArgument(
-                f"LambdaBackend: task_timeout must be a positive number of seconds, got {task_timeout!r}"
+                "LambdaBackend: task_timeout must be a positive number of seconds, "
+                f"got {task_timeout!r}"
             )
         self.task_timeout = (
             float(task_timeout)
@@ -149,7 +151,8 @@ class LambdaBackend(Backend):
             or max_concurrency < 1
         ):
             raise InvalidArgument(
-                f"LambdaBackend: max_concurrency must be a positive integer, got {max_concurrency!r}"
+                "LambdaBackend: max_concurrency must be a positive integer, "
+                f"got {max_concurrency!r}"
             )
         self.max_concurrency = max_concurrency
         self.keep = bool(keep)
@@ -240,7 +243,7 @@ class LambdaBackend(Backend):
 
     async def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
-    ) -> AsyncIterator[TaskResult]:
+    ) -> AsyncGenerator[TaskResult, None]:
         region = resolve_region(self.region, self.profile)
         job.key = self.key
         job.trigger = self.trigger
@@ -519,7 +522,7 @@ class _Run:
 
     # -------------------------------------------------------------- the run
 
-    async def execute(self, tasks: AsyncIterator[PlannedTask]) -> AsyncIterator[TaskResult]:
+    async def execute(self, tasks: AsyncIterator[PlannedTask]) -> AsyncGenerator[TaskResult, None]:
         finished = False
 
         async def guard(coro: Any) -> None:

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from multiprocessing.connection import Connection
 
 from dolambda import _serialize
@@ -194,7 +194,7 @@ class LocalBackend(Backend):
 
     async def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
-    ) -> AsyncIterator[TaskResult]:
+    ) -> AsyncGenerator[TaskResult, None]:
         out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
         pull_lock = asyncio.Lock()
         busy: set[_Proc] = set()

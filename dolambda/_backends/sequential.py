@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from dolambda._backends.base import Backend, JobContext, TaskResult
 from dolambda._plan import PlannedTask
@@ -25,7 +25,7 @@ class SequentialBackend(Backend):
 
     async def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
-    ) -> AsyncIterator[TaskResult]:
+    ) -> AsyncGenerator[TaskResult, None]:
         async for task in tasks:
             if job.cancelled.is_set():
                 return
