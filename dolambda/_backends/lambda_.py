@@ -167,7 +167,8 @@ class LambdaBackend(Backend):
         self._key = signing_key_bytes(key_text) if key_text else None
         self.memory_mb = config.memory_mb if same and config else 1024
         self.architecture = config.architecture if same and config else "x86_64"
-        self.grace = GRACE
+        # seconds past the function timeout before a task without a result counts as lost
+        self.grace = min(GRACE, 1.0 + self.task_timeout / 2)
         self._checked_setup = False
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
 
