@@ -203,6 +203,7 @@ class Job:
         self._task: asyncio.Task[Any] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._future: concurrent.futures.Future[Any] | None = None
+        self._print_summary = False
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "running"
@@ -217,6 +218,11 @@ class Job:
 
     def done(self) -> bool:
         return self._finished
+
+    def plot(self, kind: str = "timeline", ax: Any = None) -> Any:
+        """A matplotlib figure of the job: ``"timeline"`` (one row per worker, a bar per
+        task, cold starts marked) or ``"durations"`` (a histogram). Needs matplotlib."""
+        return self.stats.plot(kind, ax)
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job finishes and return the combined result."""
@@ -332,7 +338,14 @@ class Job:
         self._task_loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            return await self._execute()
+            result = await self._execute()
+            if self._print_summary:
+                self.stats.wall_time = time.perf_counter() - started
+                self.stats.iterations, self.stats.failed = self._done, self._failed
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"dolambda: {self.stats.summary()}")
+            return result
         except asyncio.CancelledError:
             if self._cancel_requested:
                 raise JobCancelled(f"job {self.id} was cancelled") from None
@@ -455,6 +468,7 @@ class Job:
         self.stats.client_s3_requests = dict(ctx.__dict__.get("client_requests", {}))
         self.stats.memory_mb = int(getattr(backend, "memory_mb", 0) or 0)
         self.stats.architecture = str(getattr(backend, "architecture", "x86_64"))
+        self._print_summary = bar is not None and backend.name == "lambda"
         if ctx.cancelled.is_set() and self._cancel_requested:
             raise JobCancelled(f"job {self.id} was cancelled")
         if pending:

@@ -80,6 +80,14 @@ class JobStats:
     def __str__(self) -> str:
         return self.summary()
 
+    def plot(self, kind: str = "timeline", ax: Any = None) -> Any:
+        """``"timeline"`` (a row per worker, a bar per task) or ``"durations"`` (histogram)."""
+        if kind == "timeline":
+            return plot_timeline(self, ax)
+        if kind == "durations":
+            return plot_durations(self, ax)
+        raise ValueError(f"plot: kind must be 'timeline' or 'durations', got {kind!r}")
+
     def to_dataframe(self) -> Any:
         """Per-task stats as a pandas DataFrame (needs pandas: pip install 'dolambda[plot]')."""
         try:
@@ -89,3 +97,62 @@ class JobStats:
                 "JobStats.to_dataframe() needs pandas: pip install 'dolambda[plot]'"
             ) from exc
         return pd.DataFrame([t.model_dump() for t in self.tasks])
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        if not _interactive():
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            "plots need matplotlib: pip install 'dolambda[plot]' (or pip install matplotlib)"
+        ) from exc
+    return plt
+
+
+def _interactive() -> bool:
+    import sys
+
+    return "ipykernel" in sys.modules
+
+
+def plot_timeline(stats: JobStats, ax: Any = None) -> Any:
+    """One row per worker, a bar per task (start to finish), cold starts marked."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3 + 0.15 * len({t.worker for t in stats.tasks})))
+    if not stats.tasks:
+        ax.set_title(f"job {stats.job_id}: no tasks")
+        return ax.figure
+    t0 = min(t.started_at for t in stats.tasks)
+    workers = sorted({t.worker for t in stats.tasks})
+    row = {w: i for i, w in enumerate(workers)}
+    for t in stats.tasks:
+        color = "tab:orange" if t.cold_start else "tab:blue"
+        ax.barh(
+            row[t.worker],
+            max(t.finished_at - t.started_at, 1e-3),
+            left=t.started_at - t0,
+            color=color,
+            edgecolor="white",
+            height=0.8,
+        )
+    ax.set_yticks(range(len(workers)), [w[-24:] for w in workers])
+    ax.set_xlabel("seconds since the first task started")
+    ax.set_title(f"job {stats.job_id}: {len(stats.tasks)} tasks, orange = cold start")
+    return ax.figure
+
+
+def plot_durations(stats: JobStats, ax: Any = None) -> Any:
+    """A histogram of task durations."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    ax.hist([t.duration for t in stats.tasks], bins=min(30, max(5, len(stats.tasks) // 3)))
+    ax.set_xlabel("task duration (s)")
+    ax.set_ylabel("tasks")
+    ax.set_title("task durations")
+    return ax.figure

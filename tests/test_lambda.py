@@ -1,0 +1,393 @@
+"""The Lambda backend end to end: HTTP to a moto server, the real handler in the
+emulator's worker processes, both triggers."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import dolambda
+from dolambda import DolambdaError, LambdaBackend, TaskError, foreach, rng, times
+from dolambda._errors import ConfigError, JobCancelled, SerializationError, StorageError
+
+emulator = pytest.importorskip("dolambda.emulator")
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Any]:
+    instance = emulator.Emulator(workers=2, timeout=4.0)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def backend_for(emu: Any, **kwargs: Any) -> LambdaBackend:
+    settings: dict[str, Any] = {
+        "bucket": emu.backend.bucket,
+        "function_name": emu.backend.function_name,
+        "region": emu.backend.region,
+        "endpoint_url": emu.endpoint_url,
+        "prefix": emu.backend.prefix,
+        "signing_key": emu.signing_key,
+        "task_timeout": 4.0,
+        "max_concurrency": 2,
+    }
+    settings.update(kwargs)
+    return LambdaBackend(**settings)
+
+
+@pytest.fixture(params=["s3", "invoke"])
+def backend(request: pytest.FixtureRequest, emu: Any) -> LambdaBackend:
+    return backend_for(emu, trigger=request.param)
+
+
+def s3_client(emu: Any) -> Any:
+    return boto3.client("s3", endpoint_url=emu.endpoint_url, region_name="us-east-1")
+
+
+def all_keys(emu: Any, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for page in (
+        s3_client(emu)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=emu.backend.bucket, Prefix=prefix)
+    ):
+        out.extend(o["Key"] for o in page.get("Contents", ()))
+    return out
+
+
+def job_keys(emu: Any, job_id: str) -> list[str]:
+    return [k for k in all_keys(emu) if f"/{job_id}/" in k]
+
+
+def noisy(x: int) -> int:
+    return x * x
+
+
+CASES: list[tuple[str, Any, Any]] = [
+    ("list", foreach(x=range(7)), noisy),
+    ("empty", foreach(x=[]), noisy),
+    ("one", foreach(x=[3]).combine(operator.add), noisy),
+    ("zip", foreach(x=range(5), y="abc"), lambda x, y: y * x),
+    ("sum", foreach(x=range(30)).combine(sum), noisy),
+    ("c", foreach(x=range(6)).combine("c"), lambda x: [x, None, -x]),
+    ("rbind", foreach(x=range(4)).combine("rbind"), lambda x: [x, x + 1]),
+    ("cbind", foreach(x=range(3)).combine("cbind"), lambda x: [x, 2 * x]),
+    ("concat", foreach(x=range(12)).chunk_size(1).combine(operator.add, init=""), str),
+    ("final", foreach(x=range(5)).combine("+", final=lambda t: t / 2), noisy),
+    ("when", foreach(x=range(10)).when(lambda x: x % 3 == 0), noisy),
+    ("times", times(4), lambda: "hi"),
+    (
+        "nest",
+        foreach(i=range(4)).nest(foreach(j=lambda i: range(i)).combine("+", init=0)),
+        lambda i, j: i * 10 + j,
+    ),
+    ("pass", foreach(x=range(5)).errorhandling("pass"), lambda x: 1 / (x - 2)),
+    ("remove", foreach(x=range(5)).errorhandling("remove"), lambda x: 1 / (x - 2)),
+    ("seed", foreach(x=range(9)).seed(7).chunk_size(4), lambda x: float(rng().random())),
+]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, BaseException) and isinstance(b, BaseException):
+        return type(a) is type(b) and str(a) == str(b)
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("name,loop,body", CASES, ids=[c[0] for c in CASES])
+def test_same_result_as_do(backend: LambdaBackend, name: str, loop: Any, body: Any) -> None:
+    expected = loop.do(body)
+    got = loop.do_lambda(body, backend=backend, progress=False)
+    assert _same(got, expected), (name, got, expected)
+
+
+def test_stop_names_iteration_and_carries_traceback(backend: LambdaBackend) -> None:
+    with pytest.raises(TaskError) as info:
+        foreach(x=range(6)).chunk_size(1).do_lambda(lambda x: 1 / (x - 4), backend=backend)
+    assert info.value.index == 4
+    assert info.value.variables == {"x": 4}
+    assert "ZeroDivisionError" in str(info.value)
+    assert "Traceback" in info.value.remote_traceback
+
+
+def test_job_objects_are_cleaned_up(emu: Any) -> None:
+    backend = backend_for(emu)
+    job = foreach(x=range(10)).chunk_size(3).submit(noisy, backend=backend)
+    assert job.result() == [x * x for x in range(10)]
+    assert job_keys(emu, job.id) == []
+
+
+def test_keep_leaves_objects(emu: Any) -> None:
+    backend = backend_for(emu, keep=True)
+    job = foreach(x=range(4)).chunk_size(2).submit(noisy, backend=backend)
+    job.result()
+    keys = job_keys(emu, job.id)
+    assert any(k.endswith("manifest.json") for k in keys)
+    assert sum(k.endswith(".out") for k in keys) == 2
+
+
+def test_stats_report_tasks_and_requests(emu: Any) -> None:
+    backend = backend_for(emu)
+    job = foreach(x=range(8)).chunk_size(2).submit(noisy, backend=backend, progress=False)
+    job.result()
+    stats = job.stats
+    assert stats.task_count == 4
+    assert stats.iterations == 8
+    assert stats.client_s3_requests.get("put", 0) >= 4
+    assert all(t.s3_requests >= 2 for t in stats.tasks)
+    assert stats.cost_usd > 0
+    assert "8 iterations in 4 tasks" in stats.summary()
+
+
+def test_closure_and_large_capture_uploaded_once(emu: Any) -> None:
+    backend = backend_for(emu)
+    big = list(range(200_000))
+    offset = 5
+
+    def body(x: int) -> int:
+        return big[x] + offset
+
+    job = foreach(x=range(20)).chunk_size(1).submit(body, backend=backend, progress=False)
+    assert job.result() == [x + offset for x in range(20)]
+    puts = job.stats.client_s3_requests.get("put", 0)
+    assert puts < 30  # manifest + body + client + plan + 20 tasks + cancel: body not per task
+
+
+def test_main_module_function_runs(emu: Any, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from dolambda import LambdaBackend, foreach
+
+            def double(x):
+                return 2 * x
+
+            backend = LambdaBackend(bucket={emu.backend.bucket!r}, region="us-east-1",
+                endpoint_url={emu.endpoint_url!r}, signing_key={emu.signing_key!r},
+                function_name={emu.backend.function_name!r}, prefix={emu.backend.prefix!r})
+            print(foreach(x=range(5)).combine(sum).do_lambda(double, backend=backend,
+                progress=False))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "20"
+
+
+async def test_two_jobs_at_once_from_one_loop(emu: Any) -> None:
+    backend = backend_for(emu)
+    a, b = await asyncio.gather(
+        foreach(x=range(15)).chunk_size(2).arun(noisy, backend=backend, progress=False),
+        foreach(x=range(15))
+        .chunk_size(3)
+        .combine(sum)
+        .arun(lambda x: -x, backend=backend, progress=False),
+    )
+    assert a == [x * x for x in range(15)]
+    assert b == -sum(range(15))
+
+
+async def test_sync_run_inside_running_loop(emu: Any) -> None:
+    backend = backend_for(emu)
+    assert foreach(x=range(6)).combine(sum).run(noisy, backend=backend, progress=False) == 55
+
+
+def test_registered_backend_and_run(emu: Any) -> None:
+    backend = backend_for(emu)
+    dolambda.register(backend)
+    assert dolambda.registered() == ("lambda", 2)
+
+    @foreach(x=range(5))
+    def cube(x: int) -> int:
+        return x**3
+
+    assert cube.combine(sum).run(progress=False) == 100
+    assert cube.combine(sum).do_lambda(progress=False) == 100
+
+
+def test_cancel_stops_new_work_and_cleans_up(emu: Any, tmp_path: Path) -> None:
+    backend = backend_for(emu, task_timeout=30.0)
+    marker = tmp_path / "ran"
+    marker.mkdir()
+
+    def slow(x: int) -> int:
+        (marker / str(x)).touch()
+        time.sleep(0.3)
+        return x
+
+    job = foreach(x=range(40)).chunk_size(1).submit(slow, backend=backend, progress=False)
+    deadline = time.monotonic() + 30
+    while job.progress.done < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=30)
+    started = len(list(marker.iterdir()))
+    # at most the tasks already running (2 workers) plus in-flight events start after cancel
+    settle = time.monotonic() + 3
+    while time.monotonic() < settle:
+        time.sleep(0.1)
+    assert len(list(marker.iterdir())) <= started + 2
+    assert len(list(marker.iterdir())) < 40
+    leftovers = [k for k in job_keys(emu, job.id) if not k.endswith("/cancel")]
+    assert all("/results/" in k for k in leftovers)  # only late results of running tasks
+
+
+def test_task_past_timeout_is_reported_not_hung(emu: Any) -> None:
+    backend = backend_for(emu, retries=0)
+
+    def sleepy(x: int) -> int:
+        if x == 1:
+            time.sleep(30)
+        return x
+
+    started = time.monotonic()
+    got = (
+        foreach(x=range(3))
+        .chunk_size(1)
+        .errorhandling("pass")
+        .do_lambda(sleepy, backend=backend, progress=False)
+    )
+    assert got[0] == 0 and got[2] == 2
+    assert isinstance(got[1], TaskError)
+    assert got[1].error_type == "lost"
+    assert "timed out" in str(got[1])
+    assert time.monotonic() - started < 25
+
+
+def test_worker_killed_mid_task_is_retried(emu: Any, tmp_path: Path) -> None:
+    backend = backend_for(emu, retries=2)
+    flag = tmp_path / "killed-once"
+
+    def fragile(x: int) -> int:
+        if x == 2 and not flag.exists():
+            flag.touch()
+            os.kill(os.getpid(), 9)
+        return x + 100
+
+    got = foreach(x=range(4)).chunk_size(1).do_lambda(fragile, backend=backend, progress=False)
+    assert got == [100, 101, 102, 103]
+    assert flag.exists()
+
+
+def test_version_mismatch_is_an_error_naming_both(
+    emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dolambda._backends.base as base
+
+    monkeypatch.setattr(base, "python_version", lambda: "3.99")
+    backend = backend_for(emu)
+    with pytest.raises(TaskError) as info:
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+    assert "3.99" in str(info.value)
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in str(info.value)
+
+
+def test_attach_after_client_dies(emu: Any, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from dolambda import LambdaBackend, foreach
+
+            def slow(x):
+                time.sleep(0.2)
+                return x * 3
+
+            backend = LambdaBackend(bucket={emu.backend.bucket!r}, region="us-east-1",
+                endpoint_url={emu.endpoint_url!r}, signing_key={emu.signing_key!r},
+                function_name={emu.backend.function_name!r}, prefix={emu.backend.prefix!r},
+                task_timeout=30.0)
+            job = foreach(x=range(12)).chunk_size(1).combine(sum).submit(slow, backend=backend,
+                progress=False)
+            print(job.id, flush=True)
+            while job.progress.done < 2:
+                time.sleep(0.01)
+            print("gathering", flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        job_id = proc.stdout.readline().strip()
+        assert proc.stdout.readline().strip() == "gathering"
+    finally:
+        proc.kill()
+        proc.wait()
+    backend = backend_for(emu, task_timeout=30.0)
+    job = dolambda.Job.attach(job_id, backend)
+    assert job.id == job_id
+    assert job.result(timeout=60) == 3 * sum(range(12))
+    assert job_keys(emu, job_id) == []
+
+
+def test_attach_unknown_job_is_clear(emu: Any) -> None:
+    with pytest.raises(DolambdaError, match="no job"):
+        dolambda.Job.attach("20260101T000000-deadbeef", backend_for(emu))
+
+
+def test_unknown_bucket_names_it(emu: Any) -> None:
+    backend = backend_for(emu, bucket="no-such-bucket-here")
+    with pytest.raises(StorageError, match="no-such-bucket-here"):
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+
+
+def test_missing_signing_key(emu: Any) -> None:
+    backend = backend_for(emu, signing_key=None)
+    with pytest.raises(ConfigError, match="signing key"):
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+
+
+def test_missing_region(emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    backend = backend_for(emu, region=None)
+    with pytest.raises(ConfigError, match="AWS_DEFAULT_REGION"):
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+
+
+def test_no_credentials(emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    backend = backend_for(emu)
+    with pytest.raises(ConfigError, match="credentials"):
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+
+
+def test_bucket_without_trigger_says_deploy(emu: Any) -> None:
+    s3_client(emu).create_bucket(Bucket="bare-bucket")
+    backend = backend_for(emu, bucket="bare-bucket")
+    with pytest.raises(ConfigError, match="dolambda deploy"):
+        foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
+
+
+def test_unserializable_body_fails_before_upload(emu: Any) -> None:
+    import socket
+
+    backend = backend_for(emu)
+    before = set(all_keys(emu))
+    with socket.socket() as sock, pytest.raises(SerializationError, match="sock"):
+        foreach(x=range(2)).do_lambda(lambda x: (sock, x), backend=backend)
+    assert set(all_keys(emu)) == before
