@@ -1,0 +1,250 @@
+"""A moto server whose Lambda hands events to the dolambda emulator instead of Docker.
+
+Run as ``python -m dolambda._emulator_moto --port 0`` (the emulator does this);
+it prints ``DOLAMBDA-MOTO-READY <port>`` once it listens on 127.0.0.1.
+
+Two patches on moto, both at the point where moto would run a function:
+
+* ``moto.s3.notifications._invoke_awslambda`` (a bucket notification matched a
+  ``LambdaFunctionConfiguration``) and ``LambdaFunction.invoke`` (the ``Invoke``
+  API) put the event in a per-function mailbox instead of starting a container.
+  ``Event`` invocations return 202 at once; ``RequestResponse`` ones wait for
+  the emulator's answer (up to the function timeout + 30 s); ``DryRun`` does nothing.
+* ``moto.s3.notifications._get_s3_event`` builds the full AWS record
+  (``userIdentity``, ``requestParameters``, ``responseElements``, ``sequencer``...).
+
+The emulator long-polls the mailbox over HTTP, next to S3 on the same port::
+
+    GET  /_dolambda/ping                                     -> {"dolambda": 1}
+    GET  /_dolambda/poll?function=NAME&region=R&wait=S&max=N -> {"events": [...]}
+    POST /_dolambda/reply  {"id": ..., "payload": "...", "error": false}
+
+An event taken from the mailbox belongs to the emulator (moto keeps no copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Any
+from urllib.parse import parse_qs
+
+from dolambda._emulator_events import API, s3_record
+
+READY = "DOLAMBDA-MOTO-READY"
+
+StartResponse = Callable[..., Any]
+
+
+class Mailbox:
+    """Pending invocations per function, and the answers to synchronous ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        self._replies: dict[str, dict[str, Any] | None] = {}
+
+    def put(self, function: str, item: dict[str, Any]) -> None:
+        with self._cond:
+            self._queues[function].append(item)
+            self._cond.notify_all()
+
+    def take(self, function: str, wait: float, limit: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + wait
+        with self._cond:
+            queue = self._queues[function]
+            while not queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            return [queue.popleft() for _ in range(min(limit, len(queue)))]
+
+    def call(self, function: str, item: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Queue a synchronous invocation and wait for its answer (None: no answer in time)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._replies[item["id"]] = None
+            self._queues[function].append(item)
+            self._cond.notify_all()
+            while self._replies.get(item["id"]) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._replies.pop(item["id"], None)
+
+    def reply(self, answer: dict[str, Any]) -> bool:
+        with self._cond:
+            if answer.get("id") not in self._replies:
+                return False
+            self._replies[answer["id"]] = answer
+            self._cond.notify_all()
+            return True
+
+
+MAILBOX = Mailbox()
+
+
+def function_key(region: str, name: str) -> str:
+    return f"{region}/{name}"
+
+
+def _item(source: str, payload: str, reply: bool = False) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "source": source, "payload": payload, "reply": reply}
+
+
+# --------------------------------------------------------------------------- moto patches
+
+
+def patch_moto() -> None:
+    from moto.awslambda import models as lambda_models
+    from moto.awslambda.utils import get_backend
+    from moto.s3 import notifications
+
+    def get_s3_event(
+        event_name: Any, bucket: Any, key: Any, notification_id: str
+    ) -> dict[str, list[dict[str, Any]]]:
+        name = event_name.value if isinstance(event_name, Enum) else str(event_name)
+        versioned = bool(getattr(bucket, "is_versioned", False))
+        return {
+            "Records": [
+                s3_record(
+                    region=bucket.region_name,
+                    bucket=bucket.name,
+                    key=key.name,
+                    size=key.size,
+                    etag=key.etag,
+                    configuration_id=notification_id,
+                    event_name=name,
+                    version_id=str(key.version_id) if versioned else None,
+                )
+            ]
+        }
+
+    def invoke_awslambda(account_id: str, event_body: Any, fn_arn: str, region_name: str) -> None:
+        try:
+            fn = get_backend(account_id, region_name).get_function(fn_arn)
+        except Exception:  # like S3: a notification for a missing function goes nowhere
+            return
+        MAILBOX.put(function_key(fn.region, fn.function_name), _item("s3", json.dumps(event_body)))
+
+    def invoke(self: Any, body: Any, request_headers: Any, response_headers: Any) -> bytes:
+        headers = request_headers or {}
+        kind = headers.get("x-amz-invocation-type") or headers.get("X-Amz-Invocation-Type")
+        kind = kind or "RequestResponse"
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        payload = body or "{}"
+        if kind == "DryRun":
+            return b""
+        target = function_key(self.region, self.function_name)
+        if kind == "Event":
+            MAILBOX.put(target, _item("invoke", payload))
+            return b""
+        answer = MAILBOX.call(
+            target, _item("invoke", payload, reply=True), float(self.timeout or 3) + 30
+        )
+        if answer is None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(
+                {"errorType": "Emulator.NoAnswer", "errorMessage": "no emulator answered"}
+            ).encode()
+        if answer.get("error"):
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return str(answer.get("payload", "null")).encode()
+
+    notifications._get_s3_event = get_s3_event
+    notifications._invoke_awslambda = invoke_awslambda
+    setattr(lambda_models.LambdaFunction, "invoke", invoke)  # noqa: B010
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class App:
+    """moto's WSGI app with the mailbox endpoints in front."""
+
+    def __init__(self, inner: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.inner = inner
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
+        if not path.startswith(API + "/"):
+            return self.inner(environ, start_response)
+        try:
+            status, data = self.handle(path[len(API) :], environ)
+        except Exception as exc:  # a bad request must not take the server down
+            status, data = "400 Bad Request", {"error": f"{type(exc).__name__}: {exc}"}
+        body = json.dumps(data).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    def handle(self, path: str, environ: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        query = {k: v[0] for k, v in parse_qs(str(environ.get("QUERY_STRING", ""))).items()}
+        if path == "/ping":
+            return "200 OK", {"dolambda": 1, "pid": os.getpid()}
+        if path == "/poll":
+            target = function_key(query.get("region", "us-east-1"), query["function"])
+            wait = min(max(float(query.get("wait", "0")), 0.0), 20.0)
+            events = MAILBOX.take(target, wait, max(1, int(query.get("max", "10"))))
+            return "200 OK", {"events": events}
+        if path == "/reply":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            answer = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            return "200 OK", {"delivered": MAILBOX.reply(answer)}
+        return "404 Not Found", {"error": f"no such endpoint {API}{path}"}
+
+
+def _exit_when_parent_goes() -> None:
+    """The emulator holds our stdin; when it dies (even by SIGKILL), we follow."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    finally:
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dolambda._emulator_moto")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    patch_moto()
+    if not args.verbose:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = App(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, True, request_handler=MotoRequestHandler)
+    port = server.server_address[1]
+    os.environ.setdefault("MOTO_PORT", str(port))
+    if args.watch_stdin:
+        threading.Thread(target=_exit_when_parent_goes, daemon=True).start()
+    print(f"{READY} {port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,502 @@
+"""The local Lambda emulator: real HTTP to moto, the real handler in worker processes.
+
+Tasks are written the way the Lambda backend writes them (sealed manifest, body
+and task objects from a JobContext) and results are read back and decoded, so
+these tests do not depend on the client backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote_plus, unquote_plus
+
+import boto3
+import pytest
+
+from dolambda import _keys, _serialize
+from dolambda._backends.base import JobContext, TaskResult, decode_outcome
+from dolambda._plan import Leaf, PlannedTask
+from dolambda._wire import TaskOutcome
+from dolambda._worker import outcome_context
+from dolambda.emulator import Emulator, launch_moto
+from tests.moto_server import MotoServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_job(
+    emu: Emulator, body: Callable[..., Any], n_tasks: int, job_id: str = "job-1"
+) -> tuple[JobContext, list[PlannedTask]]:
+    job = JobContext(
+        job_id=job_id,
+        body=body,
+        seed=None,
+        variables=("x",),
+        chunk_size=1,
+        errorhandling="stop",
+        key=bytes.fromhex(emu.signing_key),
+        trigger=emu.trigger,
+        task_timeout=emu.timeout,
+    )
+    tasks = [PlannedTask(task_id=i, leaves=[Leaf(i, (i,), (i,), {"x": i})]) for i in range(n_tasks)]
+    return job, tasks
+
+
+def s3_client(emu: Emulator) -> Any:
+    return boto3.client("s3", endpoint_url=emu.endpoint_url, region_name=emu.region)
+
+
+def put_job(s3: Any, emu: Emulator, job: JobContext) -> None:
+    s3.put_object(
+        Bucket=emu.bucket,
+        Key=_keys.manifest_key(emu.prefix, job.job_id),
+        Body=job.sealed_manifest(),
+    )
+    s3.put_object(
+        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job_id), Body=job.sealed_body()
+    )
+
+
+def put_tasks(s3: Any, emu: Emulator, job: JobContext, tasks: list[PlannedTask]) -> None:
+    for task in tasks:
+        s3.put_object(
+            Bucket=emu.bucket,
+            Key=_keys.task_key(emu.prefix, job.job_id, task.task_id),
+            Body=job.sealed_task(task),
+        )
+
+
+def result_ids(s3: Any, emu: Emulator, job: JobContext) -> set[int]:
+    found: set[int] = set()
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=emu.bucket, Prefix=_keys.results_dir(emu.prefix, job.job_id)
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            task = _keys.parse_result_key(emu.prefix, job.job_id, obj["Key"])
+            if task is not None:
+                found.add(task)
+    return found
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_results(
+    s3: Any, emu: Emulator, job: JobContext, task_ids: list[int], timeout: float = 30
+) -> dict[int, TaskResult]:
+    wait_for(lambda: set(task_ids) <= result_ids(s3, emu, job), timeout, f"results {task_ids}")
+    out: dict[int, TaskResult] = {}
+    for task_id in task_ids:
+        blob = s3.get_object(
+            Bucket=emu.bucket, Key=_keys.result_key(emu.prefix, job.job_id, task_id)
+        )["Body"].read()
+        outcome = _serialize.unseal_model(
+            TaskOutcome,
+            blob,
+            key=bytes.fromhex(emu.signing_key),
+            context=outcome_context(job.job_id, task_id),
+        )
+        out[task_id] = decode_outcome(outcome)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """One emulator moto server for the module; each test gets its own bucket and function."""
+    proc, url = launch_moto()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest, moto_url: str) -> Iterator[Emulator]:
+    name = f"emu-{uuid.uuid4().hex[:10]}"
+    kwargs = {"endpoint_url": moto_url, "bucket": name, "function_name": name}
+    emu = Emulator(**{**kwargs, **getattr(request, "param", {})})
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def emulator_args(**kwargs: Any) -> pytest.MarkDecorator:
+    """Emulator(...) keyword arguments for the ``emulator`` fixture of one test."""
+    return pytest.mark.parametrize("emulator", [kwargs], indirect=True, ids=[""])
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@emulator_args(workers=2, timeout=30)
+def test_s3_trigger_runs_the_real_handler(emulator: Emulator) -> None:
+    def square(x: int) -> int:
+        return x * x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, square, 3)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, [0, 1, 2])
+    for task_id, result in results.items():
+        assert result.failure is None
+        assert [r.value for r in result.results] == [task_id * task_id]
+        assert result.stats is not None
+        assert result.stats.request_id  # the context's aws_request_id reached the worker
+        assert result.stats.memory_limit_mb == emulator.memory_mb
+    assert emulator.wait_idle(10)
+    stats = emulator.stats
+    assert stats.invocations == 3 and stats.completed == 3 and stats.errors == 0
+    assert 1 <= stats.cold_starts <= 2
+
+
+@emulator_args(workers=1, timeout=30, trigger="invoke")
+def test_invoke_trigger(emulator: Emulator) -> None:
+    def double(x: int) -> int:
+        return 2 * x
+
+    s3 = s3_client(emulator)
+    lam = boto3.client("lambda", endpoint_url=emulator.endpoint_url, region_name=emulator.region)
+    job, tasks = make_job(emulator, double, 3)
+    put_job(s3, emulator, job)
+    # no bucket notification with trigger="invoke": a task object alone runs nothing
+    config = s3.get_bucket_notification_configuration(Bucket=emulator.bucket)
+    assert not config.get("LambdaFunctionConfigurations")
+    # task 0: inline in the payload (no task object at all)
+    key0 = _keys.task_key(emulator.prefix, job.job_id, 0)
+    import base64
+
+    payload = {"bucket": emulator.bucket, "key": key0}
+    payload["task"] = base64.b64encode(job.sealed_task(tasks[0])).decode()
+    response = lam.invoke(
+        FunctionName=emulator.function_name, InvocationType="Event", Payload=json.dumps(payload)
+    )
+    assert response["StatusCode"] == 202
+    # task 1: the task object in S3, only its key in the payload
+    put_tasks(s3, emulator, job, [tasks[1]])
+    key1 = _keys.task_key(emulator.prefix, job.job_id, 1)
+    lam.invoke(
+        FunctionName=emulator.function_name,
+        InvocationType="Event",
+        Payload=json.dumps({"bucket": emulator.bucket, "key": key1}),
+    )
+    results = wait_results(s3, emulator, job, [0, 1])
+    assert [r.value for r in results[0].results] == [0]
+    assert [r.value for r in results[1].results] == [2]
+    # a synchronous invoke gets the handler's return value
+    put_tasks(s3, emulator, job, [tasks[2]])
+    key2 = _keys.task_key(emulator.prefix, job.job_id, 2)
+    response = lam.invoke(
+        FunctionName=emulator.function_name,
+        Payload=json.dumps({"bucket": emulator.bucket, "key": key2}),
+    )
+    assert response["StatusCode"] == 200 and "FunctionError" not in response
+    assert json.loads(response["Payload"].read()) == {"outcomes": {"done": 1}}
+    assert [r.value for r in wait_results(s3, emulator, job, [2])[2].results] == [4]
+    assert emulator.stats.invocations == 3
+
+
+@emulator_args(workers=1, timeout=30, prefix="my jobs/ünï cødé+plus")
+def test_event_records_have_the_aws_shape(emulator: Emulator) -> None:
+    def ident(x: int) -> int:
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, ident, 1)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, [0])
+    assert results[0].failure is None and results[0].results[0].value == 0
+    assert emulator.wait_idle(10)
+    [(source, event)] = list(emulator.recent_events)
+    assert source == "s3"
+    [record] = event["Records"]
+    assert set(record) == {
+        "eventVersion",
+        "eventSource",
+        "awsRegion",
+        "eventTime",
+        "eventName",
+        "userIdentity",
+        "requestParameters",
+        "responseElements",
+        "s3",
+    }
+    assert record["eventVersion"] == "2.1"
+    assert record["eventSource"] == "aws:s3"
+    assert record["eventName"] == "ObjectCreated:Put"
+    assert record["awsRegion"] == emulator.region
+    assert time.strptime(record["eventTime"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert set(record["responseElements"]) == {"x-amz-request-id", "x-amz-id-2"}
+    s3part = record["s3"]
+    assert s3part["s3SchemaVersion"] == "1.0"
+    assert s3part["configurationId"]
+    assert s3part["bucket"]["name"] == emulator.bucket
+    assert s3part["bucket"]["arn"] == f"arn:aws:s3:::{emulator.bucket}"
+    assert "principalId" in s3part["bucket"]["ownerIdentity"]
+    obj = s3part["object"]
+    task_key = _keys.task_key(emulator.prefix, job.job_id, 0)
+    assert obj["key"] == quote_plus(task_key)
+    assert " " not in obj["key"] and "ü" not in obj["key"]
+    assert unquote_plus(obj["key"]) == task_key
+    head = s3.head_object(Bucket=emulator.bucket, Key=task_key)
+    assert obj["size"] == head["ContentLength"]
+    assert obj["eTag"] == head["ETag"].strip('"')
+    assert len(obj["sequencer"]) >= 16 and int(obj["sequencer"], 16) > 0
+
+
+@emulator_args(workers=1, timeout=30)
+def test_only_matching_objects_trigger(emulator: Emulator) -> None:
+    def ident(x: int) -> int:
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, ident, 1)
+    put_job(s3, emulator, job)  # jobs/... objects: outside the queue prefix
+    p = emulator.prefix
+    for key in (
+        f"{p}/queue/{job.job_id}/0000009.txt",  # wrong suffix
+        f"{p}/results/{job.job_id}/0000009.task",  # wrong prefix
+        f"other/queue/{job.job_id}/0000009.task",
+        f"{p}/queuex/{job.job_id}/0000009.task",
+    ):
+        s3.put_object(Bucket=emulator.bucket, Key=key, Body=b"not a task")
+    # S3 notifies synchronously in order, so once this task ran every earlier event was seen
+    put_tasks(s3, emulator, job, tasks)
+    wait_results(s3, emulator, job, [0])
+    assert emulator.wait_idle(10)
+    assert emulator.stats.events == 1
+    assert emulator.stats.invocations == 1
+
+
+@emulator_args(workers=2, timeout=30, duplicate_events=True)
+def test_duplicate_events_give_one_result(emulator: Emulator) -> None:
+    def ident(x: int) -> int:
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, ident, 3)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, [0, 1, 2])
+    wait_for(lambda: emulator.stats.invocations == 6, 20, "every duplicate to run")
+    assert emulator.wait_idle(20)
+    stats = emulator.stats
+    assert stats.duplicated == 3 and stats.events == 3 and stats.completed == 6
+    assert result_ids(s3, emulator, job) == {0, 1, 2}  # the conditional put kept one each
+    assert all(r.results[0].value == i for i, r in results.items())
+
+
+@emulator_args(workers=2, timeout=30, drop_fraction=0.5, seed=3)
+def test_drop_fraction_drops_events(emulator: Emulator) -> None:
+    def ident(x: int) -> int:
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, ident, 10)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    wait_for(lambda: emulator.stats.events == 10, 20, "ten events")
+    assert emulator.wait_idle(20)
+    stats = emulator.stats
+    assert 0 < stats.dropped < 10
+    assert stats.invocations == 10 - stats.dropped
+    assert len(result_ids(s3, emulator, job)) == 10 - stats.dropped
+
+
+@emulator_args(workers=1, timeout=1.5)
+def test_timeout_kills_the_worker_and_a_fresh_one_runs_the_next_task(
+    emulator: Emulator,
+) -> None:
+    def slow_unless_one(x: int) -> int:
+        import time as t
+
+        if x == 0:
+            t.sleep(60)
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, slow_unless_one, 2)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks[:1])
+    wait_for(lambda: emulator.stats.invocations == 1, 20, "the slow task to start")
+    [first_pid] = emulator.worker_pids()
+    put_tasks(s3, emulator, job, tasks[1:])
+    results = wait_results(s3, emulator, job, [1])
+    assert results[1].results[0].value == 1
+    assert results[1].stats is not None and results[1].stats.cold_start  # a fresh worker
+    assert emulator.wait_idle(10)
+    stats = emulator.stats
+    assert stats.timeouts == 1 and stats.cold_starts == 2
+    assert result_ids(s3, emulator, job) == {1}  # nothing written for the timed-out task
+    assert not alive(first_pid)
+    assert emulator.worker_pids() != [first_pid]
+
+
+@emulator_args(workers=2, timeout=30)
+def test_concurrency_never_exceeds_workers(emulator: Emulator) -> None:
+    def nap(x: int) -> int:
+        import time as t
+
+        t.sleep(0.3)
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, nap, 6)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, list(range(6)))
+    spans = []
+    for r in results.values():
+        assert r.stats is not None
+        spans.append((r.stats.started_at, r.stats.finished_at))
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2
+    assert emulator.stats.max_concurrency == 2
+    assert len({r.stats.worker for r in results.values() if r.stats}) <= 2
+
+
+@emulator_args(workers=1, timeout=30)
+def test_warm_reuse(emulator: Emulator) -> None:
+    def ident(x: int) -> int:
+        return x
+
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, ident, 3)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, [0, 1, 2])
+    colds = {i: r.stats.cold_start for i, r in results.items() if r.stats}
+    assert sorted(colds.values()) == [False, False, True]
+    assert len({r.stats.worker for r in results.values() if r.stats}) == 1
+    assert emulator.wait_idle(10)
+    assert emulator.stats.cold_starts == 1 and emulator.stats.invocations == 3
+
+
+@emulator_args(workers=1, timeout=30, memory_mb=200)
+def test_memory_limit_kills_the_worker(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hog(x: int) -> int:
+        import time as t
+
+        if x == 0:
+            blocks = []
+            for _ in range(200):  # up to 2 GB, touched, 10 MB at a time
+                blocks.append(bytearray(b"\x01" * (10 * 2**20)))
+                t.sleep(0.005)
+            t.sleep(30)
+        return x
+
+    caplog.set_level(logging.WARNING, logger="dolambda.emulator")
+    s3 = s3_client(emulator)
+    job, tasks = make_job(emulator, hog, 2)
+    put_job(s3, emulator, job)
+    put_tasks(s3, emulator, job, tasks)
+    results = wait_results(s3, emulator, job, [1])
+    assert results[1].results[0].value == 1
+    assert emulator.wait_idle(10)
+    assert emulator.stats.killed == 1
+    assert result_ids(s3, emulator, job) == {1}
+    assert any("killed for memory" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_leaves_no_processes_behind() -> None:
+    def ident(x: int) -> int:
+        return x
+
+    emu = Emulator(workers=2, timeout=30)
+    emu.start()
+    try:
+        assert emu._moto is not None
+        moto_pid = emu._moto.pid
+        s3 = s3_client(emu)
+        job, tasks = make_job(emu, ident, 2)
+        put_job(s3, emu, job)
+        put_tasks(s3, emu, job, tasks)
+        wait_results(s3, emu, job, [0, 1])
+        pids = [moto_pid, *emu.worker_pids()]
+        assert len(pids) >= 2 and all(alive(p) for p in pids)
+    finally:
+        emu.stop()
+    assert not any(alive(p) for p in pids)
+    assert emu.worker_pids() == []
+    emu.stop()  # idempotent
+
+
+def test_poll_discovery_on_a_plain_s3_server() -> None:
+    def ident(x: int) -> int:
+        return x + 100
+
+    with (
+        MotoServer() as url,  # plain moto: no notifications reach a function
+        Emulator(workers=1, timeout=30, endpoint_url=url, poll_interval=0.05) as emu,
+    ):
+        assert emu.discovery == "poll"
+        s3 = s3_client(emu)
+        job, tasks = make_job(emu, ident, 2)
+        put_job(s3, emu, job)
+        put_tasks(s3, emu, job, tasks)
+        results = wait_results(s3, emu, job, [0, 1])
+        assert [results[i].results[0].value for i in (0, 1)] == [100, 101]
+        assert emu.wait_idle(10)
+        assert emu.stats.invocations == 2  # each task seen once
+        [record] = emu.recent_events[0][1]["Records"]
+        assert record["s3"]["object"]["key"] == quote_plus(
+            _keys.task_key(emu.prefix, job.job_id, 0)
+        )
+
+
+def test_lambda_backend_end_to_end() -> None:
+    pytest.importorskip("dolambda._backends.lambda_")
+    import dolambda
+
+    with Emulator(workers=2, timeout=30) as emu:
+        total = dolambda.foreach(x=range(20)).combine(sum).run(lambda x: x * x, backend=emu.backend)
+        assert total == sum(x * x for x in range(20))
+        assert emu.stats.invocations >= 1
+
+
+def test_invalid_arguments() -> None:
+    from dolambda._errors import InvalidArgument
+
+    for kwargs in (
+        {"workers": 0},
+        {"trigger": "sqs"},
+        {"discovery": "magic"},
+        {"drop_fraction": 1.5},
+        {"signing_key": b"short"},
+    ):
+        with pytest.raises(InvalidArgument):
+            Emulator(**kwargs)
+    assert os.environ.get("DOLAMBDA_SIGNING_KEY") is None
