@@ -195,9 +195,27 @@ def check_loop(loop: Loop, body: Callable[..., Any]) -> None:
     level: Loop | None = loop
     names: list[str] = []
     while level is not None:
+        if level is not loop:
+            for name, value in level.variables:
+                if callable(value) and not hasattr(value, "__iter__"):
+                    _check_inner_callable(name, value, names)
         names = names + [n for n, _ in level.variables if n != HIDDEN]
         if level.predicate is not None:
             check_signature(level.predicate, names, "when() predicate")
         level = level.inner_loop
     if loop.error_mode is not None and loop.error_mode not in ("stop", "remove", "pass"):
         raise InvalidArgument(f"errorhandling: unknown mode {loop.error_mode!r}")
+
+
+def _check_inner_callable(name: str, fn: Callable[..., Any], outer: list[str]) -> None:
+    """An inner loop's variable given as a function must be callable with the outer
+    variables it names (it receives only the ones it accepts)."""
+    _, required, _ = accepted_names(fn)
+    unknown = sorted(required - set(outer))
+    if unknown:
+        fn_name = getattr(fn, "__qualname__", repr(fn))
+        raise InvalidArgument(
+            f"nest: the inner loop's variable {name!r} is the function {fn_name!r}, which "
+            f"requires {', '.join(repr(n) for n in unknown)}, but the outer loop's variables "
+            f"are ({', '.join(outer) or 'no variables'}); name its parameters after them"
+        )
