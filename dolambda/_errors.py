@@ -21,7 +21,15 @@ from typing import Any
 
 
 class DolambdaError(Exception):
-    """Base class of every error raised by dolambda."""
+    """Base class of every error raised by dolambda.
+
+    >>> from dolambda import DolambdaError, foreach
+    >>> try:
+    ...     foreach()
+    ... except DolambdaError as exc:
+    ...     print(type(exc).__name__)
+    InvalidArgument
+    """
 
 
 class InvalidArgument(DolambdaError, ValueError):
@@ -67,6 +75,13 @@ class TaskError(DolambdaError):
     index at every level), ``variables`` the iteration's variables as the client
     knows them, ``remote_traceback`` the formatted traceback from the worker and
     ``exception`` the original exception when it could be carried back.
+
+    >>> from dolambda import TaskError, foreach
+    >>> try:
+    ...     foreach(x=range(3)).do(lambda x: 1 / (x - 1))
+    ... except TaskError as exc:
+    ...     print(exc.index, exc.variables, exc.error_type)
+    1 {'x': 1} ZeroDivisionError
     """
 
     def __init__(

@@ -133,7 +133,9 @@ class Loop(BaseModel):
             raise InvalidArgument(
                 "nest: the inner loop must not have a body; bind it to the outer loop"
             )
-        clash = {n for n, _ in self.variables} & {n for n, _ in inner.variables}
+        from dolambda._plan import all_variables
+
+        clash = set(all_variables(self)) & set(all_variables(inner))
         if clash:
             raise InvalidArgument(
                 f"nest: the inner loop redefines {', '.join(sorted(clash))}; use other names"

@@ -362,12 +362,6 @@ def test_run_without_backend_warns_once_and_runs_sequentially() -> None:
     assert set(thread_ids) == {threading.get_ident()}  # ran here, in this process
 
 
-@pytest.mark.xfail(
-    reason="BUG: _registry.resolve_run_backend warns with stacklevel=4, one frame above "
-    "the caller of .run()/.submit() (pytest internals here, 'sys:1' from a script); "
-    "stacklevel=3 points at the user's line",
-    strict=True,
-)
 def test_run_warning_points_at_the_callers_line() -> None:
     with pytest.warns(RuntimeWarning) as record:
         foreach(x=range(2)).run(identity)

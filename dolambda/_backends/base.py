@@ -163,7 +163,12 @@ def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
 
 
 class Backend(abc.ABC):
-    """Where tasks run. Subclasses implement :meth:`run_tasks`."""
+    """Where tasks run. Subclasses implement :meth:`run_tasks` (one async method).
+
+    >>> from dolambda import Backend, LocalBackend
+    >>> isinstance(LocalBackend(workers=2), Backend)
+    True
+    """
 
     name: str = "backend"
     #: whether iterations leave this process (progress on by default, body must pickle)
