@@ -34,5 +34,10 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         if "image/png" in out.get("data", {})
     ]
     assert len(images) >= MIN_PLOTS.get(path.name, 0)
-    errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    errors = [
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
     assert not errors
