@@ -197,7 +197,7 @@ class Loop(BaseModel):
         """Run on AWS Lambda through the S3 queue (the given, registered or deployed backend)."""
         body = self._body(fn)
         job = Job(self, body, resolve_remote_backend(backend), progress=progress)
-        return _sync.run_sync(job._run())
+        return _sync.run_sync(job._run(), portal=_on_portal(job.backend))
 
     def run(
         self,
@@ -209,7 +209,7 @@ class Loop(BaseModel):
         """R's ``%dopar%``: the given or registered backend (sequential + a warning if none)."""
         body = self._body(fn)
         job = Job(self, body, resolve_run_backend(backend, offload=False), progress=progress)
-        return _sync.run_sync(job._run())
+        return _sync.run_sync(job._run(), portal=_on_portal(job.backend))
 
     async def arun(
         self,
@@ -242,6 +242,10 @@ class Loop(BaseModel):
                 "only a loop with a body can be awaited; use `await loop.arun(fn)`"
             )
         return self.arun().__await__()
+
+
+def _on_portal(backend: Backend) -> bool:
+    return bool(getattr(backend, "run_on_portal", False))
 
 
 def foreach(**variables: Any) -> Loop:

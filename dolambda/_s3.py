@@ -273,8 +273,16 @@ async def open_s3(
     with_lambda: bool = False,
     function_name: str = "",
     credentials: dict[str, str] | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> AsyncIterator[S3]:
-    """One pooled S3 client (and a Lambda client for trigger="invoke") for a job run."""
+    """One pooled S3 client (and a Lambda client for trigger="invoke") for a job run.
+
+    With ``shared`` (a dict owned by the caller and used on one long-lived loop), the
+    clients are created once, kept in it and reused by later runs (warm connections).
+    """
+    if shared is not None and "s3" in shared:
+        yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
+        return
     session = aioboto3.Session(profile_name=profile, region_name=region, **(credentials or {}))
     creds = await session.get_credentials()
     if creds is None:
@@ -286,7 +294,8 @@ async def open_s3(
         read_timeout=60,
         tcp_keepalive=True,
     )
-    async with contextlib.AsyncExitStack() as stack:
+    stack = contextlib.AsyncExitStack()
+    try:
         s3 = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, config=config)
         )
@@ -295,6 +304,17 @@ async def open_s3(
             lam = await stack.enter_async_context(
                 session.client("lambda", endpoint_url=endpoint_url, config=config)
             )
+    except BaseException:
+        await stack.aclose()
+        raise
+    if shared is not None:
+        shared.update({"s3": s3, "lambda": lam, "stack": stack})
+        from dolambda._sync import at_portal_exit
+
+        at_portal_exit(stack.aclose)
+        yield S3(s3, bucket, region, counter, lam, function_name)
+        return
+    async with stack:
         yield S3(s3, bucket, region, counter, lam, function_name)
 
 

@@ -16,7 +16,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -54,13 +54,37 @@ def portal_loop() -> asyncio.AbstractEventLoop:
         return _portal_loop
 
 
+_portal_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+
+def at_portal_exit(closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``closer()`` on the portal loop when the process exits (close warm clients)."""
+    _portal_closers.append(closer)
+
+
+async def _close_all() -> None:
+    for closer in _portal_closers:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
 def _stop_portal() -> None:
     loop = _portal_loop
     if loop is not None and loop.is_running():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_close_all(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
 
 
 atexit.register(_stop_portal)
+
+
+def is_portal_loop() -> bool:
+    """Whether the running loop is the portal's."""
+    try:
+        return asyncio.get_running_loop() is _portal_loop
+    except RuntimeError:
+        return False
 
 
 def submit_to_portal(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -78,9 +102,13 @@ def wait_future(future: concurrent.futures.Future[T]) -> T:
         raise
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from sync code, inside a running loop or not."""
-    if not in_running_loop():
+def run_sync(coro: Coroutine[Any, Any, T], *, portal: bool = False) -> T:
+    """Run ``coro`` to completion from sync code, inside a running loop or not.
+
+    ``portal=True`` always uses the helper thread's long-lived loop (for backends
+    whose clients are worth keeping warm across calls).
+    """
+    if not portal and not in_running_loop():
         with asyncio.Runner() as runner:
             return runner.run(coro)
     return wait_future(submit_to_portal(coro))

@@ -86,7 +86,7 @@ CASES: list[tuple[str, Any, Any]] = [
     ("c", foreach(x=range(6)).combine("c"), lambda x: [x, None, -x]),
     ("rbind", foreach(x=range(4)).combine("rbind"), lambda x: [x, x + 1]),
     ("cbind", foreach(x=range(3)).combine("cbind"), lambda x: [x, 2 * x]),
-    ("concat", foreach(x=range(12)).chunk_size(1).combine(operator.add, init=""), str),
+    ("concat", foreach(x=range(12)).chunk_size(1).combine(operator.add, init=""), lambda x: str(x)),
     ("final", foreach(x=range(5)).combine("+", final=lambda t: t / 2), noisy),
     ("when", foreach(x=range(10)).when(lambda x: x % 3 == 0), noisy),
     ("times", times(4), lambda: "hi"),

@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from dolambda import _keys, _serialize
+from dolambda import _keys, _serialize, _sync
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome
 from dolambda._config import load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
@@ -50,7 +50,8 @@ from dolambda._worker import (
 
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
 GRACE = 30.0  # seconds past the function timeout before a task counts as lost
-POLL_MIN, POLL_MAX = 0.02, 1.0
+# LIST interval: fast right after progress, slowing to POLL_MAX after a minute without any
+POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.1, 1.0
 
 
 @dataclass
@@ -65,6 +66,8 @@ class LambdaBackend(Backend):
     """Run iterations on AWS Lambda with an S3 bucket as the job queue.
 
     Settings not given come from the config file that ``dolambda deploy`` writes.
+    Credentials come from the standard AWS chain (environment, profile, config
+    files, instance role) unless ``aws_access_key_id``/``aws_secret_access_key`` are given.
 
     >>> from dolambda import LambdaBackend, foreach, register
     >>> backend = LambdaBackend(bucket="my-queue", region="us-east-1", signing_key="00" * 32)
@@ -73,6 +76,7 @@ class LambdaBackend(Backend):
 
     name = "lambda"
     remote = True
+    run_on_portal = True  # sync verbs run on the helper loop, where clients stay warm
 
     def __init__(
         self,
@@ -89,6 +93,10 @@ class LambdaBackend(Backend):
         max_concurrency: int | None = None,
         keep: bool = False,
         signing_key: str | bytes | None = None,
+        *,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
     ) -> None:
         config = load_config()
         if bucket is None:
@@ -156,6 +164,20 @@ class LambdaBackend(Backend):
             )
         self.max_concurrency = max_concurrency
         self.keep = bool(keep)
+        if (aws_access_key_id is None) != (aws_secret_access_key is None):
+            raise InvalidArgument(
+                "LambdaBackend: pass both aws_access_key_id and aws_secret_access_key, or neither "
+                "(then the standard AWS credential chain is used)"
+            )
+        self._credentials = {
+            k: v
+            for k, v in (
+                ("aws_access_key_id", aws_access_key_id),
+                ("aws_secret_access_key", aws_secret_access_key),
+                ("aws_session_token", aws_session_token),
+            )
+            if v is not None
+        }
         key_text = (
             signing_key
             if signing_key is not None
@@ -170,6 +192,7 @@ class LambdaBackend(Backend):
         # seconds past the function timeout before a task without a result counts as lost
         self.grace = min(GRACE, 1.0 + self.task_timeout / 2)
         self._checked_setup = False
+        self._shared: dict[str, dict[str, Any]] = {}
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
 
     @classmethod
@@ -207,7 +230,12 @@ class LambdaBackend(Backend):
         return self._key
 
     def _open(self, region: str, pool: int, counter: RequestCounter) -> Any:
+        shared = None
+        if _sync.is_portal_loop():
+            # sync verbs run on the portal loop: keep its clients warm across jobs
+            shared = self._shared.setdefault(region, {})
         return open_s3(
+            shared=shared,
             bucket=self.bucket,
             region=region,
             profile=self.profile,
@@ -216,6 +244,7 @@ class LambdaBackend(Backend):
             counter=counter,
             with_lambda=self.trigger == "invoke",
             function_name=self.function_name,
+            credentials=self._credentials,
         )
 
     async def _check_setup(self, s3: S3) -> None:
@@ -516,7 +545,8 @@ class _Run:
                 interval = POLL_MIN
             else:
                 await self._requeue_lost()
-                interval = min(POLL_MAX, interval * 1.5)
+                idle = time.monotonic() - self.last_progress
+                interval = min(POLL_FAST_MAX + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
                 self.wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), interval)
