@@ -42,6 +42,7 @@ from urllib.parse import parse_qs
 from dolambda._emulator_events import API, s3_record
 
 READY = "DOLAMBDA-MOTO-READY"
+ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
 
 StartResponse = Callable[..., Any]
 
@@ -109,6 +110,7 @@ def _item(source: str, payload: str, reply: bool = False) -> dict[str, Any]:
 
 def patch_moto() -> None:
     from moto.awslambda import models as lambda_models
+    from moto.awslambda.exceptions import LambdaClientError
     from moto.awslambda.utils import get_backend
     from moto.s3 import notifications
 
@@ -146,6 +148,20 @@ def patch_moto() -> None:
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         payload = body or "{}"
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise LambdaClientError(
+                "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
+            ) from exc
+        if kind == "Event" and len(payload.encode()) > ASYNC_PAYLOAD_LIMIT:
+            error = LambdaClientError(
+                "RequestEntityTooLargeException",
+                f"Request must be smaller than {ASYNC_PAYLOAD_LIMIT} bytes for the "
+                "InvokeFunction operation",
+            )
+            error.code = 413
+            raise error
         if kind == "DryRun":
             return b""
         target = function_key(self.region, self.function_name)

@@ -85,7 +85,7 @@ class EmulatorStats:
     events: int = 0  #: events received (S3 notifications, Invoke calls, polled tasks)
     invocations: int = 0  #: handler calls started
     completed: int = 0  #: handler calls that returned
-    errors: int = 0  #: handler calls that raised (the worker stays warm)
+    errors: int = 0  #: handler calls that raised (the worker stays warm), or init failures
     cold_starts: int = 0  #: invocations that were a fresh worker's first
     timeouts: int = 0  #: workers killed at the function timeout
     killed: int = 0  #: workers killed for exceeding the memory limit
@@ -742,6 +742,8 @@ class Emulator:
                 process.close()
             process = self._spawn(slot)
             if process is None:
+                with self._cond:
+                    self._stats.errors += 1
                 self._answer(invocation, "Runtime.InitError", "the handler failed to import")
                 return False
         request_id = str(uuid.uuid4())
