@@ -1,0 +1,279 @@
+"""The bucket side of ``dolambda deploy``: the bucket, its public access block, default
+encryption, lifecycle rule and notification, each merged with what the bucket already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dolambda._deploy_aws import (
+    Clients,
+    DeployError,
+    DeploySettings,
+    as_list,
+    call,
+    code_of,
+    translate,
+)
+
+ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+NOTIFICATION_KINDS = (
+    "TopicConfigurations",
+    "QueueConfigurations",
+    "LambdaFunctionConfigurations",
+    "EventBridgeConfiguration",
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of a deploy/destroy report: ``created``, ``updated``, ``unchanged``, ..."""
+
+    action: str
+    resource: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.action:<9} {self.resource}" + (f": {self.detail}" if self.detail else "")
+
+
+# --- bucket -----------------------------------------------------------------------------
+
+
+def bucket_region(clients: Clients, bucket: str) -> str | None:
+    """The bucket's region, None when it does not exist; errors when it is not ours."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    what = f"bucket {bucket}"
+    try:
+        response = clients.s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = code_of(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return None
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise DeployError(
+                f"{what} exists but belongs to another AWS account (or your credentials lack "
+                "s3:ListBucket on it): choose another --bucket or use the owner's --profile"
+            ) from exc
+        raise translate(exc, "s3:ListBucket", what) from exc
+    except BotoCoreError as exc:
+        raise translate(exc, "s3:ListBucket", what) from exc
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    region = headers.get("x-amz-bucket-region") or response.get("BucketRegion")
+    if not region:
+        location = call("s3:GetBucketLocation", what, clients.s3.get_bucket_location, Bucket=bucket)
+        region = location.get("LocationConstraint") or "us-east-1"
+    return str(region)
+
+
+def ensure_bucket(s: DeploySettings, c: Clients) -> Change:
+    what = f"bucket {s.bucket}"
+    region = bucket_region(c, s.bucket)
+    if region is not None:
+        if region != c.region:
+            raise DeployError(
+                f"{what} is in {region}, not {c.region}: pass --region {region} (the function "
+                "must live in the bucket's region)"
+            )
+        return Change("unchanged", what, f"exists in {region}")
+    kw: dict[str, Any] = {"Bucket": s.bucket}
+    if c.region != "us-east-1":
+        kw["CreateBucketConfiguration"] = {"LocationConstraint": c.region}
+    from botocore.exceptions import ClientError
+
+    try:
+        c.s3.create_bucket(**kw)
+    except ClientError as exc:
+        if code_of(exc) != "BucketAlreadyOwnedByYou":
+            raise translate(exc, "s3:CreateBucket", what) from exc
+    return Change("created", what, f"in {c.region}")
+
+
+def ensure_public_access_block(s: DeploySettings, c: Clients) -> Change:
+    what = f"public access block on {s.bucket}"
+    got = call(
+        "s3:GetBucketPublicAccessBlock",
+        what,
+        c.s3.get_public_access_block,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    current = (got or {}).get("PublicAccessBlockConfiguration")
+    if current is not None and all(current.get(k) for k in PUBLIC_ACCESS_BLOCK):
+        return Change("unchanged", what)
+    call(
+        "s3:PutBucketPublicAccessBlock",
+        what,
+        c.s3.put_public_access_block,
+        Bucket=s.bucket,
+        PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK,
+    )
+    return Change("created" if current is None else "updated", what, "all public access blocked")
+
+
+def ensure_encryption(s: DeploySettings, c: Clients) -> Change:
+    what = f"default encryption on {s.bucket}"
+    got = call(
+        "s3:GetEncryptionConfiguration",
+        what,
+        c.s3.get_bucket_encryption,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    rules = ((got or {}).get("ServerSideEncryptionConfiguration") or {}).get("Rules") or []
+    algos = {r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules}
+    if "AES256" in algos:
+        return Change("unchanged", what, "SSE-S3 (AES256)")
+    if algos & {"aws:kms", "aws:kms:dsse"}:
+        return Change("unchanged", what, "SSE-KMS kept (the role then needs kms:Decrypt on it)")
+    call(
+        "s3:PutEncryptionConfiguration",
+        what,
+        c.s3.put_bucket_encryption,
+        Bucket=s.bucket,
+        ServerSideEncryptionConfiguration=ENCRYPTION,
+    )
+    return Change("created", what, "SSE-S3 (AES256)")
+
+
+def lifecycle_rule(s: DeploySettings) -> dict[str, Any]:
+    return {
+        "ID": s.lifecycle_rule_id,
+        "Filter": {"Prefix": f"{s.clean_prefix}/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": s.expire_days},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+
+
+def lifecycle_rules(s: DeploySettings, c: Clients) -> list[dict[str, Any]]:
+    got = call(
+        "s3:GetLifecycleConfiguration",
+        f"lifecycle of bucket {s.bucket}",
+        c.s3.get_bucket_lifecycle_configuration,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    return list((got or {}).get("Rules") or [])
+
+
+def put_lifecycle(s: DeploySettings, c: Clients, rules: list[dict[str, Any]]) -> None:
+    what = f"lifecycle of bucket {s.bucket}"
+    if rules:
+        call(
+            "s3:PutLifecycleConfiguration",
+            what,
+            c.s3.put_bucket_lifecycle_configuration,
+            Bucket=s.bucket,
+            LifecycleConfiguration={"Rules": rules},
+        )
+    else:
+        call("s3:PutLifecycleConfiguration", what, c.s3.delete_bucket_lifecycle, Bucket=s.bucket)
+
+
+def ensure_lifecycle(s: DeploySettings, c: Clients) -> Change:
+    what = f"lifecycle rule {s.lifecycle_rule_id}"
+    rules = lifecycle_rules(s, c)
+    want = lifecycle_rule(s)
+    ours = [r for r in rules if r.get("ID") == s.lifecycle_rule_id]
+    if ours == [want]:
+        return Change("unchanged", what, f"expires {s.clean_prefix}/ after {s.expire_days} days")
+    others = [r for r in rules if r.get("ID") != s.lifecycle_rule_id]
+    put_lifecycle(s, c, [*others, want])
+    kept = f"; {len(others)} other rule(s) kept" if others else ""
+    action = "updated" if ours else "created"
+    return Change(action, what, f"expires {s.clean_prefix}/ after {s.expire_days} days{kept}")
+
+
+# --- notification ------------------------------------------------------------------------
+
+
+def notification_config(s: DeploySettings, c: Clients) -> dict[str, Any]:
+    got = call(
+        "s3:GetBucketNotification",
+        f"notifications of bucket {s.bucket}",
+        c.s3.get_bucket_notification_configuration,
+        Bucket=s.bucket,
+    )
+    return {k: got[k] for k in NOTIFICATION_KINDS if k in got}
+
+
+def our_notification(s: DeploySettings, function_arn: str) -> dict[str, Any]:
+    return {
+        "Id": s.notification_id,
+        "LambdaFunctionArn": function_arn,
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {
+            "Key": {
+                "FilterRules": [
+                    {"Name": "prefix", "Value": f"{s.clean_prefix}/queue/"},
+                    {"Name": "suffix", "Value": ".task"},
+                ]
+            }
+        },
+    }
+
+
+def notification_problem(entry: dict[str, Any] | None, s: DeploySettings, arn: str) -> str | None:
+    """None when our notification entry is right, else what is wrong with it."""
+    if entry is None:
+        return f"no notification {s.notification_id} on bucket {s.bucket}"
+    rules = (entry.get("Filter") or {}).get("Key", {}).get("FilterRules") or []
+    got = {str(r.get("Name", "")).lower(): r.get("Value") for r in rules}
+    problems = []
+    if entry.get("LambdaFunctionArn") != arn:
+        problems.append(f"targets {entry.get('LambdaFunctionArn')}, not {arn}")
+    if sorted(as_list(entry.get("Events"))) != ["s3:ObjectCreated:*"]:
+        problems.append(f"events are {entry.get('Events')}, not s3:ObjectCreated:*")
+    if got.get("prefix") != f"{s.clean_prefix}/queue/":
+        problems.append(f"prefix is {got.get('prefix')!r}, not {s.clean_prefix + '/queue/'!r}")
+    if got.get("suffix") != ".task":
+        problems.append(f"suffix is {got.get('suffix')!r}, not '.task'")
+    return "; ".join(problems) or None
+
+
+def find_notification(config: dict[str, Any], s: DeploySettings) -> dict[str, Any] | None:
+    for entry in config.get("LambdaFunctionConfigurations", []):
+        if entry.get("Id") == s.notification_id:
+            return dict(entry)
+    return None
+
+
+def put_notifications(s: DeploySettings, c: Clients, config: dict[str, Any]) -> None:
+    call(
+        "s3:PutBucketNotification",
+        f"notifications of bucket {s.bucket}",
+        c.s3.put_bucket_notification_configuration,
+        Bucket=s.bucket,
+        NotificationConfiguration=config,
+    )
+
+
+def ensure_notification(s: DeploySettings, c: Clients, function_arn: str) -> Change:
+    what = f"notification {s.notification_id}"
+    config = notification_config(s, c)
+    entry = find_notification(config, s)
+    detail = f"s3:ObjectCreated:* {s.clean_prefix}/queue/*.task -> {s.function_name}"
+    if notification_problem(entry, s, function_arn) is None:
+        return Change("unchanged", what, detail)
+    others = [
+        e
+        for e in config.get("LambdaFunctionConfigurations", [])
+        if e.get("Id") != s.notification_id
+    ]
+    config["LambdaFunctionConfigurations"] = [*others, our_notification(s, function_arn)]
+    put_notifications(s, c, config)
+    kept = sum(len(v) for k, v in config.items() if isinstance(v, list)) - 1
+    return Change(
+        "updated" if entry else "created",
+        what,
+        detail + (f"; {kept} other notification(s) kept" if kept else ""),
+    )

@@ -1,0 +1,190 @@
+"""``dolambda destroy``: remove what ``dolambda deploy`` made, and nothing else.
+
+Our notification entry and lifecycle rule are taken out of the bucket's configuration
+(the user's entries stay), the function (with its permission and async-invoke config)
+and our role with its inline policy are deleted, and so are the objects under
+``<prefix>/``. The bucket and every other object stay unless ``delete_bucket``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dolambda._config import config_path, load_config
+from dolambda._deploy_aws import (
+    PERMISSION_SID,
+    Clients,
+    DeployError,
+    DeploySettings,
+    call,
+    validate_bucket_name,
+)
+from dolambda._deploy_bucket import (
+    Change,
+    bucket_region,
+    find_notification,
+    lifecycle_rules,
+    notification_config,
+    put_lifecycle,
+    put_notifications,
+)
+from dolambda._deploy_steps import get_function
+from dolambda._errors import DolambdaError
+
+Echo = Callable[[str], None]
+
+
+def destroy(
+    settings: DeploySettings, *, delete_bucket: bool = False, echo: Echo | None = None
+) -> list[Change]:
+    """Remove what :func:`deploy` made; keep the bucket and others' objects unless asked."""
+    s = settings
+    validate_bucket_name(s.bucket)
+    c = Clients(s)
+    c.identity()
+    changes: list[Change] = []
+
+    def step(change: Change) -> None:
+        changes.append(change)
+        if echo is not None:
+            echo(str(change))
+
+    region = bucket_region(c, s.bucket)
+    if region is not None and region != c.region:
+        raise DeployError(
+            f"bucket {s.bucket} is in {region}, not {c.region}: pass --region {region}"
+        )
+    if region is not None:
+        step(_remove_notification(s, c))
+        step(_remove_lifecycle_rule(s, c))
+    function = get_function(s, c)
+    if function is not None:
+        call(
+            "lambda:RemovePermission",
+            f"function {s.function_name}",
+            c.lam.remove_permission,
+            missing=True,
+            FunctionName=s.function_name,
+            StatementId=PERMISSION_SID,
+        )
+        step(Change("deleted", f"invoke permission {PERMISSION_SID}"))
+        call(
+            "lambda:DeleteFunction",
+            f"function {s.function_name}",
+            c.lam.delete_function,
+            FunctionName=s.function_name,
+        )
+        step(Change("deleted", f"function {s.function_name}"))
+    else:
+        step(Change("absent", f"function {s.function_name}"))
+    step(_remove_role(s, c))
+    if region is not None:
+        count = _delete_objects(s, c, prefix=f"{s.clean_prefix}/")
+        step(Change("deleted", f"objects under s3://{s.bucket}/{s.clean_prefix}/", f"{count}"))
+        if delete_bucket:
+            count = _delete_objects(s, c, prefix="")
+            call("s3:DeleteBucket", f"bucket {s.bucket}", c.s3.delete_bucket, Bucket=s.bucket)
+            step(Change("deleted", f"bucket {s.bucket}", f"and its {count} other object(s)"))
+        else:
+            step(Change("kept", f"bucket {s.bucket}", "pass --delete-bucket to delete it"))
+    else:
+        step(Change("absent", f"bucket {s.bucket}"))
+    step(_remove_config(s))
+    return changes
+
+
+def _remove_notification(s: DeploySettings, c: Clients) -> Change:
+    what = f"notification {s.notification_id}"
+    config = notification_config(s, c)
+    if find_notification(config, s) is None:
+        return Change("absent", what)
+    config["LambdaFunctionConfigurations"] = [
+        e
+        for e in config.get("LambdaFunctionConfigurations", [])
+        if e.get("Id") != s.notification_id
+    ]
+    if not config["LambdaFunctionConfigurations"]:
+        del config["LambdaFunctionConfigurations"]
+    put_notifications(s, c, config)
+    return Change("deleted", what)
+
+
+def _remove_lifecycle_rule(s: DeploySettings, c: Clients) -> Change:
+    what = f"lifecycle rule {s.lifecycle_rule_id}"
+    rules = lifecycle_rules(s, c)
+    others = [r for r in rules if r.get("ID") != s.lifecycle_rule_id]
+    if len(others) == len(rules):
+        return Change("absent", what)
+    put_lifecycle(s, c, others)
+    return Change("deleted", what)
+
+
+def _remove_role(s: DeploySettings, c: Clients) -> Change:
+    what = f"role {s.role_name}"
+    if call("iam:GetRole", what, c.iam.get_role, missing=True, RoleName=s.role_name) is None:
+        return Change("absent", what)
+    call(
+        "iam:DeleteRolePolicy",
+        what,
+        c.iam.delete_role_policy,
+        missing=True,
+        RoleName=s.role_name,
+        PolicyName=s.role_policy_name,
+    )
+    inline = call("iam:ListRolePolicies", what, c.iam.list_role_policies, RoleName=s.role_name)
+    attached = call(
+        "iam:ListAttachedRolePolicies",
+        what,
+        c.iam.list_attached_role_policies,
+        RoleName=s.role_name,
+    )
+    others = [
+        *inline.get("PolicyNames", []),
+        *(p.get("PolicyName") for p in attached.get("AttachedPolicies", [])),
+    ]
+    if others:
+        return Change("kept", what, f"dolambda's policy removed; it also has {', '.join(others)}")
+    call("iam:DeleteRole", what, c.iam.delete_role, RoleName=s.role_name)
+    return Change("deleted", what, "and its inline policy")
+
+
+def _delete_objects(s: DeploySettings, c: Clients, *, prefix: str) -> int:
+    what = f"s3://{s.bucket}/{prefix}"
+    count = 0
+    paginator = c.s3.get_paginator("list_object_versions")
+    pages = call(
+        "s3:ListBucketVersions",
+        what,
+        lambda: list(paginator.paginate(Bucket=s.bucket, Prefix=prefix)),
+    )
+    for page in pages:
+        items = [
+            {"Key": o["Key"], "VersionId": o["VersionId"]}
+            for o in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        for i in range(0, len(items), 1000):
+            batch = [
+                {"Key": o["Key"]} if o["VersionId"] in (None, "null") else o
+                for o in items[i : i + 1000]
+            ]
+            call(
+                "s3:DeleteObject",
+                what,
+                c.s3.delete_objects,
+                Bucket=s.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            count += len(batch)
+    return count
+
+
+def _remove_config(s: DeploySettings) -> Change:
+    path = config_path()
+    try:
+        config = load_config()
+    except DolambdaError:
+        config = None
+    if config is None or config.bucket != s.bucket or config.function_name != s.function_name:
+        return Change("kept" if config else "absent", f"client config {path}")
+    path.unlink()
+    return Change("deleted", f"client config {path}")

@@ -1,0 +1,320 @@
+"""``dolambda doctor``: check every piece of a deployed setup, one sentence per problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dolambda._deploy_aws import (
+    HANDLER,
+    MAX_EVENT_AGE,
+    MAX_RETRY_ATTEMPTS,
+    Clients,
+    DeploySettings,
+    as_list,
+    call,
+    fix_command,
+    normalize_policy,
+    python_version,
+    role_policy,
+    runtime_for,
+)
+from dolambda._deploy_bucket import (
+    PUBLIC_ACCESS_BLOCK,
+    bucket_region,
+    find_notification,
+    lifecycle_rule,
+    lifecycle_rules,
+    notification_config,
+    notification_problem,
+)
+from dolambda._deploy_steps import get_function, permission_ok, permission_statement
+from dolambda._errors import DolambdaError
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One doctor check: its name, whether it passed, what is wrong, and the command to fix it."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"OK  {self.name}" + (f" ({self.detail})" if self.detail else "")
+        return f"FAIL {self.name}: {self.detail}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
+class _Failed(Exception):
+    def __init__(self, detail: str, fix: str = "") -> None:
+        super().__init__(detail)
+        self.detail, self.fix = detail, fix
+
+
+def doctor(
+    settings: DeploySettings,
+    *,
+    round_trip: Callable[[], None] | None = None,
+    python: str | None = None,
+    config_signing_key: str | None = None,
+) -> list[CheckResult]:
+    """Check a deployed setup; one :class:`CheckResult` per check, failures included.
+
+    ``config_signing_key`` is the client's key (default: from the config file when it
+    describes this bucket and function). ``round_trip`` runs one tiny job; it is only
+    tried when every other check passed. Checks that depend on a failed one are left out.
+    """
+    s = settings
+    fix = fix_command(s)
+    results: list[CheckResult] = []
+
+    def check(name: str, fn: Callable[[], str]) -> bool:
+        try:
+            detail = fn()
+        except _Failed as exc:
+            results.append(CheckResult(name, False, exc.detail, exc.fix or fix))
+            return False
+        except DolambdaError as exc:
+            results.append(CheckResult(name, False, str(exc), fix))
+            return False
+        results.append(CheckResult(name, True, detail))
+        return True
+
+    holder: dict[str, Any] = {}
+
+    def credentials() -> str:
+        try:
+            holder["c"] = Clients(s)
+        except DolambdaError as exc:
+            raise _Failed(str(exc), "aws configure (or pass --profile / --region)") from exc
+        try:
+            ident = holder["c"].identity()
+        except DolambdaError as exc:
+            raise _Failed(str(exc), "aws configure (or pass --profile)") from exc
+        return f"account {ident.get('Account')}, {ident.get('Arn')}"
+
+    if not check("credentials", credentials):
+        return results
+    c: Clients = holder["c"]
+    check("region", lambda: _region(s, c))
+    bucket_ok = check("bucket", lambda: _bucket(s, c))
+    if bucket_ok:
+        check("bucket settings", lambda: _bucket_settings(s, c))
+    function: dict[str, Any] | None = None
+
+    def function_check() -> str:
+        nonlocal function
+        function = get_function(s, c)
+        if function is None:
+            raise _Failed(f"function {s.function_name} does not exist in {c.region}")
+        return _function(s, function)
+
+    if check("function", function_check) and function is not None:
+        fn = function
+        check("runtime", lambda: _runtime(fn, python))
+        check("async invoke config", lambda: _event_invoke(s, c))
+        check("permission", lambda: _permission(s, c))
+        if bucket_ok:
+            check("notification", lambda: _notification(s, c, str(fn["FunctionArn"])))
+        check("role policy", lambda: _role_policy(s, c, str(fn["Role"])))
+        check("signing key", lambda: _signing_key(s, fn, config_signing_key))
+    if round_trip is not None and all(r.ok for r in results):
+        rt = round_trip
+
+        def run_round_trip() -> str:
+            try:
+                rt()
+            except Exception as exc:
+                raise _Failed(f"a tiny job failed: {type(exc).__name__}: {exc}") from exc
+            return "a tiny job ran on the function"
+
+        check("round trip", run_round_trip)
+    return results
+
+
+def _region(s: DeploySettings, c: Clients) -> str:
+    if s.endpoint_url:
+        return f"{c.region} (endpoint {s.endpoint_url})"
+    import boto3
+
+    known = boto3.Session().get_available_regions("lambda")
+    if known and c.region not in known:
+        raise _Failed(f"{c.region} is not a region with AWS Lambda", "pass --region REGION")
+    return c.region
+
+
+def _bucket(s: DeploySettings, c: Clients) -> str:
+    region = bucket_region(c, s.bucket)
+    if region is None:
+        raise _Failed(f"bucket {s.bucket} does not exist")
+    if region != c.region:
+        raise _Failed(
+            f"bucket {s.bucket} is in {region}, not {c.region}",
+            fix_command(replace(s, region=region)),
+        )
+    return f"{s.bucket} in {region}"
+
+
+def _bucket_settings(s: DeploySettings, c: Clients) -> str:
+    problems = []
+    got = call(
+        "s3:GetBucketPublicAccessBlock",
+        f"bucket {s.bucket}",
+        c.s3.get_public_access_block,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    block = (got or {}).get("PublicAccessBlockConfiguration") or {}
+    if not all(block.get(k) for k in PUBLIC_ACCESS_BLOCK):
+        problems.append("public access is not fully blocked")
+    enc = call(
+        "s3:GetEncryptionConfiguration",
+        f"bucket {s.bucket}",
+        c.s3.get_bucket_encryption,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    if not ((enc or {}).get("ServerSideEncryptionConfiguration") or {}).get("Rules"):
+        problems.append("no default encryption")
+    rules = [r for r in lifecycle_rules(s, c) if r.get("ID") == s.lifecycle_rule_id]
+    want = lifecycle_rule(s)
+    if not rules:
+        problems.append(f"no lifecycle rule {s.lifecycle_rule_id}")
+    elif rules[0].get("Filter") != want["Filter"] or rules[0].get("Status") != "Enabled":
+        problems.append(f"lifecycle rule {s.lifecycle_rule_id} does not expire {s.clean_prefix}/")
+    if problems:
+        raise _Failed("; ".join(problems))
+    return "public access blocked, encrypted, lifecycle rule"
+
+
+def _function(s: DeploySettings, fn: dict[str, Any]) -> str:
+    env = (fn.get("Environment") or {}).get("Variables") or {}
+    problems = []
+    if fn.get("Handler") != HANDLER:
+        problems.append(f"handler is {fn.get('Handler')!r}, not {HANDLER!r}")
+    if env.get("DOLAMBDA_PREFIX") != s.clean_prefix:
+        problems.append(
+            f"DOLAMBDA_PREFIX is {env.get('DOLAMBDA_PREFIX')!r}, not {s.clean_prefix!r}"
+        )
+    if env.get("DOLAMBDA_BUCKET") != s.bucket:
+        problems.append(f"DOLAMBDA_BUCKET is {env.get('DOLAMBDA_BUCKET')!r}, not {s.bucket!r}")
+    if fn.get("State") not in (None, "Active"):
+        problems.append(f"state is {fn.get('State')} ({fn.get('StateReason', '')})")
+    if problems:
+        raise _Failed(f"function {s.function_name}: " + "; ".join(problems))
+    return f"{s.function_name}, {fn.get('MemorySize')} MB, {fn.get('Timeout')} s"
+
+
+def _runtime(fn: dict[str, Any], python: str | None) -> str:
+    version = python or python_version()
+    want = runtime_for(version)
+    if fn.get("Runtime") != want:
+        raise _Failed(
+            f"the function runs {fn.get('Runtime')} but this client runs Python {version}; "
+            "pickled bodies only load in the same Python minor version"
+        )
+    return want
+
+
+def _event_invoke(s: DeploySettings, c: Clients) -> str:
+    got = call(
+        "lambda:GetFunctionEventInvokeConfig",
+        f"function {s.function_name}",
+        c.lam.get_function_event_invoke_config,
+        missing=True,
+        FunctionName=s.function_name,
+    )
+    if got is None:
+        raise _Failed("no async invoke config (retries and event age are Lambda's defaults)")
+    if (
+        got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS
+        or got.get("MaximumEventAgeInSeconds") != MAX_EVENT_AGE
+    ):
+        raise _Failed(
+            f"retries {got.get('MaximumRetryAttempts')}, max event age "
+            f"{got.get('MaximumEventAgeInSeconds')} s differ from dolambda's"
+        )
+    return f"{MAX_RETRY_ATTEMPTS} retries"
+
+
+def _permission(s: DeploySettings, c: Clients) -> str:
+    problem = permission_ok(permission_statement(s, c), s, c)
+    if problem == "missing":
+        raise _Failed(
+            f"S3 may not invoke {s.function_name}: no permission statement for "
+            f"s3.amazonaws.com from bucket {s.bucket}"
+        )
+    if problem:
+        raise _Failed(f"the S3 invoke permission is wrong: {problem}")
+    return f"s3.amazonaws.com from {s.bucket}"
+
+
+def _notification(s: DeploySettings, c: Clients, arn: str) -> str:
+    problem = notification_problem(find_notification(notification_config(s, c), s), s, arn)
+    if problem:
+        raise _Failed(problem)
+    return f"{s.clean_prefix}/queue/*.task -> {s.function_name}"
+
+
+def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
+    """Every Allow must be within dolambda's policy, and all of dolambda's policy is needed."""
+    role = role_arn.rsplit("/", 1)[-1]
+    what = f"role {role}"
+    allowed = set()
+    for st in role_policy(s, c)["Statement"]:
+        allowed |= {(a, r) for a in st["Action"] for r in st["Resource"]}
+    granted: set[tuple[str, str]] = set()
+    wider: list[str] = []
+    names = call("iam:ListRolePolicies", what, c.iam.list_role_policies, RoleName=role)
+    for name in names.get("PolicyNames", []):
+        doc = call(
+            "iam:GetRolePolicy", what, c.iam.get_role_policy, RoleName=role, PolicyName=name
+        )["PolicyDocument"]
+        for st in as_list(normalize_policy(doc).get("Statement")):
+            if st.get("Effect") != "Allow":
+                continue
+            if "NotAction" in st or "NotResource" in st:
+                wider.append(f"policy {name} uses NotAction/NotResource")
+                continue
+            for a in as_list(st.get("Action")):
+                for r in as_list(st.get("Resource")):
+                    if (a, r) in allowed:
+                        granted.add((a, r))
+                    else:
+                        wider.append(f"policy {name} allows {a} on {r}")
+    attached = call(
+        "iam:ListAttachedRolePolicies", what, c.iam.list_attached_role_policies, RoleName=role
+    )
+    for pol in attached.get("AttachedPolicies", []):
+        wider.append(f"managed policy {pol.get('PolicyName')} is attached")
+    if wider:
+        raise _Failed(f"{what} is wider than needed: " + "; ".join(sorted(set(wider))[:6]))
+    missing = sorted(allowed - granted)
+    if missing:
+        listing = "; ".join(f"{a} on {r}" for a, r in missing[:4])
+        raise _Failed(f"{what} lacks what the worker needs: {listing}")
+    return f"{role}: least privilege"
+
+
+def _signing_key(s: DeploySettings, fn: dict[str, Any], key: str | None) -> str:
+    if key is None:
+        from dolambda._config import load_config
+
+        config = load_config()
+        if config is None or config.bucket != s.bucket or config.function_name != s.function_name:
+            raise _Failed(f"no client config for bucket {s.bucket} and function {s.function_name}")
+        key = config.signing_key
+    deployed = ((fn.get("Environment") or {}).get("Variables") or {}).get("DOLAMBDA_SIGNING_KEY")
+    if not deployed:
+        raise _Failed(f"function {s.function_name} has no DOLAMBDA_SIGNING_KEY")
+    if not key:
+        raise _Failed("the client config has no signing key")
+    if deployed != key:
+        raise _Failed(
+            "the function's DOLAMBDA_SIGNING_KEY differs from the client config's key; "
+            "every task would fail its signature check"
+        )
+    return "function and client config agree"

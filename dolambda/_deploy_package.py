@@ -1,0 +1,257 @@
+"""The Lambda deployment package: handler, the worker's modules, their dependencies.
+
+The zip holds ``handler/lambda_function.py``, a ``dolambda/__init__.py`` that imports
+nothing (the real one would pull in aioboto3), the modules the worker needs, and
+dill/pydantic/numpy (pinned to the client's dill and pydantic versions) plus the
+user's requirements, installed by pip for the Lambda platform. boto3 is left out:
+the Lambda runtime ships it. Builds are cached by a hash of all their inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from dolambda._deploy_aws import ARCHITECTURES, DeployError, python_version, wheel_platforms
+
+WORKER_MODULES = ("_worker.py", "_wire.py", "_serialize.py", "_keys.py", "_errors.py")
+HANDLER_FILES = ("__init__.py", "lambda_function.py")
+DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # zipped bytes Lambda accepts in the request itself
+UNZIPPED_LIMIT = 250 * 1024 * 1024  # Lambda's limit for the unzipped package
+EXCLUDED = ("boto3", "botocore", "s3transfer", "bin")  # the runtime ships boto3
+_BUILD_FORMAT = "dolambda-package-1"
+
+MINIMAL_INIT = '''"""dolambda as deployed to Lambda: the worker's modules only; imports nothing."""
+
+__version__ = "{version}"
+'''
+
+
+@dataclass(frozen=True)
+class Package:
+    """A built zip: where it is, Lambda's CodeSha256 of it, and its sizes in bytes."""
+
+    path: Path
+    code_sha256: str
+    size: int
+    unzipped_size: int
+    cached: bool
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def cache_dir() -> Path:
+    """``$DOLAMBDA_CACHE_DIR``, else ``$XDG_CACHE_HOME/dolambda/packages`` (or ``~/.cache``)."""
+    explicit = os.environ.get("DOLAMBDA_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dolambda" / "packages"
+
+
+def _sources() -> dict[str, Path]:
+    """Archive name -> local file for the handler and the worker's modules."""
+    import dolambda
+
+    pkg = Path(dolambda.__file__).parent
+    handler_dir = pkg.parent / "handler"
+    if not (handler_dir / "lambda_function.py").is_file():
+        import importlib.util
+
+        spec = importlib.util.find_spec("handler.lambda_function")
+        if spec is None or spec.origin is None:
+            raise DeployError("cannot find handler/lambda_function.py next to the dolambda package")
+        handler_dir = Path(spec.origin).parent
+    out = {f"dolambda/{name}": pkg / name for name in WORKER_MODULES}
+    out.update({f"handler/{name}": handler_dir / name for name in HANDLER_FILES})
+    return out
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def worker_requirements() -> list[str]:
+    """The worker's requirements: dill and pydantic pinned to the client's (pickles must match).
+
+    numpy is not pinned: the client's version may have no wheel for the runtime's glibc.
+    """
+    out = []
+    for dist in ("dill", "pydantic"):
+        version = _version(dist)
+        out.append(f"{dist}=={version}" if version else dist)
+    return [*out, "numpy"]
+
+
+def _dolambda_version() -> str:
+    import dolambda
+
+    return str(getattr(dolambda, "__version__", "0"))
+
+
+def build_package(
+    *,
+    architecture: str = "x86_64",
+    python: str | None = None,
+    requirements: Path | None = None,
+    dependencies: bool = True,
+    target: Literal["lambda", "local"] = "lambda",
+    cache: Path | None = None,
+    unzipped_limit: int = UNZIPPED_LIMIT,
+) -> Package:
+    """Build (or reuse from the cache) the zip for ``python`` (default: ours) and ``architecture``.
+
+    ``target="local"`` installs wheels for this machine instead of the Lambda platform
+    (for tests); ``dependencies=False`` packages only dolambda's own files (fast; for
+    tests that never run the code). Raises :class:`DeployError` with pip's reason when
+    the requirements do not resolve for the platform, or listing the largest packages
+    when the unzipped size exceeds Lambda's limit.
+    """
+    if architecture not in ARCHITECTURES:
+        raise DeployError(f"architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    python = python or python_version()
+    sources = _sources()
+    reqs_text = Path(requirements).read_text() if requirements is not None else ""
+    deps = worker_requirements() if dependencies else []
+    h = hashlib.sha256()
+    for part in (_BUILD_FORMAT, python, architecture, target, _dolambda_version(), *deps):
+        h.update(part.encode() + b"\0")
+    h.update(b"requirements\0" + reqs_text.encode() + b"\0")
+    for name, path in sorted(sources.items()):
+        h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest = h.hexdigest()[:24]
+    root = cache or cache_dir()
+    path = root / f"lambda-py{python}-{architecture}-{target}-{digest}.zip"
+    if path.exists():
+        return _describe(path, cached=True)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dolambda-build-") as tmp:
+        tree = Path(tmp) / "package"
+        tree.mkdir()
+        if deps or requirements is not None:
+            _pip_install(tree, deps, requirements, python=python, arch=architecture, target=target)
+        for name in EXCLUDED:
+            for junk in [tree / name, *tree.glob(f"{name}-*.dist-info")]:
+                if junk.is_dir():
+                    shutil.rmtree(junk)
+        (tree / "dolambda").mkdir(exist_ok=True)
+        (tree / "handler").mkdir(exist_ok=True)
+        for name, src in sources.items():
+            shutil.copyfile(src, tree / name)
+        (tree / "dolambda" / "__init__.py").write_text(
+            MINIMAL_INIT.format(version=_dolambda_version())
+        )
+        _check_unzipped(tree, unzipped_limit)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        _zip_tree(tree, partial)
+        os.replace(partial, path)
+    return _describe(path, cached=False)
+
+
+def _pip_install(
+    tree: Path,
+    deps: list[str],
+    requirements: Path | None,
+    *,
+    python: str,
+    arch: str,
+    target: str,
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(tree),
+        "--no-input",
+        "--disable-pip-version-check",
+        "--quiet",
+    ]
+    if target == "local":
+        cmd.append("--no-compile")  # Lambda's /var/task is read-only: ship .pyc there only
+    platforms = wheel_platforms(python, arch)
+    if target == "lambda":
+        cmd += [p for tag in platforms for p in ("--platform", tag)]
+        cmd += [
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+        ]
+    cmd += deps
+    if requirements is not None:
+        cmd += ["-r", str(requirements)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "ERROR" in ln or "error" in ln.lower()] or lines
+        reason = "\n  ".join(errors[-8:]) or f"pip exited with code {proc.returncode}"
+        what = f"the requirements in {requirements}" if requirements else "dolambda's dependencies"
+        where = (
+            f"the Lambda platform ({platforms[-1]} or older, CPython {python}, binary wheels only)"
+            if target == "lambda"
+            else "this machine"
+        )
+        raise DeployError(f"pip could not install {what} for {where}:\n  {reason}")
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _check_unzipped(tree: Path, limit: int) -> None:
+    sizes = {p.name: _tree_size(p) for p in tree.iterdir() if not p.name.endswith(".dist-info")}
+    total = _tree_size(tree)
+    if total <= limit:
+        return
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:8]
+    listing = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in largest)
+    raise DeployError(
+        f"the Lambda package would be {total / 1e6:.1f} MB unzipped, over Lambda's "
+        f"{limit / 1e6:.0f} MB limit; the largest packages: {listing}. Trim --requirements "
+        "(or use a container image for heavy dependencies)"
+    )
+
+
+def _zip_tree(tree: Path, dest: Path) -> None:
+    """A reproducible zip: sorted entries, fixed timestamps, world-readable modes."""
+    files = sorted(p for p in tree.rglob("*") if p.is_file())
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(tree).as_posix(), (1980, 1, 1, 0, 0, 0))
+            executable = path.stat().st_mode & stat.S_IXUSR
+            info.external_attr = ((0o755 if executable else 0o644) | stat.S_IFREG) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+
+
+def _describe(path: Path, *, cached: bool) -> Package:
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        unzipped = sum(i.file_size for i in zf.infolist())
+    return Package(
+        path=path,
+        code_sha256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        size=len(data),
+        unzipped_size=unzipped,
+        cached=cached,
+    )

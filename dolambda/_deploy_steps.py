@@ -1,0 +1,359 @@
+"""The IAM and Lambda steps of ``dolambda deploy``: each compares, changes only what differs,
+and reports one :class:`~dolambda._deploy_bucket.Change`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from dolambda._deploy_aws import (
+    HANDLER,
+    MAX_EVENT_AGE,
+    MAX_RETRY_ATTEMPTS,
+    PERMISSION_SID,
+    Clients,
+    DeployError,
+    DeploySettings,
+    as_list,
+    call,
+    code_of,
+    normalize_policy,
+    role_policy,
+    translate,
+    trust_policy,
+)
+from dolambda._deploy_bucket import Change
+from dolambda._deploy_package import DIRECT_UPLOAD_LIMIT, Package
+
+# --- IAM --------------------------------------------------------------------------------
+
+
+def ensure_role(s: DeploySettings, c: Clients) -> tuple[Change, str]:
+    what = f"role {s.role_name}"
+    got = call("iam:GetRole", what, c.iam.get_role, missing=True, RoleName=s.role_name)
+    trust = trust_policy()
+    if got is None:
+        created = call(
+            "iam:CreateRole",
+            what,
+            c.iam.create_role,
+            RoleName=s.role_name,
+            AssumeRolePolicyDocument=json.dumps(trust),
+            Description=f"dolambda worker for function {s.function_name}",
+        )
+        return Change("created", what), str(created["Role"]["Arn"])
+    role = got["Role"]
+    if normalize_policy(role.get("AssumeRolePolicyDocument")) != normalize_policy(trust):
+        call(
+            "iam:UpdateAssumeRolePolicy",
+            what,
+            c.iam.update_assume_role_policy,
+            RoleName=s.role_name,
+            PolicyDocument=json.dumps(trust),
+        )
+        return Change("updated", what, "trust policy (lambda.amazonaws.com)"), str(role["Arn"])
+    return Change("unchanged", what), str(role["Arn"])
+
+
+def ensure_role_policy(s: DeploySettings, c: Clients) -> Change:
+    what = f"role policy {s.role_name}/{s.role_policy_name}"
+    want = role_policy(s, c)
+    got = call(
+        "iam:GetRolePolicy",
+        what,
+        c.iam.get_role_policy,
+        missing=True,
+        RoleName=s.role_name,
+        PolicyName=s.role_policy_name,
+    )
+    if got is not None and normalize_policy(got["PolicyDocument"]) == normalize_policy(want):
+        return Change("unchanged", what, "least privilege")
+    call(
+        "iam:PutRolePolicy",
+        what,
+        c.iam.put_role_policy,
+        RoleName=s.role_name,
+        PolicyName=s.role_policy_name,
+        PolicyDocument=json.dumps(want),
+    )
+    return Change("updated" if got else "created", what, "least privilege")
+
+
+# --- function ---------------------------------------------------------------------------
+
+
+def get_function(s: DeploySettings, c: Clients) -> dict[str, Any] | None:
+    got = call(
+        "lambda:GetFunction",
+        f"function {s.function_name}",
+        c.lam.get_function,
+        missing=True,
+        FunctionName=s.function_name,
+    )
+    return None if got is None else dict(got["Configuration"])
+
+
+def signing_key(s: DeploySettings, function: dict[str, Any] | None) -> str:
+    """The key already deployed, else the client config's, else 32 fresh random bytes (hex)."""
+    from dolambda._config import load_config
+
+    env = ((function or {}).get("Environment") or {}).get("Variables") or {}
+    if env.get("DOLAMBDA_SIGNING_KEY"):
+        return str(env["DOLAMBDA_SIGNING_KEY"])
+    try:
+        config = load_config()
+    except Exception:
+        config = None
+    if (
+        config is not None
+        and config.signing_key
+        and config.bucket == s.bucket
+        and config.function_name == s.function_name
+    ):
+        return config.signing_key
+    return secrets.token_hex(32)
+
+
+def _code(s: DeploySettings, c: Clients, package: Package, limit: int) -> dict[str, Any]:
+    if package.size <= limit:
+        return {"ZipFile": package.read()}
+    key = f"{s.deploy_prefix}{s.function_name}-{package.path.stem}.zip"
+    with package.path.open("rb") as body:
+        call(
+            "s3:PutObject",
+            f"s3://{s.bucket}/{key}",
+            c.s3.put_object,
+            Bucket=s.bucket,
+            Key=key,
+            Body=body,
+        )
+    return {"S3Bucket": s.bucket, "S3Key": key}
+
+
+def _wait(s: DeploySettings, c: Clients, timeout: float = 300.0) -> dict[str, Any]:
+    """Wait until the function is Active and no update is in progress (real AWS is async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conf: dict[str, Any] = call(
+            "lambda:GetFunctionConfiguration",
+            f"function {s.function_name}",
+            c.lam.get_function_configuration,
+            FunctionName=s.function_name,
+        )
+        busy = conf.get("State") == "Pending" or conf.get("LastUpdateStatus") == "InProgress"
+        if conf.get("State") == "Failed" or conf.get("LastUpdateStatus") == "Failed":
+            reason = conf.get("StateReason") or conf.get("LastUpdateStatusReason") or "unknown"
+            raise DeployError(f"function {s.function_name} failed to deploy: {reason}")
+        if not busy or time.monotonic() > deadline:
+            return conf
+        time.sleep(1.0)
+
+
+def ensure_function(
+    s: DeploySettings,
+    c: Clients,
+    *,
+    package: Package,
+    runtime: str,
+    role_arn: str,
+    key: str,
+    existing: dict[str, Any] | None,
+    upload_limit: int = DIRECT_UPLOAD_LIMIT,
+) -> tuple[Change, str]:
+    what = f"function {s.function_name}"
+    ours = {
+        "DOLAMBDA_SIGNING_KEY": key,
+        "DOLAMBDA_PREFIX": s.clean_prefix,
+        "DOLAMBDA_BUCKET": s.bucket,
+    }
+    config: dict[str, Any] = {
+        "Runtime": runtime,
+        "Role": role_arn,
+        "Handler": HANDLER,
+        "MemorySize": s.memory_mb,
+        "Timeout": s.timeout,
+        "Description": "dolambda worker (S3 queue)",
+    }
+    if existing is None:
+        code = _code(s, c, package, upload_limit)
+        created = _create_function(s, c, config, code, ours)
+        _wait(s, c)
+        detail = f"{runtime}, {s.architecture}, {s.memory_mb} MB, {s.timeout} s"
+        return Change("created", what, detail), str(created["FunctionArn"])
+    changed = []
+    if existing.get("CodeSha256") != package.code_sha256 or as_list(
+        existing.get("Architectures") or ["x86_64"]
+    ) != [s.architecture]:
+        code = _code(s, c, package, upload_limit)
+        call(
+            "lambda:UpdateFunctionCode",
+            what,
+            c.lam.update_function_code,
+            FunctionName=s.function_name,
+            Architectures=[s.architecture],
+            **code,
+        )
+        changed.append("code")
+        _wait(s, c)
+    env = dict((existing.get("Environment") or {}).get("Variables") or {})
+    update = {k: v for k, v in config.items() if existing.get(k) != v}
+    if any(env.get(k) != v for k, v in ours.items()):
+        update["Environment"] = {"Variables": {**env, **ours}}
+    if update:
+        call(
+            "lambda:UpdateFunctionConfiguration",
+            what,
+            c.lam.update_function_configuration,
+            FunctionName=s.function_name,
+            **update,
+        )
+        changed += [k.lower() for k in update]
+        _wait(s, c)
+    arn = str(existing["FunctionArn"])
+    if changed:
+        return Change("updated", what, ", ".join(changed)), arn
+    return Change("unchanged", what), arn
+
+
+def _create_function(
+    s: DeploySettings, c: Clients, config: dict[str, Any], code: dict[str, Any], env: dict[str, str]
+) -> dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    what = f"function {s.function_name}"
+    deadline = time.monotonic() + 90  # a new role takes a few seconds to be assumable
+    while True:
+        try:
+            out: dict[str, Any] = c.lam.create_function(
+                FunctionName=s.function_name,
+                Code=code,
+                Architectures=[s.architecture],
+                Environment={"Variables": env},
+                PackageType="Zip",
+                **config,
+            )
+            return out
+        except ClientError as exc:
+            message = str(exc.response.get("Error", {}).get("Message", ""))
+            retry = code_of(exc) == "InvalidParameterValueException" and "assume" in message
+            if not retry or time.monotonic() > deadline:
+                raise translate(exc, "lambda:CreateFunction", what) from exc
+            time.sleep(3.0)
+
+
+def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
+    what = f"async invoke config of {s.function_name}"
+    got = call(
+        "lambda:GetFunctionEventInvokeConfig",
+        what,
+        c.lam.get_function_event_invoke_config,
+        missing=True,
+        FunctionName=s.function_name,
+    )
+    want: dict[str, Any] = {
+        "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
+        "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
+    }
+    detail = f"{MAX_RETRY_ATTEMPTS} retries, events kept {MAX_EVENT_AGE // 3600} h"
+    if got is not None and all(got.get(k) == v for k, v in want.items()):
+        return Change("unchanged", what, detail)
+    call(
+        "lambda:PutFunctionEventInvokeConfig",
+        what,
+        c.lam.put_function_event_invoke_config,
+        FunctionName=s.function_name,
+        **want,
+    )
+    return Change("updated" if got else "created", what, detail)
+
+
+def ensure_recursion_config(s: DeploySettings, c: Clients) -> Change:
+    from botocore.exceptions import ClientError
+
+    what = f"recursive loop detection of {s.function_name}"
+    try:
+        got = c.lam.get_function_recursion_config(FunctionName=s.function_name)
+        if got.get("RecursiveLoop") == "Terminate":
+            return Change("unchanged", what, "Terminate")
+        c.lam.put_function_recursion_config(FunctionName=s.function_name, RecursiveLoop="Terminate")
+        return Change("updated", what, "Terminate")
+    except ClientError as exc:
+        if code_of(exc) in ("404", "UnknownOperationException", "InvalidAction"):
+            return Change(
+                "skipped", what, "this endpoint does not support it (AWS default: Terminate)"
+            )
+        raise translate(exc, "lambda:PutFunctionRecursionConfig", what) from exc
+
+
+# --- trigger ----------------------------------------------------------------------------
+
+
+def permission_statement(s: DeploySettings, c: Clients) -> dict[str, Any] | None:
+    got = call(
+        "lambda:GetPolicy",
+        f"resource policy of {s.function_name}",
+        c.lam.get_policy,
+        missing=True,
+        FunctionName=s.function_name,
+    )
+    if got is None:
+        return None
+    for st in json.loads(got["Policy"]).get("Statement", []):
+        if st.get("Sid") == PERMISSION_SID:
+            return dict(st)
+    return None
+
+
+def permission_ok(st: dict[str, Any] | None, s: DeploySettings, c: Clients) -> str | None:
+    """None when the statement is right, else what is wrong with it."""
+    if st is None:
+        return "missing"
+    cond = st.get("Condition") or {}
+    source_arn = {k.lower(): v for d in cond.values() for k, v in d.items()}.get("aws:sourcearn")
+    source_account = {k.lower(): v for d in cond.values() for k, v in d.items()}.get(
+        "aws:sourceaccount"
+    )
+    principal = st.get("Principal")
+    principal = principal.get("Service") if isinstance(principal, dict) else principal
+    problems = []
+    if principal != "s3.amazonaws.com":
+        problems.append(f"principal is {principal!r}, not s3.amazonaws.com")
+    if as_list(st.get("Action")) != ["lambda:InvokeFunction"]:
+        problems.append(f"action is {st.get('Action')!r}")
+    if source_arn != f"arn:{c.partition}:s3:::{s.bucket}":
+        problems.append(f"source ARN is {source_arn!r}, not this bucket")
+    if source_account != c.account:
+        problems.append(f"source account is {source_account!r}, not {c.account}")
+    return "; ".join(problems) or None
+
+
+def ensure_permission(s: DeploySettings, c: Clients) -> Change:
+    what = f"invoke permission {PERMISSION_SID}"
+    st = permission_statement(s, c)
+    problem = permission_ok(st, s, c)
+    detail = f"s3.amazonaws.com from bucket {s.bucket}, account {c.account}"
+    if problem is None:
+        return Change("unchanged", what, detail)
+    if st is not None:
+        call(
+            "lambda:RemovePermission",
+            what,
+            c.lam.remove_permission,
+            FunctionName=s.function_name,
+            StatementId=PERMISSION_SID,
+        )
+    call(
+        "lambda:AddPermission",
+        what,
+        c.lam.add_permission,
+        FunctionName=s.function_name,
+        StatementId=PERMISSION_SID,
+        Action="lambda:InvokeFunction",
+        Principal="s3.amazonaws.com",
+        SourceArn=f"arn:{c.partition}:s3:::{s.bucket}",
+        SourceAccount=c.account,
+    )
+    return Change("updated" if st else "created", what, detail)
