@@ -7,6 +7,7 @@
     <prefix>/jobs/<job>/client.pkl       what the client needs to resume (combine, plan)
     <prefix>/jobs/<job>/cancel           cancel marker (empty)
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
+    <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
     <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
 
 Task numbers are zero-padded so a LIST returns them in order.
@@ -17,6 +18,9 @@ from __future__ import annotations
 import re
 
 TASK_SUFFIX = ".task"
+# a task too large to inline in an Invoke payload (trigger="invoke"): stored under a
+# suffix the bucket notification does not match, so it cannot run twice
+INVOKE_TASK_SUFFIX = ".itask"
 RESULT_SUFFIX = ".out"
 _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -62,8 +66,9 @@ def queue_dir(prefix: str, job_id: str) -> str:
     return f"{queue_root(prefix)}{job_id}/"
 
 
-def task_key(prefix: str, job_id: str, task_id: int) -> str:
-    return f"{queue_dir(prefix, job_id)}{task_id:07d}{TASK_SUFFIX}"
+def task_key(prefix: str, job_id: str, task_id: int, *, invoke: bool = False) -> str:
+    suffix = INVOKE_TASK_SUFFIX if invoke else TASK_SUFFIX
+    return f"{queue_dir(prefix, job_id)}{task_id:07d}{suffix}"
 
 
 def results_dir(prefix: str, job_id: str) -> str:
@@ -77,9 +82,14 @@ def result_key(prefix: str, job_id: str, task_id: int) -> str:
 def parse_task_key(prefix: str, key: str) -> tuple[str, int] | None:
     """``(job_id, task_id)`` for a task key under ``prefix``, else None (not ours)."""
     root = queue_root(prefix)
-    if not key.startswith(root) or not key.endswith(TASK_SUFFIX):
+    if not key.startswith(root):
         return None
-    rest = key[len(root) : -len(TASK_SUFFIX)]
+    if key.endswith(TASK_SUFFIX):
+        rest = key[len(root) : -len(TASK_SUFFIX)]
+    elif key.endswith(INVOKE_TASK_SUFFIX):
+        rest = key[len(root) : -len(INVOKE_TASK_SUFFIX)]
+    else:
+        return None
     job_id, sep, task = rest.partition("/")
     if not sep or not valid_job_id(job_id) or not task.isdigit():
         return None

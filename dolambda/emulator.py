@@ -445,6 +445,9 @@ class Emulator:
             "task_timeout": self.timeout,
             "max_concurrency": self.workers,
             "signing_key": self.signing_key,
+            # the emulator's S3 accepts any key: never depend on the user's AWS setup
+            "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
         }
 
     def worker_pids(self) -> list[int]:

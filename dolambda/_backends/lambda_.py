@@ -403,9 +403,10 @@ class _Run:
         await asyncio.gather(*puts)
 
     async def _send(self, task_id: int, blob: bytes) -> None:
-        key = _keys.task_key(self.prefix, self.job.job_id, task_id)
+        invoke = self.b.trigger == "invoke"
+        key = _keys.task_key(self.prefix, self.job.job_id, task_id, invoke=invoke)
         async with self.uploads:
-            if self.b.trigger == "invoke":
+            if invoke:
                 payload: dict[str, Any] = {"bucket": self.b.bucket, "key": key}
                 if len(blob) <= INLINE_LIMIT:
                     payload["task"] = base64.b64encode(blob).decode()
@@ -592,7 +593,10 @@ class _Run:
         with contextlib.suppress(Exception):
             if not finished or job.cancelled.is_set():
                 await s3.put(_keys.cancel_key(p, job.job_id), b"")
-                await s3.delete_keys(_keys.task_key(p, job.job_id, t) for t in list(self.pending))
+                invoke = self.b.trigger == "invoke"
+                await s3.delete_keys(
+                    _keys.task_key(p, job.job_id, t, invoke=invoke) for t in list(self.pending)
+                )
             if not self.b.keep and (finished or job.cancelled.is_set()):
                 for root in (
                     _keys.queue_dir(p, job.job_id),
