@@ -27,6 +27,9 @@ class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
 
+    def __reduce__(self) -> str:
+        return "MISSING"  # unpickles as this module's singleton: `is MISSING` keeps working
+
 
 MISSING: Any = _Missing()
 

@@ -98,7 +98,8 @@ class JobContext:
             task_id=task.task_id,
             attempt=attempt,
             iterations=tuple(
-                IterationRef(index=leaf.index, path=leaf.path) for leaf in task.leaves
+                IterationRef(index=leaf.index, path=leaf.path, slots=leaf.slots)
+                for leaf in task.leaves
             ),
             args=blob,
         )
