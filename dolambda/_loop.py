@@ -232,9 +232,10 @@ class Loop(BaseModel):
     ) -> Job:
         """Start the loop in the background and return its :class:`Job` handle."""
         body = self._body(fn)
-        in_loop = _sync.in_running_loop()
-        job = Job(self, body, resolve_run_backend(backend, offload=in_loop), progress=progress)
-        return job.start_in_loop() if in_loop else job.start_on_portal()
+        # always on the helper loop, so job.result() may block anywhere (Jupyter included)
+        # and `await job` works from any event loop
+        job = Job(self, body, resolve_run_backend(backend, offload=True), progress=progress)
+        return job.start_on_portal()
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self.bound_body is None:
