@@ -290,10 +290,7 @@ class Job:
         finally:
             with self._events_lock:
                 self._event_waiters.remove(entry)
-        if self._future is not None and self._future.done():
-            self._future.result()  # surface the job's error, if any
-        elif self._task is not None and self._task.done():
-            self._task.result()
+        await self._await()  # the job has finished: surface its error, if any
 
     @classmethod
     def attach(cls, job_id: str, backend: Backend | None = None) -> Job:
