@@ -17,6 +17,7 @@ user's ``__main__`` is never re-imported, and they are kept warm between jobs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import pickle
@@ -127,6 +128,11 @@ class LocalBackend(Backend):
         self._workers = workers
         self._idle: list[_Proc] = []
         self._lock = threading.Lock()
+        # at most `workers` processes alive across every job using this backend at once
+        self._live = 0
+        self._waiters: collections.deque[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[_Proc | None]]
+        ] = collections.deque()
 
     @property
     def workers(self) -> int:
@@ -135,21 +141,70 @@ class LocalBackend(Backend):
     def __repr__(self) -> str:
         return f"LocalBackend(workers={self._workers})"
 
-    def _take(self) -> _Proc:
+    async def _acquire(self) -> _Proc:
+        """A warm idle process, a new one within the budget, or the next one released."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Proc | None] | None
         with self._lock:
             while self._idle:
                 proc = self._idle.pop()
                 if proc.alive():
                     return proc
                 proc.close()
-        return _Proc()
+                self._live -= 1
+            if self._live < self._workers:
+                self._live += 1
+                fut = None
+            else:
+                fut = loop.create_future()
+                self._waiters.append((loop, fut))
+        if fut is not None:
+            got: _Proc | None = await fut
+            if got is not None:
+                return got
+        try:
+            return _Proc()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _hand_over(self, proc: _Proc | None) -> bool:
+        """Give ``proc`` (or a permit to start one, if None) to a waiter; lock held."""
+        while self._waiters:
+            loop, fut = self._waiters.popleft()
+            if fut.done():
+                continue
+
+            def deliver(fut: asyncio.Future[_Proc | None] = fut) -> None:
+                if fut.done():  # cancelled meanwhile: pass it on
+                    if proc is not None:
+                        self._give_back(proc)
+                    else:
+                        self._discard()
+                else:
+                    fut.set_result(proc)
+
+            try:
+                loop.call_soon_threadsafe(deliver)
+            except RuntimeError:  # that loop is closed
+                continue
+            return True
+        return False
 
     def _give_back(self, proc: _Proc) -> None:
         with self._lock:
-            if len(self._idle) < self._workers:
-                self._idle.append(proc)
+            if self._hand_over(proc):
                 return
-        self._stop(proc)
+            self._idle.append(proc)
+
+    def _discard(self, proc: _Proc | None = None) -> None:
+        """A process died or was killed: free its place in the budget."""
+        if proc is not None:
+            proc.close()
+        with self._lock:
+            if self._hand_over(None):
+                return
+            self._live -= 1
 
     @staticmethod
     def _stop(proc: _Proc) -> None:
@@ -161,6 +216,7 @@ class LocalBackend(Backend):
         """Stop the warm worker processes (they are also stopped at exit)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._live -= len(idle)
         for proc in idle:
             self._stop(proc)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -210,7 +266,7 @@ class LocalBackend(Backend):
             try:
                 while (task := await next_task()) is not None:
                     if proc is None:
-                        proc = self._take()
+                        proc = await self._acquire()
                     busy.add(proc)
                     try:
                         result = await self._run_one(proc, job, task)
@@ -219,7 +275,7 @@ class LocalBackend(Backend):
                             task.task_id, failure=TaskFailure(kind="crashed", message=str(died))
                         )
                         busy.discard(proc)
-                        proc.close()
+                        self._discard(proc)
                         proc = None
                     else:
                         busy.discard(proc)  # only once its answer is read: never reuse mid-task
@@ -231,6 +287,7 @@ class LocalBackend(Backend):
                 if proc is not None and proc in busy:
                     busy.discard(proc)
                     proc.kill()
+                    self._discard()
                 elif proc is not None:
                     self._give_back(proc)
                 if not isinstance(exc, asyncio.CancelledError):
