@@ -168,13 +168,22 @@ class Loop(BaseModel):
         check_loop(self, body)
         return body
 
-    def _job(self, fn: Callable[..., Any] | None, backend: Backend, progress: bool | None) -> Job:
-        return Job(self, self._body(fn), backend, progress=progress)
+    def _job(
+        self,
+        fn: Callable[..., Any] | None,
+        backend: Callable[[], Backend],
+        progress: bool | None,
+    ) -> Job:
+        body = self._body(fn)  # a bad body is reported before any backend is looked up
+        return Job(self, body, backend(), progress=progress)
+
+    @staticmethod
+    def _wait(job: Job) -> Any:
+        return _sync.run_sync(job._run(), portal=bool(getattr(job.backend, "run_on_portal", False)))
 
     def do(self, fn: Callable[..., Any] | None = None, *, progress: bool | None = None) -> Any:
         """R's ``%do%``: run every iteration sequentially in this process."""
-        job = self._job(fn, SequentialBackend(), progress)
-        return _sync.run_sync(job._run())
+        return self._wait(self._job(fn, SequentialBackend, progress))
 
     def do_parallel(
         self,
@@ -184,8 +193,7 @@ class Loop(BaseModel):
         progress: bool | None = False,
     ) -> Any:
         """Run on local worker processes (doParallel); ``workers`` defaults to the CPU count."""
-        job = self._job(fn, local_backend(workers), progress)
-        return _sync.run_sync(job._run())
+        return self._wait(self._job(fn, lambda: local_backend(workers), progress))
 
     def do_lambda(
         self,
@@ -195,9 +203,7 @@ class Loop(BaseModel):
         progress: bool | None = None,
     ) -> Any:
         """Run on AWS Lambda through the S3 queue (the given, registered or deployed backend)."""
-        body = self._body(fn)
-        job = Job(self, body, resolve_remote_backend(backend), progress=progress)
-        return _sync.run_sync(job._run(), portal=_on_portal(job.backend))
+        return self._wait(self._job(fn, lambda: resolve_remote_backend(backend), progress))
 
     def run(
         self,
@@ -207,9 +213,8 @@ class Loop(BaseModel):
         progress: bool | None = None,
     ) -> Any:
         """R's ``%dopar%``: the given or registered backend (sequential + a warning if none)."""
-        body = self._body(fn)
-        job = Job(self, body, resolve_run_backend(backend, offload=False), progress=progress)
-        return _sync.run_sync(job._run(), portal=_on_portal(job.backend))
+        resolve = lambda: resolve_run_backend(backend, offload=False)  # noqa: E731
+        return self._wait(self._job(fn, resolve, progress))
 
     async def arun(
         self,
@@ -219,8 +224,7 @@ class Loop(BaseModel):
         progress: bool | None = None,
     ) -> Any:
         """``run`` for async code: awaits the job without blocking the event loop."""
-        body = self._body(fn)
-        job = Job(self, body, resolve_run_backend(backend, offload=True), progress=progress)
+        job = self._job(fn, lambda: resolve_run_backend(backend, offload=True), progress)
         return await job._run()
 
     def submit(
@@ -231,10 +235,9 @@ class Loop(BaseModel):
         progress: bool | None = None,
     ) -> Job:
         """Start the loop in the background and return its :class:`Job` handle."""
-        body = self._body(fn)
         # always on the helper loop, so job.result() may block anywhere (Jupyter included)
         # and `await job` works from any event loop
-        job = Job(self, body, resolve_run_backend(backend, offload=True), progress=progress)
+        job = self._job(fn, lambda: resolve_run_backend(backend, offload=True), progress)
         return job.start_on_portal()
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -243,10 +246,6 @@ class Loop(BaseModel):
                 "only a loop with a body can be awaited; use `await loop.arun(fn)`"
             )
         return self.arun().__await__()
-
-
-def _on_portal(backend: Backend) -> bool:
-    return bool(getattr(backend, "run_on_portal", False))
 
 
 def foreach(**variables: Any) -> Loop:

@@ -88,7 +88,7 @@ def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
             "no parallel backend registered: running sequentially. Register one with "
             "dolambda.register(LocalBackend()) or register(LambdaBackend(...)).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
         return SequentialBackend(offload=offload)
     if isinstance(chosen, SequentialBackend) and offload and not chosen.offload:
