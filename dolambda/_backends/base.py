@@ -13,7 +13,7 @@ import abc
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -161,6 +161,44 @@ def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
         stats=outcome.stats,
         attempts=attempts,
     )
+
+
+async def fan_in(
+    out: asyncio.Queue[TaskResult | BaseException | None],
+    producers: list[Coroutine[Any, Any, None]],
+) -> AsyncGenerator[TaskResult, None]:
+    """Run ``producers`` concurrently and yield the TaskResults they put on ``out``.
+
+    The first exception a producer raises is re-raised here; leaving early (or an
+    error) cancels every producer and waits for their cleanup.
+    """
+
+    async def guard(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await out.put(exc)
+            raise
+        finally:
+            out.put_nowait(None)
+
+    tasks = [asyncio.create_task(guard(c)) for c in producers]
+    running = len(tasks)
+    try:
+        while running:
+            item = await out.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Backend(abc.ABC):

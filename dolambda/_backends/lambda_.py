@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dolambda import _keys, _serialize, _sync
-from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome
+from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
 from dolambda._config import load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
 from dolambda._plan import InnerDone, Leaf, PlannedTask
@@ -557,35 +557,11 @@ class _Run:
     async def execute(self, tasks: AsyncIterator[PlannedTask]) -> AsyncGenerator[TaskResult, None]:
         finished = False
 
-        async def guard(coro: Any) -> None:
-            try:
-                await coro
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    await self.out.put(exc)
-                raise
-            finally:
-                await self.out.put(None)
-
-        workers = [
-            asyncio.create_task(guard(self.dispatch(tasks))),
-            asyncio.create_task(guard(self.gather())),
-        ]
-        running = len(workers)
         try:
-            while running:
-                item = await self.out.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+            async for result in fan_in(self.out, [self.dispatch(tasks), self.gather()]):
+                yield result
             finished = True
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
             await asyncio.shield(self._finish(finished))
 
     async def _finish(self, finished: bool) -> None:

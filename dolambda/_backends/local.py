@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from multiprocessing.connection import Connection
 
 from dolambda import _serialize
-from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome
+from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
 from dolambda._errors import InvalidArgument, InvalidArgumentType
 from dolambda._plan import PlannedTask
 from dolambda._wire import TaskFailure, TaskOutcome
@@ -283,34 +283,17 @@ class LocalBackend(Backend):
                 if proc is not None:
                     self._give_back(proc)
                     proc = None
-            except BaseException as exc:
+            except BaseException:
                 if proc is not None and proc in busy:
                     busy.discard(proc)
                     proc.kill()
                     self._discard()
                 elif proc is not None:
                     self._give_back(proc)
-                if not isinstance(exc, asyncio.CancelledError):
-                    await out.put(exc)
                 raise
-            finally:
-                await out.put(None)
 
-        drivers = [asyncio.create_task(drive()) for _ in range(self._workers)]
-        running = len(drivers)
-        try:
-            while running:
-                item = await out.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for d in drivers:
-                d.cancel()
-            await asyncio.gather(*drivers, return_exceptions=True)
+        async for result in fan_in(out, [drive() for _ in range(self._workers)]):
+            yield result
 
 
 class _WorkerDied(Exception):
