@@ -375,8 +375,17 @@ def log_group_arn(settings: DeploySettings, clients: Clients) -> str:
     )
 
 
+def function_arn(settings: DeploySettings, clients: Clients) -> str:
+    return (
+        f"arn:{clients.partition}:lambda:{clients.region}:{clients.account}:"
+        f"function:{settings.function_name}"
+    )
+
+
 def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
-    """The function's only permissions: read tasks and jobs, write results, its own logs."""
+    """The function's only permissions: read tasks and jobs, write results, its own logs,
+    and invoke itself as its on-failure destination (to report a timed-out or
+    out-of-memory task as an error result)."""
     s3 = f"arn:{clients.partition}:s3:::{settings.bucket}/{settings.clean_prefix}"
     logs = log_group_arn(settings, clients)
     return {
@@ -399,6 +408,12 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": [logs, f"{logs}:*"],
+            },
+            {
+                "Sid": "ReportFailuresToItself",
+                "Effect": "Allow",
+                "Action": ["lambda:InvokeFunction"],
+                "Resource": [function_arn(settings, clients)],
             },
         ],
     }

@@ -253,12 +253,24 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
         missing=True,
         FunctionName=s.function_name,
     )
+    from dolambda._deploy_aws import function_arn
+
     want: dict[str, Any] = {
         "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
         "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
+        # failed invocations (timeout, out of memory, crash) come back to the function,
+        # which writes an error result naming what happened
+        "DestinationConfig": {"OnFailure": {"Destination": function_arn(s, c)}},
     }
-    detail = f"{MAX_RETRY_ATTEMPTS} retries, events kept {MAX_EVENT_AGE // 3600} h"
-    if got is not None and all(got.get(k) == v for k, v in want.items()):
+    detail = (
+        f"{MAX_RETRY_ATTEMPTS} retries, events kept {MAX_EVENT_AGE // 3600} h, "
+        "failures reported to itself"
+    )
+    if (
+        got is not None
+        and all(got.get(k) == v for k, v in want.items() if k != "DestinationConfig")
+        and _on_failure(got) == function_arn(s, c)
+    ):
         return Change("unchanged", what, detail)
     call(
         "lambda:PutFunctionEventInvokeConfig",
@@ -268,6 +280,10 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
         **want,
     )
     return Change("updated" if got else "created", what, detail)
+
+
+def _on_failure(config: dict[str, Any]) -> str:
+    return str(config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination", ""))
 
 
 def ensure_recursion_config(s: DeploySettings, c: Clients) -> Change:

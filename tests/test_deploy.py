@@ -128,6 +128,8 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
             for a in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
             for r in (logs, logs + ":*")
         },
+        # its own on-failure destination: timed-out / out-of-memory tasks are reported
+        ("lambda:InvokeFunction", f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:dolambda"),
     }
     # function
     fn = lam.get_function(FunctionName="dolambda")["Configuration"]
@@ -141,6 +143,7 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
     assert len(bytes.fromhex(env["DOLAMBDA_SIGNING_KEY"])) == 32
     eic = lam.get_function_event_invoke_config(FunctionName="dolambda")
     assert eic["MaximumRetryAttempts"] == 2 and eic["MaximumEventAgeInSeconds"] > 0
+    assert eic["DestinationConfig"]["OnFailure"]["Destination"] == fn["FunctionArn"]
     # permission: S3, this bucket, this account
     st = json.loads(lam.get_policy(FunctionName="dolambda")["Policy"])["Statement"]
     assert len(st) == 1 and st[0]["Principal"] == {"Service": "s3.amazonaws.com"}
