@@ -491,3 +491,130 @@ def signing_key_bytes(text: str | bytes) -> bytes:
     except ValueError:
         pass
     return text.encode()
+
+
+# --------------------------------------------------------------------------- runtime failures
+
+
+def failure_records(event: Any) -> tuple[list[tuple[str, str, bytes | None]], str, str]:
+    """The tasks of a Lambda on-failure destination record, the failure kind and message.
+
+    Lambda sends an invocation that failed for good (timed out, ran out of memory,
+    crashed) to the function's on-failure destination, which dolambda deploy points
+    at the function itself: ``{"requestContext": {"condition": ...}, "requestPayload":
+    <original event>, "responsePayload": {"errorType", "errorMessage"}}``.
+    Returns ``([], "", "")`` for any other event.
+    """
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("requestContext"), dict)
+        and "requestPayload" in event
+    ):
+        return [], "", ""
+    response = event.get("responsePayload")
+    error_type = str(response.get("errorType", "")) if isinstance(response, dict) else ""
+    message = str(response.get("errorMessage", "")) if isinstance(response, dict) else ""
+    condition = str(event["requestContext"].get("condition", ""))
+    if error_type == "Sandbox.Timedout" or "timed out" in message.lower():
+        kind = "timeout"
+    elif error_type == "Runtime.OutOfMemory" or "out of memory" in message.lower():
+        kind = "memory"
+    else:
+        kind = "crashed"
+    text = message or error_type or condition or "the invocation failed"
+    return task_records(event["requestPayload"]), kind, text
+
+
+def write_failure(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    prefix: str,
+    signing_key: bytes,
+    kind: str,
+    message: str,
+    context: Any = None,
+) -> str:
+    """Write an error result for the task at ``key`` (unless a result already exists)."""
+    from dolambda import _keys
+
+    parsed = _keys.parse_task_key(prefix, key)
+    if parsed is None:
+        return "ignored"
+    job_id, task_id = parsed
+    limit = int(getattr(context, "memory_limit_in_mb", 0) or 0)
+    if kind == "memory":
+        text = f"the task ran out of memory (the function's limit is {limit} MB): {message}"
+    elif kind == "timeout":
+        text = f"the task ran past the function's timeout: {message}"
+    else:
+        text = f"the worker running the task crashed: {message}"
+    outcome = TaskOutcome(
+        job_id=job_id,
+        task_id=task_id,
+        failure=TaskFailure(kind=kind, message=text),  # type: ignore[arg-type]
+        stats=TaskStats(memory_limit_mb=limit, finished_at=time.time()),
+    )
+    data = _serialize.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
+    try:
+        s3.put_object(
+            Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
+        )
+    except Exception as exc:
+        if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return "duplicate"
+        raise
+    return "failure-recorded"
+
+
+def handle_event(
+    event: Any,
+    context: Any,
+    s3: Any,
+    *,
+    prefix: str,
+    signing_key: bytes | None,
+    state: WorkerState,
+    only_bucket: str | None = None,
+) -> dict[str, int]:
+    """Everything the Lambda handler does with one event; counts what happened to each task.
+
+    A task event runs its task; a record from our own on-failure destination (a task
+    that timed out, ran out of memory or crashed) writes an error result for it.
+    """
+    outcomes: dict[str, int] = {}
+    failed, kind, message = failure_records(event)
+    work: list[tuple[str, str, bytes | None, bool]] = [(b, k, None, True) for b, k, _ in failed]
+    work += [(b, k, inline, False) for b, k, inline in task_records(event)]
+    for bucket, object_key, inline, is_failure in work:
+        if only_bucket is not None and bucket != only_bucket:
+            print(f"dolambda: ignoring event from bucket {bucket!r} (serving {only_bucket!r})")
+            what = "ignored"
+        elif signing_key is None:
+            print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to run anything")
+            what = "no-key"
+        elif is_failure:
+            what = write_failure(
+                s3,
+                bucket,
+                object_key,
+                prefix=prefix,
+                signing_key=signing_key,
+                kind=kind,
+                message=message,
+                context=context,
+            )
+        else:
+            what = process_s3_task(
+                s3,
+                bucket,
+                object_key,
+                prefix=prefix,
+                signing_key=signing_key,
+                state=state,
+                context=context,
+                inline_task=inline,
+            )
+        outcomes[what] = outcomes.get(what, 0) + 1
+    return outcomes

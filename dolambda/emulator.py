@@ -102,6 +102,7 @@ class _Invocation:
     source: str  # "s3" | "invoke" | "poll"
     reply_id: str | None = None  # a RequestResponse Invoke waiting in moto
     attempt: int = 0
+    error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
 
 
 class _Process:
@@ -236,6 +237,7 @@ class Emulator:
         *,
         shuffle: bool = False,
         retries: int = 0,
+        on_failure: bool = True,
         poll_interval: float = 0.1,
         port: int = 0,
         handler: str = "lambda_function.lambda_handler",
@@ -272,6 +274,9 @@ class Emulator:
         self.event_delay = float(event_delay)
         self.shuffle = bool(shuffle)
         self.retries = int(retries)
+        # like the deployed setup: an async invocation that failed for good is sent to the
+        # function itself as an on-failure destination record (it writes an error result)
+        self.on_failure = bool(on_failure)
         self.poll_interval = float(poll_interval)
         self.seed = seed
         self.discovery = discovery
@@ -706,8 +711,39 @@ class Emulator:
                 ):
                     self._stats.retried += 1
                     self._queue(replace(invocation, attempt=invocation.attempt + 1), 1.0)
+                elif (
+                    not ok
+                    and invocation.reply_id is None
+                    and self.on_failure
+                    and invocation.source != "destination"
+                    and invocation.error is not None
+                    and not self._stopping.is_set()
+                ):
+                    self._queue(self._destination(invocation), 0.0)
                 self._running.discard(threading.current_thread())
                 self._cond.notify_all()
+
+    def _destination(self, invocation: _Invocation) -> _Invocation:
+        """The on-failure destination record Lambda sends for a failed async invocation."""
+        error_type, message = invocation.error or ("Runtime.Unknown", "")
+        record = {
+            "version": "1.0",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": f"{self.function_arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": invocation.attempt + 1,
+            },
+            "requestPayload": invocation.event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": {"errorType": error_type, "errorMessage": message},
+        }
+        return _Invocation(event=record, source="destination")
 
     def _spawn(self, slot: _Slot) -> _Process | None:
         process = _Process(
@@ -842,6 +878,8 @@ class Emulator:
 
     def _answer(self, invocation: _Invocation, error_type: str | None, text: str) -> None:
         """Answer a synchronous Invoke (asynchronous ones have nobody waiting)."""
+        if error_type is not None:
+            invocation.error = (error_type, text)
         if invocation.reply_id is None:
             return
         if error_type is None:

@@ -348,13 +348,17 @@ def test_timeout_kills_the_worker_and_a_fresh_one_runs_the_next_task(
     wait_for(lambda: emulator.stats.invocations == 1, 20, "the slow task to start")
     [first_pid] = emulator.worker_pids()
     put_tasks(s3, emulator, job, tasks[1:])
-    results = wait_results(s3, emulator, job, [1])
+    results = wait_results(s3, emulator, job, [0, 1])
     assert results[1].results[0].value == 1
     assert results[1].stats is not None and results[1].stats.cold_start  # a fresh worker
+    # the timed-out invocation went to the on-failure destination (the function itself),
+    # which wrote an error result naming the timeout
+    failure = results[0].failure
+    assert failure is not None and failure.kind == "timeout"
+    assert "Task timed out after 1.00 seconds" in failure.message
     assert emulator.wait_idle(10)
     stats = emulator.stats
     assert stats.timeouts == 1 and stats.cold_starts == 2
-    assert result_ids(s3, emulator, job) == {1}  # nothing written for the timed-out task
     assert not alive(first_pid)
     assert emulator.worker_pids() != [first_pid]
 
@@ -423,11 +427,14 @@ def test_memory_limit_kills_the_worker(
     job, tasks = make_job(emulator, hog, 2)
     put_job(s3, emulator, job)
     put_tasks(s3, emulator, job, tasks)
-    results = wait_results(s3, emulator, job, [1])
+    results = wait_results(s3, emulator, job, [0, 1])
     assert results[1].results[0].value == 1
+    # the on-failure destination record became an error result naming the limit
+    failure = results[0].failure
+    assert failure is not None and failure.kind == "memory"
+    assert "200 MB" in failure.message
     assert emulator.wait_idle(10)
     assert emulator.stats.killed == 1
-    assert result_ids(s3, emulator, job) == {1}
     assert any("killed for memory" in r.getMessage() for r in caplog.records)
 
 

@@ -267,8 +267,8 @@ def test_task_past_timeout_is_reported_not_hung(emu: Any) -> None:
     )
     assert got[0] == 0 and got[2] == 2
     assert isinstance(got[1], TaskError)
-    assert got[1].error_type == "lost"
-    assert "timed out" in str(got[1])
+    assert got[1].error_type == "timeout"  # reported by the runtime's on-failure record
+    assert "timed out" in str(got[1]) and "timeout" in str(got[1])
     assert time.monotonic() - started < 25
 
 
@@ -390,3 +390,47 @@ def test_unserializable_body_fails_before_upload(emu: Any) -> None:
     with socket.socket() as sock, pytest.raises(SerializationError, match="sock"):
         foreach(x=range(2)).do_lambda(lambda x: (sock, x), backend=backend)
     assert set(all_keys(emu)) == before
+
+
+def test_memory_limit_is_a_distinct_error_naming_the_limit() -> None:
+    with emulator.Emulator(workers=1, timeout=20.0, memory_mb=160) as small:
+        backend = LambdaBackend(**{**small.backend_settings(), "retries": 0})
+
+        def hog(x: int) -> int:
+            if x == 1:
+                block = b"x" * (400 << 20)  # 400 MB, written: resident
+                return len(block)
+            return x
+
+        got = (
+            foreach(x=range(3))
+            .chunk_size(1)
+            .errorhandling("pass")
+            .do_lambda(hog, backend=backend, progress=False)
+        )
+    assert got[0] == 0 and got[2] == 2
+    assert isinstance(got[1], TaskError)
+    assert got[1].error_type == "memory"
+    assert "out of memory" in str(got[1]) and "160 MB" in str(got[1])
+
+
+def test_dropped_events_are_recovered_by_retries() -> None:
+    with emulator.Emulator(workers=2, timeout=2.0, drop_fraction=0.3, seed=3) as lossy:
+        backend = LambdaBackend(**{**lossy.backend_settings(), "retries": 4})
+        job = (
+            foreach(x=range(20))
+            .chunk_size(1)
+            .combine(sum)
+            .submit(noisy, backend=backend, progress=False)
+        )
+        assert job.result(timeout=90) == sum(x * x for x in range(20))
+        assert lossy.stats.dropped > 0
+        assert job.stats.retries > 0
+
+
+def test_duplicate_events_give_one_result_per_task() -> None:
+    with emulator.Emulator(workers=2, timeout=10.0, duplicate_events=True) as dup:
+        backend = LambdaBackend(**dup.backend_settings())
+        got = foreach(x=range(12)).chunk_size(1).do_lambda(noisy, backend=backend, progress=False)
+        assert got == [x * x for x in range(12)]
+        assert dup.stats.duplicated > 0

@@ -54,12 +54,17 @@ GRACE = 30.0  # seconds past the function timeout before a task counts as lost
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.1, 1.0
 
 
+# failures the Lambda runtime reports through the on-failure destination: worth a retry
+RUNTIME_FAILURES = ("timeout", "memory", "crashed")
+
+
 @dataclass
 class _Pending:
     planned: PlannedTask
     attempt: int
     dispatched_at: float
     blob: bytes | None = None  # kept only when needed for a re-enqueue without S3
+    last_failure: str = ""  # what the runtime said about the previous attempt
 
 
 class LambdaBackend(Backend):
@@ -474,13 +479,21 @@ class _Run:
             )
         except SignatureError as exc:
             raise SignatureError(f"result s3://{self.b.bucket}/{key}: {exc}") from None
+        self.last_progress = time.monotonic()
+        failure = outcome.failure
         if (
-            outcome.failure is not None
-            and outcome.failure.kind == "cancelled"
+            failure is not None
+            and failure.kind in RUNTIME_FAILURES
+            and entry.attempt < self.b.retries
             and not self.job.cancelled.is_set()
         ):
-            # a stale cancel from an earlier attempt cannot happen (cancel is final); treat as lost
-            pass
+            # the runtime reported the task failed (timeout, memory, crash): run it again,
+            # after clearing the error result so the retry's result can be written
+            await self.s3.delete_keys([key])
+            self.seen.discard(task_id)
+            entry.last_failure = failure.message
+            await self._retry(task_id, entry)
+            return
         del self.pending[task_id]
         self.last_progress = time.monotonic()
         await self.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
@@ -513,28 +526,30 @@ class _Run:
                 continue
             if entry.attempt >= self.b.retries:
                 del self.pending[task_id]
-                leaves = entry.planned.leaves
+                message = (
+                    f"no result for task {task_id} after {entry.attempt + 1} attempt(s), each "
+                    f"given {self.deadline:.0f}s: it timed out (function timeout "
+                    f"{self.b.task_timeout:.0f}s), ran out of memory, crashed, or was never "
+                    "started (event lost)"
+                )
+                if entry.last_failure:
+                    message += f"; an earlier attempt failed: {entry.last_failure}"
                 await self.out.put(
                     TaskResult(
                         task_id,
-                        failure=TaskFailure(
-                            kind="lost",
-                            message=(
-                                f"no result for task {task_id} after {entry.attempt + 1} "
-                                f"attempt(s), each given {self.deadline:.0f}s: it timed out "
-                                f"(function timeout {self.b.task_timeout:.0f}s), ran out of "
-                                "memory, crashed, or was never started (event lost)"
-                            ),
-                        ),
+                        failure=TaskFailure(kind="lost", message=message),
                         attempts=entry.attempt + 1,
                     )
                 )
-                del leaves
                 continue
-            entry.attempt += 1
-            entry.dispatched_at = now
-            blob = self.job.sealed_task(entry.planned, attempt=entry.attempt)
-            await self._send(task_id, blob)
+            await self._retry(task_id, entry)
+
+    async def _retry(self, task_id: int, entry: _Pending) -> None:
+        """Enqueue the task again (a new ObjectCreated event, or a new Invoke)."""
+        entry.attempt += 1
+        entry.dispatched_at = time.monotonic()
+        blob = self.job.sealed_task(entry.planned, attempt=entry.attempt)
+        await self._send(task_id, blob)
 
     async def gather(self) -> None:
         interval = POLL_MIN
