@@ -260,6 +260,9 @@ def deploy_command(**options: Any) -> None:
         raise _fail(exc) from exc
 
 
+ROUND_TRIP_TIMEOUT = 45.0
+
+
 def _default_round_trip(settings: DeploySettings) -> Callable[[], None]:
     def run() -> None:
         dolambda: Any = importlib.import_module("dolambda")
@@ -273,10 +276,21 @@ def _default_round_trip(settings: DeploySettings) -> Callable[[], None]:
             profile=settings.profile,
             endpoint_url=settings.endpoint_url,
             prefix=settings.clean_prefix,
+            # a tiny job: if nothing answers within a minute the trigger is broken
+            task_timeout=ROUND_TRIP_TIMEOUT,
+            retries=0,
         )
-        got = dolambda.foreach(x=range(3)).combine(sum).do_lambda(lambda x: x * x, backend=backend)
-        if got != 5:
-            raise DeployError(f"the job returned {got!r} instead of 5")
+        loop = dolambda.foreach(x=range(3)).errorhandling("pass")
+        got = loop.do_lambda(lambda x: x * x, backend=backend, progress=False)
+        errors = [g for g in got if isinstance(g, BaseException)]
+        if errors:
+            raise DeployError(
+                f"the tiny job failed: {errors[0]}. If no result came back within "
+                f"{ROUND_TRIP_TIMEOUT:.0f} s, the function is not being triggered or fails "
+                "before writing results: check its CloudWatch logs"
+            )
+        if sum(got) != 5:
+            raise DeployError(f"the job returned {got!r} instead of [0, 1, 4]")
 
     return run
 
