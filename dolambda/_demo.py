@@ -24,7 +24,6 @@ def run_demo(backend: LambdaBackend, iterations: int = 200, samples: int = 100_0
     wall = time.perf_counter() - started
     estimate = 4.0 * hits / (iterations * samples)
     print(f"pi ~= {estimate:.6f} (error {abs(estimate - 3.141592653589793):.2e}) in {wall:.2f}s")
-    print(f"stats: {job.stats.summary()}")
     stats = job.stats
     memory = stats.memory_mb or 1024
     print(
