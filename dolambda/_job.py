@@ -297,7 +297,7 @@ class Job:
         """Resume gathering a job after the client that submitted it died."""
         from dolambda._registry import resolve_remote_backend
 
-        target = resolve_remote_backend(backend)
+        target = resolve_remote_backend(backend, lambda_only=False)
         job: Job = _sync.run_sync(target.attach(job_id))
         return job
 

@@ -96,12 +96,15 @@ def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
     return chosen
 
 
-def resolve_remote_backend(backend: Any) -> Backend:
+def resolve_remote_backend(backend: Any, *, lambda_only: bool = True) -> Backend:
     """The backend for ``do_lambda`` and ``Job.attach``: given, registered, or configured."""
     if backend is not None:
-        if not isinstance(backend, Backend):
+        if not isinstance(backend, Backend) or (
+            lambda_only and getattr(backend, "name", "") != "lambda"
+        ):
             raise InvalidArgumentType(
-                f"backend: expected a LambdaBackend, got {type(backend).__name__}"
+                f"backend: expected a LambdaBackend, got {type(backend).__name__}; use "
+                ".run(fn, backend=...) for other backends"
             )
         return backend
     chosen = _registered

@@ -47,6 +47,8 @@ def translate(
         return ConfigError(f"no AWS credentials found; they are looked up in {CREDENTIAL_CHAIN}")
     if name == "ProfileNotFound":
         return ConfigError(f"{exc}; check profile= or AWS_PROFILE and ~/.aws/config")
+    if isinstance(exc, ValueError) and "endpoint" in str(exc).lower():
+        return ConfigError(f"{exc}; endpoint_url must be an http(s) URL")
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"):
         return StorageError(
             f"cannot reach the AWS endpoint while {action or 'talking to S3'}: {exc}"
@@ -283,7 +285,10 @@ async def open_s3(
     if shared is not None and "s3" in shared:
         yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
         return
-    session = aioboto3.Session(profile_name=profile, region_name=region, **(credentials or {}))
+    try:
+        session = aioboto3.Session(profile_name=profile, region_name=region, **(credentials or {}))
+    except Exception as exc:
+        raise translate(exc, bucket=bucket, region=region, action="opening a session") from exc
     creds = await session.get_credentials()
     if creds is None:
         raise ConfigError(f"no AWS credentials found; they are looked up in {CREDENTIAL_CHAIN}")

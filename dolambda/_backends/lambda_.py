@@ -103,6 +103,33 @@ class LambdaBackend(Backend):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
     ) -> None:
+        if bucket is not None and (not isinstance(bucket, str) or not bucket):
+            raise InvalidArgumentType(
+                f"LambdaBackend: bucket must be a bucket name, got {bucket!r}"
+            )
+        for name, value in (
+            ("function_name", function_name),
+            ("region", region),
+            ("profile", profile),
+            ("endpoint_url", endpoint_url),
+            ("prefix", prefix),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentType(
+                    f"LambdaBackend: {name} must be a string, got {type(value).__name__} {value!r}"
+                )
+        if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
+            raise InvalidArgument(
+                f"LambdaBackend: endpoint_url must be an http(s) URL such as "
+                f"'http://127.0.0.1:5000', got {endpoint_url!r}"
+            )
+        if not isinstance(keep, bool):
+            raise InvalidArgumentType(f"LambdaBackend: keep must be True or False, got {keep!r}")
+        if signing_key is not None and not isinstance(signing_key, (str, bytes)):
+            raise InvalidArgumentType(
+                "LambdaBackend: signing_key must be a hex string, text or bytes, got "
+                f"{type(signing_key).__name__}"
+            )
         config = load_config()
         if bucket is None:
             if config is None:
@@ -303,6 +330,10 @@ class LambdaBackend(Backend):
         """Rebuild a job from what is in S3 and return a running-ready Job."""
         from dolambda._job import Job
 
+        if not isinstance(job_id, str):
+            raise InvalidArgumentType(
+                f"Job.attach: the job id must be a string such as job.id, got {job_id!r}"
+            )
         if not _keys.valid_job_id(job_id):
             raise InvalidArgument(f"Job.attach: {job_id!r} is not a dolambda job id")
         region = resolve_region(self.region, self.profile)
