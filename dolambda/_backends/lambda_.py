@@ -351,9 +351,22 @@ class LambdaBackend(Backend):
             client_blob = await s3.get(_keys.client_key(self.prefix, job_id))
             plan_blob = await s3.get(_keys.job_dir(self.prefix, job_id) + "plan.json")
             if client_blob is None or plan_blob is None:
+                # a partial plan cannot be finished: stop its queued tasks and clean up
+                p = self.prefix
+                await s3.put(_keys.cancel_key(p, job_id), b"")
+                for root in (_keys.queue_dir(p, job_id), _keys.results_dir(p, job_id)):
+                    await s3.delete_prefix(root)
+                await s3.delete_keys(
+                    [
+                        k
+                        async for k in s3.list_keys(_keys.job_dir(p, job_id))
+                        if k != _keys.cancel_key(p, job_id)
+                    ]
+                )
                 raise InvalidArgument(
                     f"Job.attach: job {job_id!r} was not fully dispatched (its client stopped "
-                    "before every task was uploaded); submit the loop again"
+                    "before every task was uploaded); its queued tasks were cancelled and its "
+                    "objects deleted. Submit the loop again."
                 )
             loop = _serialize.loads(
                 _serialize.unseal(client_blob, key=self.key, context=f"jobs/{job_id}/client")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -96,41 +95,33 @@ def test_client_killed_mid_gather_then_attach(
     assert job_keys(emu, job_id) == []
 
 
-def test_client_killed_mid_dispatch_attach_refuses(
+def test_client_killed_mid_dispatch_attach_refuses_and_cleans_up(
     make_emulator: Callable[..., Emulator], marks: Marks, tmp_path: Path
 ) -> None:
-    """Limitation: plan.json is written after the last task, so a job whose client died while
-    dispatching cannot be attached. The refusal is a clear DolambdaError; the tasks already
-    queued still run (their objects stay until the bucket's lifecycle rule removes them)."""
+    """plan.json is written after the last task, so a job whose client died while
+    dispatching cannot be finished: attach says so clearly, cancels its queued tasks and
+    deletes its objects (only the cancel marker and late results of running tasks stay)."""
     emu = make_emulator(timeout=3.0)
     n = 40
     started = time.monotonic()
     job_id = kill_when_running(start_client(tmp_path, emu, marks, n, slow=True))
     with pytest.raises(DolambdaError, match="not fully dispatched") as info:
         dolambda.Job.attach(job_id, backend_for(emu))
-    assert job_id in str(info.value) and "submit the loop again" in str(info.value)
-    keys = job_keys(emu, job_id)
-    queued = [k for k in keys if "/queue/" in k]
-    assert 2 <= len(queued) < n
-    assert not any(k.endswith("plan.json") for k in keys)
-    # nothing is left running: every queued task ends (once) and the emulator goes idle
-    wait_for(lambda: emu.stats.completed >= len(queued) and emu.wait_idle(0.2), 30, "queued tasks")
+    assert job_id in str(info.value) and "Submit the loop again" in str(info.value)
+    assert "cancelled" in str(info.value)
+    # nothing is left running and nothing ran twice
+    wait_for(lambda: emu.wait_idle(0.2), 30, "the emulator to go idle")
     counts = marks.counts()
-    assert sorted(counts) == list(range(len(queued)))
-    assert set(counts.values()) == {1}
+    assert counts and set(counts.values()) == {1}
+    assert len(counts) < n
     left = job_keys(emu, job_id)
+    assert all(k.endswith("/cancel") or "/results/" in k for k in left), left
     summarise(
         "client SIGKILL mid-dispatch: attach refuses",
         n,
         None,
         marks,
         0,
-        f"refused; {len(queued)} tasks ran, {len(left)} objects orphaned",
+        f"refused and cleaned; {len(counts)} tasks ran, {len(left)} objects left",
         started,
     )
-    assert {k.split(f"/{job_id}/")[0].rsplit("/", 1)[-1] for k in left} <= {
-        "jobs",
-        "queue",
-        "results",
-    }
-    print(json.dumps({"orphaned": len(left)}))
