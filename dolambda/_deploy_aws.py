@@ -111,6 +111,7 @@ class DeploySettings:
     prefix: str = "dolambda"
     endpoint_url: str | None = None
     expire_days: int = 7
+    rotate_key: bool = False  # replace the signing key (function and client config together)
 
     @property
     def clean_prefix(self) -> str:

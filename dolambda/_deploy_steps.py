@@ -100,6 +100,8 @@ def signing_key(s: DeploySettings, function: dict[str, Any] | None) -> str:
     """The key already deployed, else the client config's, else 32 fresh random bytes (hex)."""
     from dolambda._config import load_config
 
+    if s.rotate_key:
+        return secrets.token_hex(32)
     env = ((function or {}).get("Environment") or {}).get("Variables") or {}
     if env.get("DOLAMBDA_SIGNING_KEY"):
         return str(env["DOLAMBDA_SIGNING_KEY"])

@@ -246,12 +246,19 @@ def _fail(exc: DolambdaError) -> click.ClickException:
     show_default=True,
     help="Delete objects under the prefix after this many days.",
 )
+@click.option(
+    "--rotate-key",
+    is_flag=True,
+    default=False,
+    help="Replace the signing key in the function and the client config together.",
+)
 def deploy_command(**options: Any) -> None:
     """Create or update the Lambda function, role, bucket and trigger (idempotent).
 
     \b
     Example:
       dolambda deploy --bucket my-dolambda-queue --region eu-west-1 --memory 2048
+      dolambda deploy --bucket my-dolambda-queue --rotate-key   # new signing key
     """
     options = {k: v for k, v in options.items() if v is not None}
     try:

@@ -174,6 +174,18 @@ def test_second_deploy_changes_nothing(url: str, small_package: dep.Package) -> 
     assert load_config().signing_key == key  # type: ignore[union-attr]
 
 
+def test_rotate_key_replaces_it_in_function_and_config(
+    url: str, small_package: dep.Package
+) -> None:
+    run_deploy(url, small_package)
+    old = load_config().signing_key  # type: ignore[union-attr]
+    run_deploy(url, small_package, rotate_key=True)
+    new = load_config().signing_key  # type: ignore[union-attr]
+    assert new and new != old
+    fn = clients(url)["lambda"].get_function_configuration(FunctionName="dolambda")
+    assert fn["Environment"]["Variables"]["DOLAMBDA_SIGNING_KEY"] == new
+
+
 def test_deploy_updates_only_what_differs(url: str, small_package: dep.Package) -> None:
     run_deploy(url, small_package)
     env0 = clients(url)["lambda"].get_function_configuration(FunctionName="dolambda")
