@@ -25,6 +25,18 @@ CLIENT = """
 import json, resource, time
 from dolambda import LambdaBackend, foreach
 
+def peak_rss_mb():
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's peak on
+    # Linux, since it survives fork + execve
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 backend = LambdaBackend(**{settings!r})
 n = {n}
 t0 = time.perf_counter()
@@ -46,7 +58,7 @@ print(json.dumps({{
     "chunk": (n + job.stats.task_count - 1) // max(1, job.stats.task_count),
     "retries": job.stats.retries + job2.stats.retries,
     "jobs": [job.id, job2.id],
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": peak_rss_mb(),
 }}))
 """
 
