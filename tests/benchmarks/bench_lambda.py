@@ -1,0 +1,441 @@
+"""Sections 3-5: requests per task, end-to-end on the emulator, fan-in latency."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dolambda import LambdaBackend, foreach
+from dolambda._backends import lambda_ as lambda_mod
+from dolambda.emulator import Emulator
+from tests.benchmarks import workloads
+from tests.benchmarks._common import Row, Server, cpu_seconds, log, median, p90, spread, timed
+
+
+@contextlib.contextmanager
+def emulator(
+    server: Server, name: str, trigger: str = "s3", workers: int = 2
+) -> Iterator[Emulator]:
+    """A started emulator on ``server`` (its own bucket and function name)."""
+    emu = Emulator(
+        workers=workers,
+        endpoint_url=server.url,
+        bucket=f"bench-{name}",
+        function_name=f"bench-{name}",
+        trigger=trigger,
+        discovery="events" if server.events else "poll",
+    )
+    with emu:
+        yield emu
+
+
+# --------------------------------------------------------------------------- instrumentation
+
+
+@dataclass
+class Probe:
+    """Timestamps from inside the client, taken by wrapping ``_Run`` methods."""
+
+    sends: list[tuple[float, float]] = field(default_factory=list)  # perf_counter of each send
+    fetched: dict[int, float] = field(default_factory=dict)  # task id -> time.time() fetched
+    dispatch: tuple[float, float] = (0.0, 0.0)
+
+    def reset(self) -> None:
+        self.sends.clear()
+        self.fetched.clear()
+        self.dispatch = (0.0, 0.0)
+
+    def dispatch_rate(self) -> float:
+        """Task uploads per second: first send started until the last send finished."""
+        if len(self.sends) < 2:
+            return 0.0
+        start = min(s for s, _ in self.sends)
+        end = max(e for _, e in self.sends)
+        return len(self.sends) / (end - start)
+
+
+PROBE = Probe()
+
+
+@contextlib.contextmanager
+def instrumented() -> Iterator[Probe]:
+    run_cls: Any = lambda_mod._Run
+    orig_send, orig_fetch, orig_dispatch = run_cls._send, run_cls._fetch, run_cls.dispatch
+
+    async def send(self: Any, task_id: int, blob: bytes) -> None:
+        t0 = time.perf_counter()
+        await orig_send(self, task_id, blob)
+        PROBE.sends.append((t0, time.perf_counter()))
+
+    async def fetch(self: Any, task_id: int, key: str) -> None:
+        await orig_fetch(self, task_id, key)
+        PROBE.fetched[task_id] = time.time()
+
+    async def dispatch(self: Any, tasks: Any) -> None:
+        t0 = time.perf_counter()
+        await orig_dispatch(self, tasks)
+        PROBE.dispatch = (t0, time.perf_counter())
+
+    run_cls._send, run_cls._fetch, run_cls.dispatch = send, fetch, dispatch
+    try:
+        PROBE.reset()
+        yield PROBE
+    finally:
+        run_cls._send, run_cls._fetch, run_cls.dispatch = orig_send, orig_fetch, orig_dispatch
+
+
+# --------------------------------------------------------------------------- section 3
+
+
+def counts(job: Any) -> dict[str, Any]:
+    """Client and worker requests of a finished job."""
+    client = dict(job.stats.client_s3_requests)
+    invokes = client.pop("invoke", 0)
+    tasks = job.stats.task_count
+    return {
+        "tasks": tasks,
+        "iterations": job.stats.iterations,
+        "client": client,
+        "client_s3": sum(client.values()),
+        "invokes": invokes,
+        "worker_s3": job.stats.worker_s3_requests,
+        "wall": job.stats.wall_time,
+    }
+
+
+def run_job(loop: Any, backend: LambdaBackend, fn: Any) -> Any:
+    job = loop.submit(fn, backend=backend, progress=False)
+    job.result()
+    return job
+
+
+def requests_section(moto: Server, quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    n_tasks = 100 if quick else 300
+    n_iter = 10_000
+    loop1 = foreach(x=range(n_tasks)).chunk_size(1)
+    for trigger in ("s3", "invoke"):
+        with emulator(moto, f"req-{trigger}", trigger=trigger) as emu:
+            backend = emu.backend
+            run_job(foreach(x=range(4)).chunk_size(1), backend, workloads.noop)  # warm
+            c = counts(run_job(loop1, backend, workloads.noop))
+            log(f"requests ({trigger}, chunk 1): {c}")
+            per_client = c["client_s3"] / c["tasks"]
+            per_worker = c["worker_s3"] / c["tasks"]
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(c["client"].items()))
+            label = f"trigger={trigger}, chunk 1, {c['tasks']} tasks"
+            rows.append(
+                Row(
+                    "3 requests",
+                    f"{label}: client S3 req/task",
+                    per_client,
+                    "req/task",
+                    note=detail,
+                    extra=c,
+                )
+            )
+            rows.append(Row("3 requests", f"{label}: worker S3 req/task", per_worker, "req/task"))
+            bound = "4" if trigger == "s3" else "2"
+            rows.append(
+                Row(
+                    "3 requests",
+                    f"{label}: total S3 req/task",
+                    per_client + per_worker,
+                    "req/task",
+                    target=f"value <= {bound}",
+                    note="client + worker S3 requests (Invoke calls not included)",
+                )
+            )
+            if trigger == "invoke":
+                rows.append(
+                    Row(
+                        "3 requests",
+                        f"{label}: Lambda Invoke calls/task",
+                        c["invokes"] / c["tasks"],
+                        "req/task",
+                    )
+                )
+            if trigger == "s3":
+                c = counts(run_job(foreach(x=range(n_iter)), backend, workloads.noop))
+                log(f"requests (10k defaults): {c}")
+                rows.append(
+                    Row(
+                        "3 requests",
+                        f"{n_iter:,} no-op iterations, default chunking ({c['tasks']} tasks, "
+                        "max_concurrency=2): S3 req/iteration",
+                        (c["client_s3"] + c["worker_s3"]) / c["iterations"],
+                        "req/iter",
+                        target="value < 0.05",
+                        note=f"client {c['client_s3']}, worker {c['worker_s3']}",
+                        extra=c,
+                    )
+                )
+                if not quick:
+                    aws = LambdaBackend(**{**emu.backend_settings(), "max_concurrency": None})
+                    c = counts(run_job(foreach(x=range(n_iter)), aws, workloads.noop))
+                    log(f"requests (10k AWS-default chunking): {c}")
+                    rows.append(
+                        Row(
+                            "3 requests",
+                            f"{n_iter:,} no-op iterations, AWS default chunking ({c['tasks']} "
+                            "tasks, max_concurrency unset): S3 req/iteration",
+                            (c["client_s3"] + c["worker_s3"]) / c["iterations"],
+                            "req/iter",
+                            target="value < 0.05",
+                            note=f"client {c['client_s3']}, worker {c['worker_s3']}",
+                            extra=c,
+                        )
+                    )
+    return rows
+
+
+# --------------------------------------------------------------------------- section 4
+
+
+def e2e_section(
+    server: Server, raw: dict[str, float], quick: bool
+) -> tuple[list[Row], dict[str, float]]:
+    rows: list[Row] = []
+    found: dict[str, float] = {}
+    n1 = 100 if quick else 1000
+    n_iter = 2_000 if quick else 10_000
+    n_cpu = 40 if quick else 200
+    repeats = 1 if quick else 3
+    steps = workloads.calibrate(50.0)
+    with emulator(server, "e2e") as emu, instrumented() as probe:
+        backend = emu.backend
+        run_job(foreach(x=range(8)).chunk_size(1), backend, workloads.noop)  # warm workers
+
+        # --- chunk 1: time, throughput vs the S3 limit, dispatch rate
+        loop1 = foreach(x=range(n1)).chunk_size(1)
+        samples, rates, per_task = [], [], []
+        cpu: dict[str, float] = {"client": 0.0, "workers": 0.0, "server": 0.0}
+        for i in range(repeats + 1):
+            probe.reset()
+            before = _cpu(emu, server)
+            t0 = time.perf_counter()
+            job = run_job(loop1, backend, workloads.noop)
+            dt = time.perf_counter() - t0
+            c = counts(job)
+            if i == 0 and repeats > 1:
+                continue  # warm-up
+            for k, v in _cpu(emu, server).items():
+                cpu[k] += v - before[k]
+            samples.append(dt)
+            rates.append(probe.dispatch_rate())
+            per_task.append((c["client_s3"] + c["worker_s3"]) / c["tasks"])
+            log(
+                f"e2e chunk 1: {dt:.2f}s, dispatch {rates[-1]:.0f} tasks/s, "
+                f"{per_task[-1]:.2f} req/task"
+            )
+        t_lambda = median(samples)
+        found["chunk1"] = t_lambda
+        found["chunk1_n"] = n1
+        found["defaults_n"] = n_iter
+        par = timed(lambda: loop1.do_parallel(workloads.noop, workers=2), repeats)
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n1} no-op tasks, chunk 1: emulator (2 workers)",
+                t_lambda,
+                "s",
+                ".do_parallel(2), chunk 1",
+                median(par),
+                spread=spread(samples),
+                extra={"samples": samples, "base": par},
+            )
+        )
+        throughput = n1 / t_lambda
+        done = n1 * len(samples)
+        for who, label in (
+            ("client", "client process (incl. the emulator's threads)"),
+            ("workers", "emulator worker processes"),
+            ("server", f"S3 server ({server.kind})"),
+        ):
+            rows.append(
+                Row(
+                    "4 end-to-end",
+                    f"{n1} tasks, chunk 1: CPU ms/task, {label}",
+                    cpu[who] / done * 1000 if cpu[who] else None,
+                    "ms/task",
+                    note="user+system CPU over the timed runs / tasks; 2 cores in total",
+                )
+            )
+        req = median(per_task)
+        limit = raw["mixed"] / req
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n1} no-op tasks, chunk 1: throughput",
+                throughput,
+                "tasks/s",
+                f"S3 limit: raw {raw['mixed']:.0f} ops/s / {req:.2f} req/task",
+                limit,
+                target="ratio >= 0.7",
+                note="raw = harmonic mean of the best PUT and GET rates (50/50 mix)",
+            )
+        )
+        rate = median(rates)
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n1} tasks: client dispatch (task PUT) rate",
+                rate,
+                "PUT/s",
+                "raw aioboto3 PUT, concurrency 64",
+                raw["put_c64"],
+                target="ratio >= 0.8",
+                spread=spread(rates, "PUT/s"),
+                note="first task PUT start to last task PUT end; workers run concurrently",
+            )
+        )
+        found["dispatch_rate"] = rate
+        alone = dispatch_alone(emu, n1, repeats)
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n1} tasks: client dispatch rate, nothing consuming",
+                median(alone),
+                "PUT/s",
+                "raw aioboto3 PUT, concurrency 64",
+                raw["put_c64"],
+                target="ratio >= 0.8",
+                spread=spread(alone, "PUT/s"),
+                note="a bucket with no trigger: the client's upload path alone",
+            )
+        )
+
+        # --- 10,000 no-op iterations with defaults
+        loop2 = foreach(x=range(n_iter))
+        samples = timed(lambda: run_job(loop2, backend, workloads.noop), repeats)
+        found["defaults"] = median(samples)
+        par = timed(lambda: loop2.do_parallel(workloads.noop, workers=2), repeats)
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n_iter:,} no-op iterations, defaults: emulator",
+                median(samples),
+                "s",
+                ".do_parallel(2), defaults",
+                median(par),
+                spread=spread(samples),
+                extra={"samples": samples, "base": par},
+            )
+        )
+        log(f"e2e {n_iter} defaults: {median(samples):.2f}s vs do_parallel {median(par):.2f}s")
+
+        # --- CPU work
+        loop3 = foreach(x=range(n_cpu), n=[steps] * n_cpu)
+        samples = timed(lambda: run_job(loop3, backend, workloads.spin), repeats, warmup=0)
+        par = timed(lambda: loop3.do_parallel(workloads.spin, workers=2), repeats, warmup=0)
+        rows.append(
+            Row(
+                "4 end-to-end",
+                f"{n_cpu} x 50 ms CPU, defaults: emulator",
+                median(samples),
+                "s",
+                ".do_parallel(2), defaults",
+                median(par),
+                spread=spread(samples),
+                extra={"samples": samples, "base": par},
+            )
+        )
+        log(f"e2e cpu: {median(samples):.2f}s vs do_parallel {median(par):.2f}s")
+    return rows, found
+
+
+def _cpu(emu: Emulator, server: Server) -> dict[str, float]:
+    t = os.times()
+    return {
+        "client": t.user + t.system,
+        "workers": sum(cpu_seconds(pid) for pid in emu.worker_pids()),
+        "server": cpu_seconds(server.pid),
+    }
+
+
+def dispatch_alone(emu: Emulator, n: int, repeats: int) -> list[float]:
+    """Task uploads/s when no worker competes for the server: a job on a prefix no trigger
+    watches, cancelled once every task is uploaded."""
+    from dolambda._errors import JobCancelled
+
+    backend = LambdaBackend(**{**emu.backend_settings(), "prefix": "bench-untriggered"})
+    backend._checked_setup = True  # no notification for this prefix, on purpose
+    rates = []
+    for i in range(repeats + 1):
+        PROBE.reset()
+        job = (
+            foreach(x=range(n))
+            .chunk_size(1)
+            .submit(workloads.noop, backend=backend, progress=False)
+        )
+        deadline = time.monotonic() + 120
+        while PROBE.dispatch == (0.0, 0.0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        job.cancel()
+        with contextlib.suppress(JobCancelled):
+            job.result()
+        if i > 0 or repeats == 1:
+            rates.append(PROBE.dispatch_rate())
+            log(f"dispatch alone: {rates[-1]:.0f} PUT/s")
+    return rates
+
+
+# --------------------------------------------------------------------------- section 5
+
+
+def fanin_section(server: Server, quick: bool) -> list[Row]:
+    jobs = 8 if quick else 20
+    lat, discover, tail = [], [], []
+    with emulator(server, "fanin") as emu, instrumented() as probe:
+        backend = emu.backend
+        run_job(foreach(x=range(2)).chunk_size(1), backend, workloads.noop)  # warm
+        for j in range(jobs):
+            probe.reset()
+            seconds = 0.25 + 0.013 * j  # vary the phase against the poll interval
+            job = run_job(
+                foreach(x=range(2), seconds=[seconds] * 2).chunk_size(1), backend, workloads.nap
+            )
+            returned = time.time()
+            last = max(job.stats.tasks, key=lambda t: t.finished_at)
+            last_id = max(probe.fetched, key=lambda k: probe.fetched[k])
+            lat.append(returned - last.finished_at)
+            discover.append(probe.fetched[last_id] - last.finished_at)
+            tail.append(returned - probe.fetched[last_id])
+    ms = [x * 1000 for x in lat]
+    rows = [
+        Row(
+            "5 fan-in",
+            "last result written -> value returned, median",
+            median(ms),
+            "ms",
+            target="value < 100",
+            spread=spread(ms, "ms"),
+            extra={"samples_ms": ms},
+        ),
+        Row(
+            "5 fan-in",
+            "last result written -> value returned, p90",
+            p90(ms),
+            "ms",
+            target="value < 250",
+        ),
+        Row(
+            "5 fan-in",
+            "  of which: written -> result fetched (LIST+GET), median",
+            median([x * 1000 for x in discover]),
+            "ms",
+            note="worker finished_at is taken just before its result PUT",
+        ),
+        Row(
+            "5 fan-in",
+            "  of which: fetched -> returned (combine + cleanup), median",
+            median([x * 1000 for x in tail]),
+            "ms",
+        ),
+    ]
+    log(f"fan-in: median {median(ms):.0f} ms, p90 {p90(ms):.0f} ms")
+    return rows

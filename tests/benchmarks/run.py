@@ -1,0 +1,178 @@
+"""Run the dolambda benchmark suite: ``make bench`` or ``python tests/benchmarks/run.py``.
+
+Every run measures its own baselines, prints a table of ratios and writes JSON
+(``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
+
+Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, memory, peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so `tests.benchmarks` (and dolambda) import from the checkout
+
+from tests.benchmarks import _common  # noqa: E402
+from tests.benchmarks._common import Row, Server, log  # noqa: E402
+
+SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "memory", "peer")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--endpoint-url", help="run the S3 parts against this S3 endpoint")
+    p.add_argument(
+        "--s3",
+        choices=("moto", "seaweedfs"),
+        default="moto",
+        help="which local S3 server to start when no --endpoint-url (default: moto)",
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke run")
+    p.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    p.add_argument("--out", default=str(ROOT / "bench-results.json"), help="JSON output path")
+    return p.parse_args(argv)
+
+
+class Servers:
+    """Starts S3 servers on first use and stops them at the end."""
+
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        self.args = args
+        self.stack = stack
+        self._main: Server | None = None
+        self._moto: Server | None = None
+
+    def moto(self) -> Server:
+        """The emulator's moto server (S3 events and Invoke reach emulators)."""
+        if self._moto is None:
+            if self._main is not None and self._main.kind == "moto":
+                self._moto = self._main
+            else:
+                log("starting a moto server")
+                self._moto = self.stack.enter_context(_common.moto_server())
+        return self._moto
+
+    def main(self) -> Server:
+        """The server the S3 throughput parts run on (--endpoint-url, --s3)."""
+        if self._main is None:
+            if self.args.endpoint_url:
+                from dolambda.emulator import Emulator
+
+                probe = Emulator(endpoint_url=self.args.endpoint_url)
+                self._main = Server(self.args.endpoint_url, "external", probe._has_mailbox())
+            elif self.args.s3 == "seaweedfs":
+                log("starting SeaweedFS")
+                self._main = self.stack.enter_context(_common.seaweedfs_server())
+            else:
+                self._main = self.moto()
+        return self._main
+
+
+@contextlib.contextmanager
+def section(name: str, rows: list[Row], errors: list[str]) -> Iterator[None]:
+    log(f"== section {name}")
+    t0 = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:  # one broken section must not lose the others
+        import traceback
+
+        traceback.print_exc()
+        errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        rows.append(Row(name, "section failed", None, "", note=f"{type(exc).__name__}: {exc}"))
+    log(f"== section {name} done in {time.perf_counter() - t0:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        print(f"unknown sections: {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
+        return 2
+    wanted = only or list(SECTIONS)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    rows: list[Row] = []
+    errors: list[str] = []
+    raw: dict[str, float] = {}
+    ours: dict[str, float] = {}
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        servers = Servers(args, stack)
+        if "local" in wanted:
+            from tests.benchmarks import bench_local
+
+            with section("local", rows, errors):
+                rows += bench_local.run(args.quick)
+        if {"s3raw", "e2e"} & set(wanted):
+            from tests.benchmarks import bench_s3raw
+
+            with section("s3raw", rows, errors):
+                got, raw = bench_s3raw.run(servers.main(), args.quick)
+                rows += got
+        if "requests" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("requests", rows, errors):
+                rows += bench_lambda.requests_section(servers.moto(), args.quick)
+        if {"e2e", "peer"} & set(wanted):
+            from tests.benchmarks import bench_lambda
+
+            with section("e2e", rows, errors):
+                got, ours = bench_lambda.e2e_section(servers.main(), raw, args.quick)
+                rows += got
+        if "fanin" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("fanin", rows, errors):
+                rows += bench_lambda.fanin_section(servers.main(), args.quick)
+        if "memory" in wanted:
+            from tests.benchmarks import bench_memory
+
+            with section("memory", rows, errors):
+                rows += bench_memory.run(servers.main(), args.quick)
+        if "peer" in wanted:
+            from tests.benchmarks import bench_peer
+
+            with section("peer", rows, errors):
+                rows += bench_peer.run(servers.main(), ours, args.quick)
+        server_kind = servers._main.kind if servers._main else ""
+        server_url = servers._main.url if servers._main else ""
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "sections": wanted,
+        "s3_server": server_kind,
+        "s3_endpoint": server_url,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load_avg": os.getloadavg(),
+        "seconds": time.perf_counter() - started,
+        "errors": errors,
+    }
+    out = Path(args.out)
+    _common.write_json(out, rows, meta)
+    print()
+    print(_common.table(rows))
+    met = [r for r in rows if r.met is not None]
+    print(
+        f"\n{sum(1 for r in met if r.met)}/{len(met)} targets met; S3 server: {server_kind} "
+        f"{server_url}; {meta['seconds']:.0f}s; results in {out}"
+    )
+    for e in errors:
+        print(f"section error: {e}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

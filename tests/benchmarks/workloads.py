@@ -1,0 +1,45 @@
+"""Loop bodies the benchmarks run; importable by worker processes (``tests.benchmarks``)."""
+
+from __future__ import annotations
+
+import time
+
+
+def noop(x: int) -> None:
+    return None
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def spin(x: int, n: int) -> int:
+    """A fixed amount of CPU work (``n`` loop steps; calibrated to a duration by the caller)."""
+    acc = 0
+    for i in range(n):
+        acc += i * i
+    return acc & 0xFF
+
+
+def nap(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def calibrate(ms: float) -> int:
+    """Loop steps for ``spin`` that take about ``ms`` milliseconds here (median of 5 runs)."""
+    n = 20_000
+    while True:
+        t0 = time.perf_counter()
+        spin(0, n)
+        dt = time.perf_counter() - t0
+        if dt > 0.02:
+            break
+        n *= 2
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        spin(0, n)
+        samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return max(1, int(n * (ms / 1000) / samples[2]))
