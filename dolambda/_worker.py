@@ -205,8 +205,32 @@ def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str)
     return LoadedJob(manifest=manifest, body=_serialize.loads(body_bytes))
 
 
+_ALL_VALUES, _PER_VALUE = b"A", b"P"
+
+
 def encode_results(results: list[IterationResult]) -> tuple[list[IterationOutcome], bytes]:
-    """Pickle values one by one so an unpicklable result fails only its own iteration."""
+    """Pickle the values in one go; when that fails, one by one, so an unpicklable result
+    fails only its own iteration."""
+    try:
+        # exceptions may pickle yet not unpickle: only all-successful chunks go in one piece
+        if not all(r.ok for r in results):
+            raise ValueError("some iterations failed")
+        all_values = _ALL_VALUES + _serialize.dumps([r.value for r in results])
+    except Exception:
+        pass
+    else:
+        return [
+            IterationOutcome(
+                index=r.index,
+                path=r.path,
+                ok=r.ok,
+                duration=r.duration,
+                error_type=r.error_type,
+                error_message=r.error_message,
+                traceback=r.traceback,
+            )
+            for r in results
+        ], all_values
     outcomes: list[IterationOutcome] = []
     blobs: list[bytes | None] = []
     for r in results:
@@ -235,14 +259,20 @@ def encode_results(results: list[IterationResult]) -> tuple[list[IterationOutcom
             )
         )
         blobs.append(blob)
-    return outcomes, _serialize.dumps(blobs)
+    return outcomes, _PER_VALUE + _serialize.dumps(blobs)
 
 
 def decode_values(outcome: TaskOutcome) -> list[Any]:
     """The values of a verified outcome, aligned with its iterations."""
     if not outcome.values:
         return [None] * len(outcome.iterations)
-    blobs: list[bytes | None] = _serialize.loads(outcome.values)
+    kind, data = outcome.values[:1], outcome.values[1:]
+    if kind == _ALL_VALUES:
+        try:
+            return list(_serialize.loads(data))
+        except Exception:  # e.g. an exception class that cannot be rebuilt here
+            return [None] * len(outcome.iterations)
+    blobs: list[bytes | None] = _serialize.loads(data)
     values: list[Any] = []
     for blob in blobs:
         if blob is None:
