@@ -423,6 +423,7 @@ class _Run:
         self.job = job
         self.prefix = backend.prefix
         self.pending: dict[int, _Pending] = {}
+        self.task_ids: list[int] = []  # every task of the job, for the cleanup
         self.seen: set[int] = set()
         self.dispatch_done = False
         self.last_progress = time.monotonic()
@@ -475,6 +476,7 @@ class _Run:
             count += 1
             entry = _Pending(planned, 0, time.monotonic())
             self.pending[planned.task_id] = entry
+            self.task_ids.append(planned.task_id)
             if job.attached:
                 continue
             blob = job.sealed_task(planned)
@@ -633,15 +635,16 @@ class _Run:
                     _keys.task_key(p, job.job_id, t, invoke=invoke) for t in list(self.pending)
                 )
             if not self.b.keep and (finished or job.cancelled.is_set()):
-                for root in (
-                    _keys.queue_dir(p, job.job_id),
-                    _keys.results_dir(p, job.job_id),
-                ):
-                    await s3.delete_prefix(root)
-                keep_marker = job.cancelled.is_set()
-                keys = [
-                    k
-                    async for k in s3.list_keys(_keys.job_dir(p, job.job_id))
-                    if not (keep_marker and k == _keys.cancel_key(p, job.job_id))
+                # every key is known: no LIST, one DeleteObjects per 1,000 keys
+                invoke = self.b.trigger == "invoke"
+                keys = [_keys.task_key(p, job.job_id, t, invoke=invoke) for t in self.task_ids]
+                keys += [_keys.result_key(p, job.job_id, t) for t in self.task_ids]
+                keys += [
+                    _keys.manifest_key(p, job.job_id),
+                    _keys.body_key(p, job.job_id),
+                    _keys.client_key(p, job.job_id),
+                    _keys.job_dir(p, job.job_id) + "plan.json",
                 ]
+                if not job.cancelled.is_set():
+                    keys.append(_keys.cancel_key(p, job.job_id))
                 await s3.delete_keys(keys)
