@@ -450,6 +450,16 @@ def process_s3_task(
     )
     if outcome.failure is not None:
         log(f"dolambda: task {job_id}/{task_id}: {outcome.failure.kind}: {outcome.failure.message}")
+    if not put_result(s3, bucket, prefix, signing_key, outcome):
+        return "duplicate"
+    return "done"
+
+
+def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
+    """Write a task's result once (``If-None-Match: *``); False when one already exists."""
+    from dolambda import _keys
+
+    job_id, task_id = outcome.job_id, outcome.task_id
     data = _serialize.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
     try:
         s3.put_object(
@@ -457,9 +467,9 @@ def process_s3_task(
         )
     except Exception as exc:
         if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            return "duplicate"
+            return False
         raise
-    return "done"
+    return True
 
 
 def _error_code(exc: BaseException) -> str:
@@ -586,15 +596,8 @@ def write_failure(
         failure=TaskFailure(kind=kind, message=text),  # type: ignore[arg-type]
         stats=TaskStats(memory_limit_mb=limit, finished_at=time.time()),
     )
-    data = _serialize.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
-    try:
-        s3.put_object(
-            Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
-        )
-    except Exception as exc:
-        if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            return "duplicate"
-        raise
+    if not put_result(s3, bucket, prefix, signing_key, outcome):
+        return "duplicate"
     return "failure-recorded"
 
 
