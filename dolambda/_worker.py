@@ -220,7 +220,7 @@ def encode_results(results: list[IterationResult]) -> tuple[list[IterationOutcom
         pass
     else:
         return [
-            IterationOutcome(
+            IterationOutcome.model_construct(
                 index=r.index,
                 path=r.path,
                 ok=r.ok,

@@ -98,7 +98,7 @@ class JobContext:
             task_id=task.task_id,
             attempt=attempt,
             iterations=tuple(
-                IterationRef(index=leaf.index, path=leaf.path, slots=leaf.slots)
+                IterationRef.model_construct(index=leaf.index, path=leaf.path, slots=leaf.slots)
                 for leaf in task.leaves
             ),
             args=blob,
