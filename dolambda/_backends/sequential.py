@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import AsyncGenerator, AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 from dolambda._backends.base import Backend, JobContext, TaskResult
 from dolambda._plan import PlannedTask
 from dolambda._worker import run_iterations
+
+
+@contextlib.contextmanager
+def _outside_the_loop() -> Iterator[None]:
+    """Run a body in this thread as if no event loop were running, as ``%do%`` would:
+    a body may then call ``asyncio.run()`` or a sync dolambda verb of its own."""
+    loop = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    # Ctrl-C interrupts the body at once (asyncio.Runner would only cancel between bodies)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        asyncio.events._set_running_loop(loop)
 
 
 class SequentialBackend(Backend):
@@ -36,5 +58,6 @@ class SequentialBackend(Backend):
                     ctx.run, run_iterations, job.body, items, seed=job.seed
                 )
             else:
-                results = run_iterations(job.body, items, seed=job.seed)
+                with _outside_the_loop():
+                    results = run_iterations(job.body, items, seed=job.seed)
             yield TaskResult(task.task_id, results)
