@@ -382,6 +382,7 @@ class Job:
 
         async def task_source() -> AsyncIterator[PlannedTask]:
             nonlocal planned_leaves
+            yielded_at = time.perf_counter()
             source = (
                 self._plan if self._plan is not None else chunk_plan(iter_plan(loop), chunk_size)
             )
@@ -393,7 +394,11 @@ class Job:
                 pending[item.task_id] = item
                 planned_leaves += len(item.leaves)
                 yield item
-                await asyncio.sleep(0)  # let results in while a long generator is planned
+                if time.perf_counter() - yielded_at > 0.005:
+                    # let results in while a long generator is planned, without paying a
+                    # loop round per task
+                    await asyncio.sleep(0)
+                    yielded_at = time.perf_counter()
             self._total = planned_leaves
             if bar is not None:
                 bar.total = planned_leaves
