@@ -51,7 +51,8 @@ from dolambda._worker import (
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
 GRACE = 30.0  # seconds past the function timeout before a task counts as lost
 # LIST interval: fast right after progress, slowing to POLL_MAX after a minute without any
-POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.1, 1.0
+POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
+RESULTS_PER_LIST = 4  # while results stream in, wait for about this many per LIST
 
 
 # failures the Lambda runtime reports through the on-failure destination: worth a retry
@@ -599,19 +600,27 @@ class _Run:
 
     async def gather(self) -> None:
         interval = POLL_MIN
+        started = time.monotonic()
+        received = 0
         while True:
             if self.dispatch_done and not self.pending:
                 return
             found = await self._poll_once()
             if found:
-                interval = POLL_MIN
+                received += found
+                rate = received / max(time.monotonic() - started, 1e-3)
+                if len(self.pending) <= RESULTS_PER_LIST:
+                    interval = POLL_MIN  # the tail: answer fast
+                else:
+                    # amortise each LIST over several results while many are coming
+                    interval = min(max(RESULTS_PER_LIST / rate, POLL_MIN), POLL_FAST_MAX)
             else:
                 await self._requeue_lost()
                 idle = time.monotonic() - self.last_progress
                 interval = min(POLL_FAST_MAX + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
-                self.wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), interval)
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
 
     # -------------------------------------------------------------- the run
 
