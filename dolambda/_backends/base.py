@@ -91,16 +91,16 @@ class JobContext:
             blob = _serialize.dumps(args)
         except Exception as exc:
             raise _unpicklable_argument(task, exc) from exc
-        from dolambda._wire import IterationRef
 
         return TaskSpec(
             job_id=self.job_id,
             task_id=task.task_id,
             attempt=attempt,
-            iterations=tuple(
-                IterationRef.model_construct(index=leaf.index, path=leaf.path, slots=leaf.slots)
+            # plain dicts: pydantic builds the IterationRefs in one pass in Rust
+            iterations=[  # type: ignore[arg-type]
+                {"index": leaf.index, "path": leaf.path, "slots": leaf.slots}
                 for leaf in task.leaves
-            ),
+            ],
             args=blob,
         )
 
