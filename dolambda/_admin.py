@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from dolambda import _keys, _serialize
 from dolambda._backends.lambda_ import LambdaBackend
 from dolambda._s3 import S3, RequestCounter, resolve_region
+from dolambda._worker import manifest_context, plan_context
 
 
 @dataclass
@@ -37,19 +38,17 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         blob = await s3.get(_keys.manifest_key(p, job_id))
         if blob is not None:
             try:
-                payload = _serialize.unseal(
-                    blob, key=backend.key, context=f"jobs/{job_id}/manifest"
-                )
+                payload = _serialize.unseal(blob, key=backend.key, context=manifest_context(job_id))
                 created = float(json.loads(payload)["created_at"])
             except Exception:
                 created = None
-    plan_key = _keys.job_dir(p, job_id) + "plan.json"
+    plan_key = _keys.plan_key(p, job_id)
     if plan_key in keys:
         blob = await s3.get(plan_key)
         if blob is not None:
             try:
                 plan = json.loads(
-                    _serialize.unseal(blob, key=backend.key, context=f"jobs/{job_id}/plan")
+                    _serialize.unseal(blob, key=backend.key, context=plan_context(job_id))
                 )
                 tasks = int(plan["tasks"])
             except Exception:

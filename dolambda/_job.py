@@ -226,32 +226,21 @@ class Job:
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job finishes and return the combined result."""
-        if self._future is not None:
-            try:
-                return self._future.result(timeout)
-            except KeyboardInterrupt:
-                self.cancel()
-                raise
-        if self._task is not None:
-            if self._task.done():
-                return self._task.result()
-            raise DolambdaError(
-                "job.result() would block the event loop this job runs on; use `await job`"
-            )
-        raise DolambdaError("this job was never started")
+        if self._future is None:
+            raise DolambdaError("this job was never started")
+        try:
+            return self._future.result(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._await().__await__()
 
     async def _await(self) -> Any:
-        if self._future is not None:
-            return await asyncio.wrap_future(self._future)
-        assert self._task is not None
-        if self._task_loop is asyncio.get_running_loop():
-            return await asyncio.shield(self._task)
-        return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(_await_task(self._task), self._task_loop)  # type: ignore[arg-type]
-        )
+        if self._future is None:
+            raise DolambdaError("this job was never started")
+        return await asyncio.wrap_future(self._future)
 
     def cancel(self) -> None:
         """Stop the job: no new iteration starts; ``result()`` then raises JobCancelled."""
@@ -304,12 +293,9 @@ class Job:
     # ------------------------------------------------------------------ starting
 
     def start_on_portal(self) -> Job:
+        """Run the job on the helper thread's loop: ``result()`` may then block anywhere
+        and ``await job`` works from any event loop."""
         self._future = _sync.submit_to_portal(self._run_here())
-        return self
-
-    def start_in_loop(self) -> Job:
-        self._task_loop = asyncio.get_running_loop()
-        self._task = self._task_loop.create_task(self._run())
         return self
 
     async def _run_here(self) -> Any:
@@ -467,7 +453,7 @@ class Job:
         finally:
             if bar is not None:
                 bar.close()
-        self.stats.client_s3_requests = dict(ctx.__dict__.get("client_requests", {}))
+        self.stats.client_s3_requests = dict(ctx.client_requests)
         self.stats.memory_mb = int(getattr(backend, "memory_mb", 0) or 0)
         self.stats.architecture = str(getattr(backend, "architecture", "x86_64"))
         self._print_summary = bar is not None and backend.name == "lambda"
@@ -481,8 +467,9 @@ class Job:
         return tree.finish()
 
 
-def _client_state(loop: Loop) -> Loop | None:
-    """The loop without its variables (they may be generators): what Job.attach needs."""
+def _client_state(loop: Loop) -> bytes | None:
+    """The pickled loop without its variables (they may be generators): what Job.attach
+    needs, or None when its combine functions cannot travel."""
     stripped: Loop | None = None
     levels: list[Loop] = []
     level: Loop | None = loop
@@ -496,14 +483,9 @@ def _client_state(loop: Loop) -> Loop | None:
     try:
         from dolambda import _serialize
 
-        _serialize.dumps(stripped)
+        return _serialize.dumps(stripped)
     except Exception:
-        return None  # a combine function that cannot travel: attach will say so
-    return stripped
-
-
-async def _await_task(task: asyncio.Task[Any]) -> Any:
-    return await asyncio.shield(task)
+        return None
 
 
 def _failure_error(leaf: Leaf, failure: TaskFailure) -> TaskError:

@@ -4,7 +4,8 @@
 
     <prefix>/jobs/<job>/manifest.json    JobManifest (signed JSON)
     <prefix>/jobs/<job>/body.pkl         the body, dill (signed), uploaded once per job
-    <prefix>/jobs/<job>/client.pkl       what the client needs to resume (combine, plan)
+    <prefix>/jobs/<job>/client.pkl       what the client needs to resume (the loop's combine)
+    <prefix>/jobs/<job>/plan.json        task count and nested-loop sizes, once dispatched
     <prefix>/jobs/<job>/cancel           cancel marker (empty)
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
     <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
@@ -48,6 +49,10 @@ def manifest_key(prefix: str, job_id: str) -> str:
 
 def body_key(prefix: str, job_id: str) -> str:
     return f"{job_dir(prefix, job_id)}body.pkl"
+
+
+def plan_key(prefix: str, job_id: str) -> str:
+    return f"{job_dir(prefix, job_id)}plan.json"
 
 
 def client_key(prefix: str, job_id: str) -> str:

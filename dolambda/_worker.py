@@ -164,6 +164,14 @@ def manifest_context(job_id: str) -> str:
     return f"jobs/{job_id}/manifest"
 
 
+def client_context(job_id: str) -> str:
+    return f"jobs/{job_id}/client"
+
+
+def plan_context(job_id: str) -> str:
+    return f"jobs/{job_id}/plan"
+
+
 def body_context(job_id: str) -> str:
     return f"jobs/{job_id}/body"
 

@@ -59,10 +59,10 @@ def put_job(s3: Any, emu: Emulator, job: JobContext) -> None:
     s3.put_object(
         Bucket=emu.bucket,
         Key=_keys.manifest_key(emu.prefix, job.job_id),
-        Body=job.sealed_manifest(),
+        Body=job.sealed_manifest,
     )
     s3.put_object(
-        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job_id), Body=job.sealed_body()
+        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job_id), Body=job.sealed_body
     )
 
 

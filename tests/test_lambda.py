@@ -434,3 +434,34 @@ def test_duplicate_events_give_one_result_per_task() -> None:
         got = foreach(x=range(12)).chunk_size(1).do_lambda(noisy, backend=backend, progress=False)
         assert got == [x * x for x in range(12)]
         assert dup.stats.duplicated > 0
+
+
+def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
+    emu: Any,
+) -> None:
+    import socket
+
+    backend = backend_for(emu, task_timeout=30.0)
+    with socket.socket() as sock:
+
+        def add(a: int, b: int) -> int:
+            assert sock is not None  # captures something that cannot be pickled
+            return a + b
+
+        def slow(x: int) -> int:
+            time.sleep(0.2)
+            return x
+
+        job = (
+            foreach(x=range(8))
+            .chunk_size(1)
+            .combine(add)
+            .submit(slow, backend=backend, progress=False)
+        )
+        deadline = time.monotonic() + 30
+        while not any(k.endswith("plan.json") for k in job_keys(emu, job.id)):
+            assert time.monotonic() < deadline, "the job was never dispatched"
+            time.sleep(0.02)
+        with pytest.raises(DolambdaError, match="could not be pickled"):
+            dolambda.Job.attach(job.id, backend)
+        assert job.result(timeout=60) == sum(range(8))  # attach did not cancel it

@@ -20,7 +20,13 @@ from dolambda._backends.base import JobContext, decode_outcome
 from dolambda._errors import SignatureError
 from dolambda._plan import Leaf, PlannedTask
 from dolambda._wire import TaskOutcome
-from dolambda._worker import WorkerState, outcome_context, process_s3_task, task_records
+from dolambda._worker import (
+    WorkerState,
+    manifest_context,
+    outcome_context,
+    process_s3_task,
+    task_records,
+)
 from tests.moto_server import MotoServer
 
 PREFIX = "dolambda"
@@ -68,9 +74,9 @@ def make_job(marker: Path, key: bytes, job_id: str = "20260101T000000-aaaaaaaa")
 
 def upload(s3: Any, job: JobContext, tasks: int = 1) -> list[str]:
     s3.put_object(
-        Bucket=BUCKET, Key=_keys.manifest_key(PREFIX, job.job_id), Body=job.sealed_manifest()
+        Bucket=BUCKET, Key=_keys.manifest_key(PREFIX, job.job_id), Body=job.sealed_manifest
     )
-    s3.put_object(Bucket=BUCKET, Key=_keys.body_key(PREFIX, job.job_id), Body=job.sealed_body())
+    s3.put_object(Bucket=BUCKET, Key=_keys.body_key(PREFIX, job.job_id), Body=job.sealed_body)
     keys = []
     for t in range(tasks):
         planned = PlannedTask(t, [Leaf(t, (t,), (t,), {"x": t})])
@@ -210,7 +216,7 @@ def test_no_secret_in_any_object(s3: Any, tmp_path: Path, monkeypatch: pytest.Mo
             assert key not in data and key.hex().encode() not in data
             assert secret.encode() not in data
     manifest = json.loads(
-        _serialize.unseal(job.sealed_manifest(), key=key, context=f"jobs/{job.job_id}/manifest")
+        _serialize.unseal(job.sealed_manifest, key=key, context=manifest_context(job.job_id))
     )
     assert not any(secret in str(v) or key.hex() in str(v) for v in manifest.values())
 

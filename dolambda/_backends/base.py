@@ -51,8 +51,10 @@ class JobContext:
     created_at: float = field(default_factory=time.time)
     #: InnerDone markers seen so far (the Lambda backend stores them for Job.attach)
     markers: list[Any] = field(default_factory=list)
-    #: the loop spec without its variables (the Lambda backend stores it for Job.attach)
-    client_state: Any = None
+    #: the pickled loop spec without its variables (the Lambda backend stores it for attach)
+    client_state: bytes | None = None
+    #: S3 requests the client made for this job, by kind (filled by the Lambda backend)
+    client_requests: dict[str, int] = field(default_factory=dict)
     #: set by Job.attach: tasks already exist in the queue and must not be uploaded again
     attached: bool = False
 
@@ -76,11 +78,13 @@ class JobContext:
             errorhandling=self.errorhandling,  # type: ignore[arg-type]
         )
 
+    @cached_property
     def sealed_manifest(self) -> bytes:
         return _serialize.seal_model(
             self.manifest, key=self.key, context=manifest_context(self.job_id)
         )
 
+    @cached_property
     def sealed_body(self) -> bytes:
         return _serialize.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
 

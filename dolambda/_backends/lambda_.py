@@ -39,11 +39,13 @@ from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outc
 from dolambda._config import load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
 from dolambda._plan import InnerDone, Leaf, PlannedTask
-from dolambda._s3 import S3, RequestCounter, open_s3, resolve_region
+from dolambda._s3 import S3, RequestCounter, gather_limited, open_s3, resolve_region
 from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec
 from dolambda._worker import (
+    client_context,
     manifest_context,
     outcome_context,
+    plan_context,
     signing_key_bytes,
     task_context,
 )
@@ -64,7 +66,6 @@ class _Pending:
     planned: PlannedTask
     attempt: int
     dispatched_at: float
-    blob: bytes | None = None  # kept only when needed for a re-enqueue without S3
     last_failure: str = ""  # what the runtime said about the previous attempt
 
 
@@ -323,7 +324,7 @@ class LambdaBackend(Backend):
         finally:
             for kind, n in counter.counts.items():
                 self.counter.add(kind, n)
-            job.__dict__["client_requests"] = dict(counter.counts)
+            job.client_requests = dict(counter.counts)
 
     # ------------------------------------------------------------------ attach, jobs, cleanup
 
@@ -349,9 +350,8 @@ class LambdaBackend(Backend):
             manifest = _serialize.unseal_model(
                 JobManifest, blob, key=self.key, context=manifest_context(job_id)
             )
-            client_blob = await s3.get(_keys.client_key(self.prefix, job_id))
-            plan_blob = await s3.get(_keys.job_dir(self.prefix, job_id) + "plan.json")
-            if client_blob is None or plan_blob is None:
+            plan_blob = await s3.get(_keys.plan_key(self.prefix, job_id))
+            if plan_blob is None:
                 # a partial plan cannot be finished: stop its queued tasks and clean up
                 p = self.prefix
                 await s3.put(_keys.cancel_key(p, job_id), b"")
@@ -369,14 +369,21 @@ class LambdaBackend(Backend):
                     "before every task was uploaded); its queued tasks were cancelled and its "
                     "objects deleted. Submit the loop again."
                 )
+            client_blob = await s3.get(_keys.client_key(self.prefix, job_id))
+            if client_blob is None:
+                raise InvalidArgument(
+                    f"Job.attach: job {job_id!r} cannot be attached: its combine function "
+                    "could not be pickled when it was submitted (it is still running; its "
+                    "results stay under results/ until cleaned up)"
+                )
             loop = _serialize.loads(
-                _serialize.unseal(client_blob, key=self.key, context=f"jobs/{job_id}/client")
+                _serialize.unseal(client_blob, key=self.key, context=client_context(job_id))
             )
             plan = json.loads(
-                _serialize.unseal(plan_blob, key=self.key, context=f"jobs/{job_id}/plan")
+                _serialize.unseal(plan_blob, key=self.key, context=plan_context(job_id))
             )
             task_keys = [k async for k in s3.list_keys(_keys.queue_dir(self.prefix, job_id))]
-            blobs = await _gather_bounded(16, [s3.get(k) for k in task_keys])
+            blobs = await gather_limited(16, [s3.get(k) for k in task_keys])
         items: list[PlannedTask | InnerDone] = []
         for key, tblob in zip(task_keys, blobs, strict=True):
             parsed = _keys.parse_task_key(self.prefix, key)
@@ -405,16 +412,6 @@ def _attached_body(**kwargs: Any) -> Any:  # pragma: no cover - never called: th
     raise RuntimeError("an attached job runs the body stored in S3")
 
 
-async def _gather_bounded(limit: int, coros: list[Any]) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(c: Any) -> Any:
-        async with sem:
-            return await c
-
-    return list(await asyncio.gather(*(one(c) for c in coros)))
-
-
 class _Run:
     """One job's dispatch and gather over one pooled client."""
 
@@ -438,71 +435,68 @@ class _Run:
 
     async def _put_job_objects(self) -> None:
         job, s3, p = self.job, self.s3, self.prefix
-        client_state = (
-            _serialize.seal(
-                _serialize.dumps(job.client_state), key=job.key, context=f"jobs/{job.job_id}/client"
-            )
-            if job.client_state is not None
-            else None
-        )
         puts = [
-            s3.put(_keys.manifest_key(p, job.job_id), job.sealed_manifest()),
-            s3.put(_keys.body_key(p, job.job_id), job.sealed_body()),
+            s3.put(_keys.manifest_key(p, job.job_id), job.sealed_manifest),
+            s3.put(_keys.body_key(p, job.job_id), job.sealed_body),
         ]
-        if client_state is not None:
-            puts.append(s3.put(_keys.client_key(p, job.job_id), client_state))
+        if job.client_state is not None:
+            sealed = _serialize.seal(
+                job.client_state, key=job.key, context=client_context(job.job_id)
+            )
+            puts.append(s3.put(_keys.client_key(p, job.job_id), sealed))
         await asyncio.gather(*puts)
 
     async def _send(self, task_id: int, blob: bytes) -> None:
+        """Enqueue one task; the caller holds a place in ``self.uploads``."""
         invoke = self.b.trigger == "invoke"
         key = _keys.task_key(self.prefix, self.job.job_id, task_id, invoke=invoke)
-        async with self.uploads:
-            if invoke:
-                payload: dict[str, Any] = {"bucket": self.b.bucket, "key": key}
-                if len(blob) <= INLINE_LIMIT:
-                    payload["task"] = base64.b64encode(blob).decode()
-                else:
-                    await self.s3.put(key, blob)
-                await self.s3.invoke(payload)
+        if invoke:
+            payload: dict[str, Any] = {"bucket": self.b.bucket, "key": key}
+            if len(blob) <= INLINE_LIMIT:
+                payload["task"] = base64.b64encode(blob).decode()
             else:
                 await self.s3.put(key, blob)
+            await self.s3.invoke(payload)
+        else:
+            await self.s3.put(key, blob)
+
+    async def _send_and_release(self, task_id: int, blob: bytes) -> None:
+        try:
+            await self._send(task_id, blob)
+        finally:
+            self.uploads.release()
 
     async def dispatch(self, tasks: AsyncIterator[PlannedTask]) -> None:
         job = self.job
         if not job.attached:
             await self._put_job_objects()
         sends: set[asyncio.Task[None]] = set()
-        count = 0
-        async for planned in tasks:
-            count += 1
-            entry = _Pending(planned, 0, time.monotonic())
-            self.pending[planned.task_id] = entry
-            self.task_ids.append(planned.task_id)
-            if job.attached:
-                continue
-            blob = job.sealed_task(planned)
-            if self.b.trigger == "invoke" and len(blob) <= INLINE_LIMIT:
-                entry.blob = blob  # not in S3: keep it for a re-enqueue
-            await self.uploads.acquire()  # backpressure: never more than `pool` in flight
-            self.uploads.release()
-            t = asyncio.create_task(self._send(planned.task_id, blob))
-            sends.add(t)
-            t.add_done_callback(sends.discard)
-            if len(sends) > 2 * 64:
-                await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
-            for done in [s for s in list(sends) if s.done()]:
-                done.result()
-        if sends:
+        try:
+            async for planned in tasks:
+                self.pending[planned.task_id] = _Pending(planned, 0, time.monotonic())
+                self.task_ids.append(planned.task_id)
+                if job.attached:
+                    continue
+                blob = job.sealed_task(planned)
+                await self.uploads.acquire()  # backpressure: at most `pool` uploads in flight
+                sends.add(asyncio.create_task(self._send_and_release(planned.task_id, blob)))
+                for done in [s for s in sends if s.done()]:
+                    sends.discard(done)
+                    done.result()  # an upload error stops the dispatch
             await asyncio.gather(*sends)
+        except BaseException:
+            for s in sends:
+                s.cancel()
+            raise
         if not job.attached:
             plan = {
-                "tasks": count,
+                "tasks": len(self.task_ids),
                 "markers": [[list(m.prefix), list(m.path), m.count] for m in job.markers],
             }
             await self.s3.put(
-                _keys.job_dir(self.prefix, job.job_id) + "plan.json",
+                _keys.plan_key(self.prefix, job.job_id),
                 _serialize.seal(
-                    json.dumps(plan).encode(), key=job.key, context=f"jobs/{job.job_id}/plan"
+                    json.dumps(plan).encode(), key=job.key, context=plan_context(job.job_id)
                 ),
             )
         self.dispatch_done = True
@@ -596,7 +590,8 @@ class _Run:
         entry.attempt += 1
         entry.dispatched_at = time.monotonic()
         blob = self.job.sealed_task(entry.planned, attempt=entry.attempt)
-        await self._send(task_id, blob)
+        async with self.uploads:
+            await self._send(task_id, blob)
 
     async def gather(self) -> None:
         interval = POLL_MIN
@@ -637,22 +632,24 @@ class _Run:
     async def _finish(self, finished: bool) -> None:
         job, s3, p = self.job, self.s3, self.prefix
         with contextlib.suppress(Exception):
-            if not finished or job.cancelled.is_set():
+            stopped = not finished or job.cancelled.is_set()
+            cleanup = not self.b.keep and (finished or job.cancelled.is_set())
+            invoke = self.b.trigger == "invoke"
+            if stopped:
                 await s3.put(_keys.cancel_key(p, job.job_id), b"")
-                invoke = self.b.trigger == "invoke"
-                await s3.delete_keys(
-                    _keys.task_key(p, job.job_id, t, invoke=invoke) for t in list(self.pending)
-                )
-            if not self.b.keep and (finished or job.cancelled.is_set()):
+                if not cleanup:  # otherwise the cleanup below deletes the queued tasks
+                    await s3.delete_keys(
+                        _keys.task_key(p, job.job_id, t, invoke=invoke) for t in self.pending
+                    )
+            if cleanup:
                 # every key is known: no LIST, one DeleteObjects per 1,000 keys
-                invoke = self.b.trigger == "invoke"
                 keys = [_keys.task_key(p, job.job_id, t, invoke=invoke) for t in self.task_ids]
                 keys += [_keys.result_key(p, job.job_id, t) for t in self.task_ids]
                 keys += [
                     _keys.manifest_key(p, job.job_id),
                     _keys.body_key(p, job.job_id),
                     _keys.client_key(p, job.job_id),
-                    _keys.job_dir(p, job.job_id) + "plan.json",
+                    _keys.plan_key(p, job.job_id),
                 ]
                 if not job.cancelled.is_set():
                     keys.append(_keys.cancel_key(p, job.job_id))

@@ -230,7 +230,7 @@ class LocalBackend(Backend):
         blob = job.sealed_task(task)
         if proc.job_id != job.job_id:
             proc.tx.send_bytes(
-                pickle.dumps(("job", (job.job_id, job.key, _sealed(job, "m"), _sealed(job, "b"))))
+                pickle.dumps(("job", (job.job_id, job.key, job.sealed_manifest, job.sealed_body)))
             )
             proc.job_id = job.job_id
         proc.tx.send_bytes(pickle.dumps(("task", (job.job_id, task.task_id, blob))))
@@ -298,10 +298,3 @@ class LocalBackend(Backend):
 
 class _WorkerDied(Exception):
     pass
-
-
-def _sealed(job: JobContext, which: str) -> bytes:
-    cache = job.__dict__.setdefault("_local_sealed", {})
-    if which not in cache:
-        cache[which] = job.sealed_manifest() if which == "m" else job.sealed_body()
-    return bytes(cache[which])
