@@ -9,6 +9,20 @@ import pytest
 import dolambda
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """One emulator moto server (S3, IAM, Lambda + the emulator's mailbox) for the session;
+    tests that use it create their own bucket and function names."""
+    from dolambda.emulator import launch_moto
+
+    proc, url = launch_moto()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(autouse=True)
 def _clean_registry() -> Iterator[None]:
     dolambda.register(None)

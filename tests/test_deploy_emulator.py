@@ -3,7 +3,6 @@ notification that deploy wrote, and `LambdaBackend()` reads the config deploy wr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,16 +12,6 @@ from dolambda._config import load_config
 
 emulator = pytest.importorskip("dolambda.emulator")
 deploy_mod = pytest.importorskip("dolambda.deploy")
-
-
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    proc, url = emulator.launch_moto()
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def square(x: int) -> int:

@@ -24,7 +24,7 @@ from dolambda._backends.base import JobContext, TaskResult, decode_outcome
 from dolambda._plan import Leaf, PlannedTask
 from dolambda._wire import TaskOutcome
 from dolambda._worker import outcome_context
-from dolambda.emulator import Emulator, launch_moto
+from dolambda.emulator import Emulator
 from tests.moto_server import MotoServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,17 +121,6 @@ def alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except FileNotFoundError:
         return False
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """One emulator moto server for the module; each test gets its own bucket and function."""
-    proc, url = launch_moto()
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

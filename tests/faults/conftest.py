@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from dolambda import LambdaBackend
-from dolambda.emulator import Emulator, launch_moto
+from dolambda.emulator import Emulator
 
 #: the fault scenarios' rows, in the order they ran
 SUMMARY: list[dict[str, Any]] = []
@@ -60,17 +60,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 
 
 # --------------------------------------------------------------------------- servers
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """One emulator moto server (S3 + Lambda mailbox) for the whole fault suite."""
-    proc, url = launch_moto()
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
