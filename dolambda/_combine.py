@@ -289,31 +289,48 @@ class Accumulator:
             ([self._init] if spec.is_default_list else self._init) if self._has_acc else None
         )
         self._waiting: list[Any] = []
-        self._buffer: dict[int, tuple[bool, Any]] = {}
+        # runs that arrived before their turn: first slot -> (length, values or None)
+        self._buffer: dict[int, tuple[int, list[Any] | None]] = {}
         self._next = 0
         self.count = 0
 
     def put(self, slot: int, value: Any) -> None:
         """Offer the value of the iteration in ``slot``."""
-        if not self.spec.inorder:
-            self._take(value)
-            return
-        self._buffer[slot] = (True, value)
-        self._drain()
+        self.put_run(slot, [value])
+
+    def put_run(self, start: int, values: list[Any]) -> None:
+        """Offer the values of the consecutive slots ``start, start + 1, ...``."""
+        if not self.spec.inorder or start == self._next:
+            self._next += len(values) if self.spec.inorder else 0
+            self._take_all(values)
+            if self._buffer:
+                self._drain()
+        else:
+            self._buffer[start] = (len(values), values)
 
     def skip(self, slot: int) -> None:
         """Mark ``slot`` as having no value (a removed failure)."""
         if not self.spec.inorder:
             return
-        self._buffer[slot] = (False, None)
+        self._buffer[slot] = (1, None)
         self._drain()
 
     def _drain(self) -> None:
-        while self._next in self._buffer:
-            present, value = self._buffer.pop(self._next)
-            self._next += 1
-            if present:
-                self._take(value)
+        while (run := self._buffer.pop(self._next, None)) is not None:
+            length, values = run
+            self._next += length
+            if values is not None:
+                self._take_all(values)
+
+    def _take_all(self, values: list[Any]) -> None:
+        if self.spec.is_default_list:  # concatenation: batch boundaries cannot show
+            self.count += len(values)
+            self._waiting.extend(values)
+            if len(self._waiting) + (1 if self._has_acc else 0) >= self._max:
+                self._combine()
+            return
+        for value in values:
+            self._take(value)
 
     def _take(self, value: Any) -> None:
         self.count += 1
@@ -333,9 +350,9 @@ class Accumulator:
     def finish(self) -> Any:
         """Flush what is waiting (in slot order for anything buffered) and apply final."""
         for slot in sorted(self._buffer):
-            present, value = self._buffer.pop(slot)
-            if present:
-                self._take(value)
+            _, values = self._buffer.pop(slot)
+            if values is not None:
+                self._take_all(values)
         spec = self.spec
         if self._waiting:
             if self._has_acc or len(self._waiting) > 1 or spec.is_default_list:

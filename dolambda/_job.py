@@ -2,8 +2,8 @@
 
 ::
 
-    Loop ──► iter_plan ──► chunk_plan ──► task source ──► backend.run_tasks ──┐
-                 (lazy)        │ InnerDone                                     │ TaskResult
+    Loop ──► plan_tasks ───────────────► task source ──► backend.run_tasks ──┐
+               (lazy)          │ InnerDone                                     │ TaskResult
                                ▼                                               ▼
                          CombineTree.declare ◄──────────── errorhandling ◄── per iteration
                                │
@@ -22,7 +22,7 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from dolambda import _sync
 from dolambda._backends.base import Backend, JobContext, TaskResult
 from dolambda._combine import Accumulator
 from dolambda._errors import DolambdaError, JobCancelled, TaskError
-from dolambda._plan import InnerDone, Leaf, PlannedTask, all_variables, chunk_plan, iter_plan
+from dolambda._plan import InnerDone, Leaf, PlannedTask, all_variables, plan_tasks
 from dolambda._stats import JobStats
 from dolambda._wire import TaskFailure
 
@@ -67,7 +67,7 @@ class _Node:
 class CombineTree:
     """One accumulator per running loop instance; inner results flow to their parent."""
 
-    def __init__(self, loop: Loop, on_top: Callable[[int, Any, bool], None]) -> None:
+    def __init__(self, loop: Loop, on_top: Callable[[Sequence[int], list[Any]], None]) -> None:
         self.levels: list[Loop] = []
         level: Loop | None = loop
         while level is not None:
@@ -94,8 +94,17 @@ class CombineTree:
             node.acc.skip(slots[-1])
         node.received += 1
         if not prefix:
-            self.on_top(path[0], value, present)
+            if present:
+                self.on_top((path[0],), [value])
+            return
         self._maybe_finish(prefix, path[:-1])
+
+    def deliver_run(self, first: int, indexes: Sequence[int], values: list[Any]) -> None:
+        """The values of top-level slots ``first, first + 1, ...`` (a flat loop's task)."""
+        node = self.nodes[()]
+        node.acc.put_run(first, values)
+        node.received += len(values)
+        self.on_top(indexes, values)
 
     def declare(self, prefix: tuple[int, ...], path: tuple[int, ...], count: int) -> None:
         node = self._node(prefix)
@@ -191,10 +200,11 @@ class Job:
         self._total: int | None = (
             known_total(loop)
             if plan is None
-            else sum(len(t.leaves) for t in plan if isinstance(t, PlannedTask))
+            else sum(len(t) for t in plan if isinstance(t, PlannedTask))
         )
         self.stats = JobStats(job_id=self.id, backend=backend.name)
-        self._events: list[tuple[int, Any]] = []
+        # top-level (indexes, values) as combined, a batch per task, for as_completed
+        self._events: list[tuple[Sequence[int], list[Any]]] = []
         self._event_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._events_lock = threading.Lock()
         self._finished = False
@@ -266,8 +276,9 @@ class Job:
                     batch = self._events[seen:]
                     finished = self._finished
                     event.clear()
-                for item in batch:
-                    yield item
+                for indexes, values in batch:
+                    for item in zip(indexes, values, strict=True):
+                        yield item
                 seen += len(batch)
                 if finished and not batch:
                     with self._events_lock:
@@ -310,12 +321,11 @@ class Job:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
 
-    def _on_top(self, index: int, value: Any, present: bool) -> None:
-        if present:
-            with self._events_lock:
-                self._events.append((index, value))
-            if self._event_waiters:
-                self._notify()
+    def _on_top(self, indexes: Sequence[int], values: list[Any]) -> None:
+        with self._events_lock:
+            self._events.append((indexes, values))
+        if self._event_waiters:
+            self._notify()
 
     async def _run(self) -> Any:
         self._task_loop = asyncio.get_running_loop()
@@ -369,16 +379,14 @@ class Job:
         async def task_source() -> AsyncIterator[PlannedTask]:
             nonlocal planned_leaves
             yielded_at = time.perf_counter()
-            source = (
-                self._plan if self._plan is not None else chunk_plan(iter_plan(loop), chunk_size)
-            )
+            source = self._plan if self._plan is not None else plan_tasks(loop, chunk_size)
             for item in source:
                 if isinstance(item, InnerDone):
                     ctx.markers.append(item)
                     tree.declare(item.prefix, item.path, item.count)
                     continue
                 pending[item.task_id] = item
-                planned_leaves += len(item.leaves)
+                planned_leaves += len(item)
                 yield item
                 if time.perf_counter() - yielded_at > 0.005:
                     # let results in while a long generator is planned, without paying a
@@ -404,35 +412,47 @@ class Job:
             if result.stats is not None:
                 self.stats.tasks.append(result.stats)
             self.stats.retries += max(0, result.attempts - 1)
-            by_index = {leaf.index: leaf for leaf in task.leaves}
             if result.failure is not None:
                 if result.failure.kind == "cancelled" and ctx.cancelled.is_set():
                     return
-                for leaf in task.leaves:
+                for k in range(len(task)):
                     self._done += 1
+                    leaf = task.leaf(k)
                     fail(leaf, _failure_error(leaf, result.failure), None)
                 return
-            for r in result.results:
-                leaf = by_index.pop(r.index)
-                self._done += 1
-                if r.ok:
-                    tree.deliver(leaf.slots, leaf.path, r.value)
-                else:
-                    original = r.value if isinstance(r.value, BaseException) else None
+            values, errors = result.values, result.errors
+            ran = min(len(values), len(task))
+            if task.flat and not errors:
+                self._done += ran
+                tree.deliver_run(
+                    task.first,
+                    task.top_indexes(ran),
+                    values if ran == len(values) else values[:ran],
+                )
+            else:
+                for k in range(ran):
+                    self._done += 1
+                    err = errors.get(k)
+                    if err is None:
+                        tree.deliver(task.slot(k), task.path(k), values[k])
+                        continue
+                    leaf = task.leaf(k)
+                    original = values[k] if isinstance(values[k], BaseException) else None
                     error = TaskError(
-                        f"{_iteration_name(leaf)} failed: {r.error_type}: {r.error_message}",
+                        f"{_iteration_name(leaf)} failed: {err.error_type}: {err.error_message}",
                         index=leaf.path[0],
                         path=leaf.path,
                         variables=leaf.kwargs,
-                        error_type=r.error_type,
-                        remote_traceback=r.traceback,
+                        error_type=err.error_type,
+                        remote_traceback=err.traceback,
                         exception=original,
                     )
                     fail(leaf, error, original)
-            if by_index and not ctx.cancelled.is_set():
+            if ran < len(task) and not ctx.cancelled.is_set():
                 failure = TaskFailure(kind="lost", message="the worker returned no outcome for it")
-                for leaf in by_index.values():
+                for k in range(ran, len(task)):
                     self._done += 1
+                    leaf = task.leaf(k)
                     fail(leaf, _failure_error(leaf, failure), None)
 
         try:

@@ -45,8 +45,66 @@ class InnerDone:
 
 @dataclass
 class PlannedTask:
+    """A chunk of consecutive leaves, column by column.
+
+    Leaf ``k`` has index ``first + k``, argument values ``rows[k]`` (in the order of
+    ``names``, the job's variables), path ``paths[k]`` and slots ``slots[k]``. For the
+    common flat loop ``paths`` is None when every path is ``(first + k,)`` (no
+    ``when`` filter) and ``slots`` is None when every slot is ``(first + k,)``.
+    """
+
     task_id: int
-    leaves: list[Leaf]
+    first: int
+    rows: list[tuple[Any, ...]]
+    names: tuple[str, ...]
+    paths: list[tuple[int, ...]] | None = None
+    slots: list[tuple[int, ...]] | None = None
+
+    @classmethod
+    def from_leaves(cls, task_id: int, leaves: list[Leaf], names: tuple[str, ...]) -> PlannedTask:
+        first = leaves[0].index
+        if [leaf.index for leaf in leaves] != list(range(first, first + len(leaves))):
+            raise ValueError("a task's leaves must have consecutive indexes")
+        return cls(
+            task_id,
+            first,
+            [tuple(leaf.kwargs[n] for n in names) for leaf in leaves],
+            names,
+            [leaf.path for leaf in leaves],
+            [leaf.slots for leaf in leaves],
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def flat(self) -> bool:
+        """Whether every leaf sits directly under the top-level combine at slot ``index``."""
+        return self.slots is None
+
+    def path(self, k: int) -> tuple[int, ...]:
+        return (self.first + k,) if self.paths is None else self.paths[k]
+
+    def slot(self, k: int) -> tuple[int, ...]:
+        return (self.first + k,) if self.slots is None else self.slots[k]
+
+    def top_indexes(self, n: int) -> list[int] | range:
+        """The top-level iteration index of each of the first ``n`` leaves."""
+        if self.paths is None:
+            return range(self.first, self.first + n)
+        return [p[0] for p in self.paths[:n]]
+
+    def leaf(self, k: int) -> Leaf:
+        return Leaf(
+            self.first + k,
+            self.path(k),
+            self.slot(k),
+            dict(zip(self.names, self.rows[k], strict=True)),
+        )
+
+    @property
+    def leaves(self) -> list[Leaf]:
+        return [self.leaf(k) for k in range(len(self.rows))]
 
 
 def accepted_names(fn: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
@@ -160,11 +218,49 @@ def _walk(
         kept += 1
 
 
-def chunk_plan(
-    items: Iterator[Leaf | InnerDone], chunk_size: int
+def plan_tasks(loop: Loop, chunk_size: int) -> Iterator[PlannedTask | InnerDone]:
+    """The loop's tasks of ``chunk_size`` leaves, lazily (a generator is pulled one
+    chunk at a time). InnerDone markers follow the task holding the leaves they describe."""
+    names = tuple(all_variables(loop))
+    if loop.inner_loop is None:
+        return _flat_tasks(loop, names, chunk_size)
+    return _group(iter_plan(loop), chunk_size, names)
+
+
+def _flat_tasks(loop: Loop, names: tuple[str, ...], chunk_size: int) -> Iterator[PlannedTask]:
+    """A loop without nesting, column by column: no per-leaf objects."""
+    iterators = [_iterable(n, v, {}, nested=False) for n, v in loop.variables]
+    rows: Iterator[tuple[Any, ...]] = zip(*iterators, strict=False)
+    keep = [i for i, (n, _) in enumerate(loop.variables) if n != HIDDEN]
+    if len(keep) != len(iterators):  # times(n): counted, never passed to the body
+        rows = (tuple(row[i] for i in keep) for row in rows)
+    predicate = loop.predicate
+    task_id = first = 0
+    if predicate is None:
+        while block := list(itertools.islice(rows, chunk_size)):
+            yield PlannedTask(task_id, first, block, names)
+            task_id += 1
+            first += len(block)
+        return
+    chunk: list[tuple[Any, ...]] = []
+    paths: list[tuple[int, ...]] = []
+    for i, row in enumerate(rows):
+        if not predicate(**dict(zip(names, row, strict=True))):
+            continue
+        chunk.append(row)
+        paths.append((i,))
+        if len(chunk) >= chunk_size:
+            yield PlannedTask(task_id, first, chunk, names, paths)
+            task_id += 1
+            first += len(chunk)
+            chunk, paths = [], []
+    if chunk:
+        yield PlannedTask(task_id, first, chunk, names, paths)
+
+
+def _group(
+    items: Iterator[Leaf | InnerDone], chunk_size: int, names: tuple[str, ...]
 ) -> Iterator[PlannedTask | InnerDone]:
-    """Group leaves into tasks of ``chunk_size``; InnerDone markers pass through after
-    the task holding the leaves they describe."""
     task_id = 0
     leaves: list[Leaf] = []
     markers: list[InnerDone] = []
@@ -174,13 +270,13 @@ def chunk_plan(
             continue
         leaves.append(item)
         if len(leaves) >= chunk_size:
-            yield PlannedTask(task_id, leaves)
+            yield PlannedTask.from_leaves(task_id, leaves, names)
             task_id += 1
             leaves = []
             yield from markers
             markers = []
     if leaves:
-        yield PlannedTask(task_id, leaves)
+        yield PlannedTask.from_leaves(task_id, leaves, names)
     yield from markers
 
 

@@ -10,13 +10,14 @@ formatted traceback, and pickling of results all happen here and only here.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import os
 import platform
 import random
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,13 @@ from dolambda import _serialize
 from dolambda._errors import SignatureError, VersionMismatch
 from dolambda._wire import (
     WIRE_VERSION,
-    IterationOutcome,
+    IterationError,
     JobManifest,
     TaskFailure,
     TaskOutcome,
     TaskSpec,
     TaskStats,
+    pack_durations,
 )
 
 _current_rng: contextvars.ContextVar[Any] = contextvars.ContextVar("dolambda_rng", default=None)
@@ -82,57 +84,59 @@ def seeded(seed: int | None, path: tuple[int, ...]) -> Iterator[None]:
 
 
 @dataclass
-class IterationResult:
-    """An iteration's outcome in memory: its value, or its exception and traceback."""
+class ChunkRun:
+    """A chunk's outcome in memory, column by column: ``values[k]`` is iteration k's
+    result (its exception when ``k in errors``), ``durations[k]`` its time in seconds."""
 
-    index: int
-    path: tuple[int, ...]
-    ok: bool
-    value: Any = None
-    duration: float = 0.0
-    error_type: str = ""
-    error_message: str = ""
-    traceback: str = ""
+    values: list[Any] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    errors: dict[int, IterationError] = field(default_factory=dict)
 
 
 def run_iterations(
     body: Callable[..., Any],
-    items: list[tuple[int, tuple[int, ...], dict[str, Any]]],
+    names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
     *,
-    seed: int | None,
-    is_cancelled: Callable[[], bool] = lambda: False,
-) -> list[IterationResult]:
-    """Run ``body(**kwargs)`` for each ``(index, path, kwargs)``; never raises for the body."""
-    out: list[IterationResult] = []
-    for index, path, kwargs in items:
-        if is_cancelled():
+    first: int = 0,
+    paths: Sequence[tuple[int, ...]] | None = None,
+    seed: int | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> ChunkRun:
+    """Run ``body(**dict(zip(names, row)))`` for each row; never raises for the body.
+
+    Iteration ``k`` is seeded from its path (``paths[k]``, or ``(first + k,)``).
+    """
+    run = ChunkRun()
+    values = run.values
+    take = values.append
+    clock = time.perf_counter
+    ticks = [clock()]  # iteration k ran from ticks[k] to ticks[k + 1]
+    tick = ticks.append
+    single = names[0] if len(names) == 1 else None
+    for k, row in enumerate(rows):
+        if is_cancelled is not None and is_cancelled():
             break
-        start = time.perf_counter()
+        kwargs = {single: row[0]} if single is not None else dict(zip(names, row, strict=True))
         try:
-            with seeded(seed, path):
-                value = body(**kwargs)
+            if seed is None:
+                take(body(**kwargs))
+            else:
+                with seeded(seed, (first + k,) if paths is None else paths[k]):
+                    take(body(**kwargs))
         except (KeyboardInterrupt, GeneratorExit):
             raise
         except BaseException as exc:  # SystemExit included: it is the body's error
-            out.append(
-                IterationResult(
-                    index=index,
-                    path=path,
-                    ok=False,
-                    value=exc,
-                    duration=time.perf_counter() - start,
-                    error_type=type(exc).__qualname__,
-                    error_message=_exception_text(exc),
-                    traceback="".join(traceback.format_exception(exc)),
-                )
+            take(exc)
+            run.errors[k] = IterationError(
+                position=k,
+                error_type=type(exc).__qualname__,
+                error_message=_exception_text(exc),
+                traceback="".join(traceback.format_exception(exc)),
             )
-            continue
-        out.append(
-            IterationResult(
-                index=index, path=path, ok=True, value=value, duration=time.perf_counter() - start
-            )
-        )
-    return out
+        tick(clock())
+    run.durations = [end - start for start, end in itertools.pairwise(ticks)]
+    return run
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -216,64 +220,46 @@ def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str)
 _ALL_VALUES, _PER_VALUE = b"A", b"P"
 
 
-def encode_results(
-    results: list[IterationResult],
-) -> tuple[list[IterationOutcome] | list[dict[str, Any]], bytes]:
+def encode_run(run: ChunkRun) -> tuple[list[IterationError], bytes]:
     """Pickle the values in one go; when that fails, one by one, so an unpicklable result
-    fails only its own iteration."""
-    try:
-        # exceptions may pickle yet not unpickle: only all-successful chunks go in one piece
-        if not all(r.ok for r in results):
-            raise ValueError("some iterations failed")
-        all_values = _ALL_VALUES + _serialize.dumps([r.value for r in results])
-    except Exception:
-        pass
-    else:
-        # plain dicts: pydantic builds the IterationOutcomes in one pass in Rust
-        return [
-            {"index": r.index, "path": r.path, "ok": True, "duration": r.duration} for r in results
-        ], all_values
-    outcomes: list[IterationOutcome] = []
-    blobs: list[bytes | None] = []
-    for r in results:
-        ok, etype, emsg, tb = r.ok, r.error_type, r.error_message, r.traceback
+    fails only its own iteration. Returns the errors (with any such failures added)."""
+    if not run.errors:  # exceptions may pickle yet not unpickle: they go one by one
         try:
-            blob: bytes | None = _serialize.dumps(r.value)
+            return [], _ALL_VALUES + _serialize.dumps(run.values)
+        except Exception:
+            pass
+    errors = dict(run.errors)
+    blobs: list[bytes | None] = []
+    for k, value in enumerate(run.values):
+        try:
+            blob: bytes | None = _serialize.dumps(value)
         except Exception as exc:
             blob = None
-            if ok:
-                ok = False
-                etype = "SerializationError"
-                emsg = (
-                    f"the result of iteration {r.index} (a {type(r.value).__module__}."
-                    f"{type(r.value).__qualname__}) cannot be pickled: {type(exc).__name__}: {exc}"
+            if k not in errors:
+                errors[k] = IterationError(
+                    position=k,
+                    error_type="SerializationError",
+                    error_message=(
+                        f"its result (a {type(value).__module__}.{type(value).__qualname__}) "
+                        "cannot be pickled: "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
                 )
-                tb = ""
-        outcomes.append(
-            IterationOutcome(
-                index=r.index,
-                path=r.path,
-                ok=ok,
-                duration=r.duration,
-                error_type=etype,
-                error_message=emsg,
-                traceback=tb,
-            )
-        )
         blobs.append(blob)
-    return outcomes, _PER_VALUE + _serialize.dumps(blobs)
+    return [errors[k] for k in sorted(errors)], _PER_VALUE + _serialize.dumps(blobs)
 
 
 def decode_values(outcome: TaskOutcome) -> list[Any]:
-    """The values of a verified outcome, aligned with its iterations."""
+    """The values of a verified outcome, aligned with its durations."""
+    count = outcome.ran
     if not outcome.values:
-        return [None] * len(outcome.iterations)
+        return [None] * count
     kind, data = outcome.values[:1], outcome.values[1:]
     if kind == _ALL_VALUES:
         try:
             return list(_serialize.loads(data))
-        except Exception:  # e.g. an exception class that cannot be rebuilt here
-            return [None] * len(outcome.iterations)
+        except Exception:  # e.g. a class that cannot be rebuilt here
+            return [None] * count
     blobs: list[bytes | None] = _serialize.loads(data)
     values: list[Any] = []
     for blob in blobs:
@@ -306,7 +292,7 @@ def run_task_blob(
     job_id: str,
     task_id: int,
     fetch_job: Callable[[], tuple[bytes, bytes]],
-    is_cancelled: Callable[[], bool] = lambda: False,
+    is_cancelled: Callable[[], bool] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> TaskOutcome:
     """Verify, decode and run one task; always return an outcome (never raise for the body).
@@ -321,7 +307,8 @@ def run_task_blob(
     extra = dict(stats or {})
 
     def finish(
-        iterations: Any = (),
+        durations: Sequence[float] = (),
+        errors: list[IterationError] | tuple[IterationError, ...] = (),
         values: bytes = b"",
         failure: TaskFailure | None = None,
         attempt: int = 0,
@@ -330,7 +317,8 @@ def run_task_blob(
             job_id=job_id,
             task_id=task_id,
             attempt=attempt,
-            iterations=iterations,
+            durations=pack_durations(durations),
+            errors=errors,  # type: ignore[arg-type]
             values=values,
             failure=failure,
             stats=TaskStats(
@@ -360,16 +348,25 @@ def run_task_blob(
             manifest_blob, body_blob = fetch_job()
             job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
             state.jobs = {job_id: job}  # keep only the current job: bodies may be large
-        if is_cancelled():
+        if is_cancelled is not None and is_cancelled():
             return finish(
                 failure=TaskFailure(kind="cancelled", message="the job was cancelled"),
                 attempt=task.attempt,
             )
-        args: list[dict[str, Any]] = _serialize.loads(task.args)
-        items = [(ref.index, ref.path, kw) for ref, kw in zip(task.iterations, args, strict=True)]
-        results = run_iterations(job.body, items, seed=job.manifest.seed, is_cancelled=is_cancelled)
-        outcomes, values = encode_results(results)
-        return finish(outcomes, values, attempt=task.attempt)
+        rows: list[tuple[Any, ...]] = _serialize.loads(task.args)
+        if len(rows) != task.count:
+            raise ValueError(f"task {task_id} holds {len(rows)} argument rows for {task.count}")
+        run = run_iterations(
+            job.body,
+            job.manifest.variables,
+            rows,
+            first=task.first,
+            paths=task.paths,
+            seed=job.manifest.seed,
+            is_cancelled=is_cancelled,
+        )
+        errors, values = encode_run(run)
+        return finish(run.durations, errors, values, attempt=task.attempt)
     except SignatureError as exc:
         return finish(failure=TaskFailure(kind="signature", message=str(exc)))
     except VersionMismatch as exc:

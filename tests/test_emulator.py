@@ -21,7 +21,7 @@ import pytest
 
 from dolambda import _keys, _serialize
 from dolambda._backends.base import JobContext, TaskResult, decode_outcome
-from dolambda._plan import Leaf, PlannedTask
+from dolambda._plan import PlannedTask
 from dolambda._wire import TaskOutcome
 from dolambda._worker import outcome_context
 from dolambda.emulator import Emulator
@@ -47,7 +47,7 @@ def make_job(
         trigger=emu.trigger,
         task_timeout=emu.timeout,
     )
-    tasks = [PlannedTask(task_id=i, leaves=[Leaf(i, (i,), (i,), {"x": i})]) for i in range(n_tasks)]
+    tasks = [PlannedTask(task_id=i, first=i, rows=[(i,)], names=("x",)) for i in range(n_tasks)]
     return job, tasks
 
 
@@ -155,7 +155,7 @@ def test_s3_trigger_runs_the_real_handler(emulator: Emulator) -> None:
     results = wait_results(s3, emulator, job, [0, 1, 2])
     for task_id, result in results.items():
         assert result.failure is None
-        assert [r.value for r in result.results] == [task_id * task_id]
+        assert result.values == [task_id * task_id]
         assert result.stats is not None
         assert result.stats.request_id  # the context's aws_request_id reached the worker
         assert result.stats.memory_limit_mb == emulator.memory_mb
@@ -196,8 +196,8 @@ def test_invoke_trigger(emulator: Emulator) -> None:
         Payload=json.dumps({"bucket": emulator.bucket, "key": key1}),
     )
     results = wait_results(s3, emulator, job, [0, 1])
-    assert [r.value for r in results[0].results] == [0]
-    assert [r.value for r in results[1].results] == [2]
+    assert results[0].values == [0]
+    assert results[1].values == [2]
     # a synchronous invoke gets the handler's return value
     put_tasks(s3, emulator, job, [tasks[2]])
     key2 = _keys.task_key(emulator.prefix, job.job_id, 2)
@@ -207,7 +207,7 @@ def test_invoke_trigger(emulator: Emulator) -> None:
     )
     assert response["StatusCode"] == 200 and "FunctionError" not in response
     assert json.loads(response["Payload"].read()) == {"outcomes": {"done": 1}}
-    assert [r.value for r in wait_results(s3, emulator, job, [2])[2].results] == [4]
+    assert wait_results(s3, emulator, job, [2])[2].values == [4]
     assert emulator.stats.invocations == 3
 
 
@@ -221,7 +221,7 @@ def test_event_records_have_the_aws_shape(emulator: Emulator) -> None:
     put_job(s3, emulator, job)
     put_tasks(s3, emulator, job, tasks)
     results = wait_results(s3, emulator, job, [0])
-    assert results[0].failure is None and results[0].results[0].value == 0
+    assert results[0].failure is None and results[0].values[0] == 0
     assert emulator.wait_idle(10)
     [(source, event)] = list(emulator.recent_events)
     assert source == "s3"
@@ -299,7 +299,7 @@ def test_duplicate_events_give_one_result(emulator: Emulator) -> None:
     stats = emulator.stats
     assert stats.duplicated == 2 and stats.events == 2 and stats.completed == 4
     assert result_ids(s3, emulator, job) == {0, 1}  # the conditional put kept one each
-    assert all(r.results[0].value == i for i, r in results.items())
+    assert all(r.values[0] == i for i, r in results.items())
 
 
 @emulator_args(workers=2, timeout=30, drop_fraction=0.5, seed=3)
@@ -338,7 +338,7 @@ def test_timeout_kills_the_worker_and_a_fresh_one_runs_the_next_task(
     [first_pid] = emulator.worker_pids()
     put_tasks(s3, emulator, job, tasks[1:])
     results = wait_results(s3, emulator, job, [0, 1])
-    assert results[1].results[0].value == 1
+    assert results[1].values[0] == 1
     assert results[1].stats is not None and results[1].stats.cold_start  # a fresh worker
     # the timed-out invocation went to the on-failure destination (the function itself),
     # which wrote an error result naming the timeout
@@ -417,7 +417,7 @@ def test_memory_limit_kills_the_worker(
     put_job(s3, emulator, job)
     put_tasks(s3, emulator, job, tasks)
     results = wait_results(s3, emulator, job, [0, 1])
-    assert results[1].results[0].value == 1
+    assert results[1].values[0] == 1
     # the on-failure destination record became an error result naming the limit
     failure = results[0].failure
     assert failure is not None and failure.kind == "memory"
@@ -464,7 +464,7 @@ def test_poll_discovery_on_a_plain_s3_server() -> None:
         put_job(s3, emu, job)
         put_tasks(s3, emu, job, tasks)
         results = wait_results(s3, emu, job, [0, 1])
-        assert [results[i].results[0].value for i in (0, 1)] == [100, 101]
+        assert [results[i].values[0] for i in (0, 1)] == [100, 101]
         assert emu.wait_idle(10)
         assert emu.stats.invocations == 2  # each task seen once
         [record] = emu.recent_events[0][1]["Records"]
@@ -615,7 +615,7 @@ def test_an_existing_notification_configuration_is_used(moto_url: str) -> None:
         job, tasks = make_job(emu, ident, 1)
         put_job(s3, emu, job)
         put_tasks(s3, emu, job, tasks)
-        assert wait_results(s3, emu, job, [0])[0].results[0].value == 0
+        assert wait_results(s3, emu, job, [0])[0].values[0] == 0
         [record] = emu.recent_events[0][1]["Records"]
         assert record["s3"]["configurationId"] == "deployed-by-dolambda-deploy"
 

@@ -18,7 +18,7 @@ import pytest
 from dolambda import _keys, _serialize
 from dolambda._backends.base import JobContext, decode_outcome
 from dolambda._errors import SignatureError
-from dolambda._plan import Leaf, PlannedTask
+from dolambda._plan import PlannedTask
 from dolambda._wire import TaskOutcome
 from dolambda._worker import (
     WorkerState,
@@ -79,7 +79,7 @@ def upload(s3: Any, job: JobContext, tasks: int = 1) -> list[str]:
     s3.put_object(Bucket=BUCKET, Key=_keys.body_key(PREFIX, job.job_id), Body=job.sealed_body)
     keys = []
     for t in range(tasks):
-        planned = PlannedTask(t, [Leaf(t, (t,), (t,), {"x": t})])
+        planned = PlannedTask(t, t, [(t,)], ("x",))
         key = _keys.task_key(PREFIX, job.job_id, t)
         s3.put_object(Bucket=BUCKET, Key=key, Body=job.sealed_task(planned))
         keys.append(key)
@@ -119,7 +119,7 @@ def test_untampered_task_runs(s3: Any, tmp_path: Path) -> None:
     [task] = upload(s3, job)
     assert run(s3, task, key) == "done"
     result = decode_outcome(outcome(s3, job, 0))
-    assert result.results[0].value == 1
+    assert result.values[0] == 1
     assert (tmp_path / "ran").exists()
 
 

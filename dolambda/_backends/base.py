@@ -13,7 +13,7 @@ import abc
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -23,9 +23,17 @@ import dill
 from dolambda import _serialize
 from dolambda._errors import SerializationError
 from dolambda._plan import PlannedTask
-from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
+from dolambda._wire import (
+    IterationError,
+    JobManifest,
+    TaskFailure,
+    TaskOutcome,
+    TaskSpec,
+    TaskStats,
+    unpack_durations,
+)
 from dolambda._worker import (
-    IterationResult,
+    ChunkRun,
     body_context,
     decode_values,
     manifest_context,
@@ -90,21 +98,18 @@ class JobContext:
 
     def encode_task(self, task: PlannedTask, attempt: int = 0) -> TaskSpec:
         """A planned task as a wire task; raises SerializationError naming the variable."""
-        args = [leaf.kwargs for leaf in task.leaves]
         try:
-            blob = _serialize.dumps(args)
+            blob = _serialize.dumps(task.rows)
         except Exception as exc:
             raise _unpicklable_argument(task, exc) from exc
-
         return TaskSpec(
             job_id=self.job_id,
             task_id=task.task_id,
             attempt=attempt,
-            # plain dicts: pydantic builds the IterationRefs in one pass in Rust
-            iterations=[  # type: ignore[arg-type]
-                {"index": leaf.index, "path": leaf.path, "slots": leaf.slots}
-                for leaf in task.leaves
-            ],
+            first=task.first,
+            count=len(task.rows),
+            paths=task.paths,  # type: ignore[arg-type]
+            slots=task.slots,  # type: ignore[arg-type]
             args=blob,
         )
 
@@ -117,12 +122,13 @@ class JobContext:
 
 
 def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
-    for leaf in task.leaves:
-        for name, value in leaf.kwargs.items():
+    for k, row in enumerate(task.rows):
+        for name, value in zip(task.names, row, strict=True):
             try:
                 _serialize.dumps(value)
             except Exception:
-                where = leaf.path[0] if len(leaf.path) == 1 else leaf.path
+                path = task.path(k)
+                where = path[0] if len(path) == 1 else path
                 return SerializationError(
                     f"variable {name!r} of iteration {where} "
                     f"({_serialize.describe(value)}) cannot be serialized with dill: "
@@ -133,34 +139,30 @@ def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
 
 @dataclass
 class TaskResult:
-    """A task's outcome in memory, as the job core consumes it."""
+    """A task's outcome in memory, as the job core consumes it: the first
+    ``len(values)`` iterations of the task ran; ``values[k]`` is iteration k's result,
+    or its exception when ``k in errors``."""
 
     task_id: int
-    results: list[IterationResult] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    durations: Sequence[float] = ()
+    errors: dict[int, IterationError] = field(default_factory=dict)
     failure: TaskFailure | None = None
     stats: TaskStats | None = None
     attempts: int = 1
 
+    @classmethod
+    def of_run(cls, task_id: int, run: ChunkRun) -> TaskResult:
+        return cls(task_id, run.values, run.durations, run.errors)
+
 
 def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
     """Turn a verified wire outcome into a TaskResult (values unpickled)."""
-    values = decode_values(outcome)
-    results = [
-        IterationResult(
-            index=it.index,
-            path=tuple(it.path),
-            ok=it.ok,
-            value=value,
-            duration=it.duration,
-            error_type=it.error_type,
-            error_message=it.error_message,
-            traceback=it.traceback,
-        )
-        for it, value in zip(outcome.iterations, values, strict=True)
-    ]
     return TaskResult(
         task_id=outcome.task_id,
-        results=results,
+        values=decode_values(outcome),
+        durations=unpack_durations(outcome.durations),
+        errors={e.position: e for e in outcome.errors},
         failure=outcome.failure,
         stats=outcome.stats,
         attempts=attempts,

@@ -38,7 +38,7 @@ from dolambda import _keys, _serialize, _sync
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
 from dolambda._config import load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
-from dolambda._plan import InnerDone, Leaf, PlannedTask
+from dolambda._plan import InnerDone, PlannedTask
 from dolambda._s3 import S3, RequestCounter, gather_limited, open_s3, resolve_region
 from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec
 from dolambda._worker import (
@@ -392,12 +392,16 @@ class LambdaBackend(Backend):
             spec = _serialize.unseal_model(
                 TaskSpec, tblob, key=self.key, context=task_context(job_id, parsed[1])
             )
-            args = _serialize.loads(spec.args)
-            leaves = [
-                Leaf(ref.index, tuple(ref.path), tuple(ref.slots), kw)
-                for ref, kw in zip(spec.iterations, args, strict=True)
-            ]
-            items.append(PlannedTask(spec.task_id, leaves))
+            items.append(
+                PlannedTask(
+                    spec.task_id,
+                    spec.first,
+                    _serialize.loads(spec.args),
+                    manifest.variables,
+                    None if spec.paths is None else list(spec.paths),
+                    None if spec.slots is None else list(spec.slots),
+                )
+            )
         if len(items) != plan["tasks"]:
             raise InvalidArgument(
                 f"Job.attach: job {job_id!r} has {len(items)} of its {plan['tasks']} task objects "

@@ -226,19 +226,22 @@ class LocalBackend(Backend):
         with contextlib.suppress(Exception):
             self.shutdown()
 
-    async def _run_one(self, proc: _Proc, job: JobContext, task: PlannedTask) -> TaskResult:
-        blob = job.sealed_task(task)
+    @staticmethod
+    def _send(proc: _Proc, job: JobContext, task: PlannedTask, blob: bytes) -> None:
         if proc.job_id != job.job_id:
             proc.tx.send_bytes(
                 pickle.dumps(("job", (job.job_id, job.key, job.sealed_manifest, job.sealed_body)))
             )
             proc.job_id = job.job_id
         proc.tx.send_bytes(pickle.dumps(("task", (job.job_id, task.task_id, blob))))
+
+    @staticmethod
+    async def _receive(proc: _Proc, job: JobContext, task: PlannedTask) -> TaskResult:
         await _readable(proc.rx)
         try:
             data = proc.rx.recv_bytes()
         except (EOFError, OSError):
-            first, last = task.leaves[0].index, task.leaves[-1].index
+            first, last = task.first, task.first + len(task) - 1
             span = f"iteration {first}" if first == last else f"iterations {first}-{last}"
             raise _WorkerDied(
                 f"the worker process (pid {proc.pid}) {proc.exit_reason()} while running {span}"
@@ -253,39 +256,66 @@ class LocalBackend(Backend):
     ) -> AsyncGenerator[TaskResult, None]:
         out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
         pull_lock = asyncio.Lock()
-        busy: set[_Proc] = set()
+        short_tasks = False  # set once tasks prove short: then each worker gets one queued
 
-        async def next_task() -> PlannedTask | None:
+        async def next_task() -> tuple[PlannedTask, bytes] | None:
             async with pull_lock:
                 if job.cancelled.is_set():
                     return None
-                return await anext(tasks, None)
+                task = await anext(tasks, None)
+                return None if task is None else (task, job.sealed_task(task))
 
         async def drive() -> None:
+            nonlocal short_tasks
             proc: _Proc | None = None
+            # sent to `proc`, oldest (running) first; a second one waits in the pipe so
+            # the worker never idles between short tasks (only small ones: the pipe
+            # must take it without blocking while the worker is busy)
+            sent: collections.deque[tuple[PlannedTask, bytes]] = collections.deque()
+            held: tuple[PlannedTask, bytes] | None = None
+            exhausted = False
             try:
-                while (task := await next_task()) is not None:
-                    if proc is None:
-                        proc = await self._acquire()
-                    busy.add(proc)
+                while True:
+                    while not exhausted and (not sent or (short_tasks and len(sent) < 2)):
+                        item = held or await next_task()
+                        held = None
+                        if item is None:
+                            exhausted = True
+                            break
+                        if sent and len(item[1]) > _PIPE_SAFE:
+                            held = item
+                            break
+                        if proc is None:
+                            proc = await self._acquire()
+                        self._send(proc, job, *item)
+                        sent.append(item)
+                    if not sent:
+                        break
+                    assert proc is not None
+                    task = sent[0][0]
                     try:
-                        result = await self._run_one(proc, job, task)
+                        result = await self._receive(proc, job, task)
                     except _WorkerDied as died:
                         result = TaskResult(
                             task.task_id, failure=TaskFailure(kind="crashed", message=str(died))
                         )
-                        busy.discard(proc)
+                        sent.popleft()
                         self._discard(proc)
                         proc = None
+                        if sent:  # queued behind the one that died: run them elsewhere
+                            proc = await self._acquire()
+                            for again in sent:
+                                self._send(proc, job, *again)
                     else:
-                        busy.discard(proc)  # only once its answer is read: never reuse mid-task
+                        sent.popleft()
+                        if result.stats is not None:
+                            short_tasks = result.stats.duration < _SHORT_TASK
                     await out.put(result)
                 if proc is not None:
                     self._give_back(proc)
                     proc = None
             except BaseException:
-                if proc is not None and proc in busy:
-                    busy.discard(proc)
+                if proc is not None and sent:  # never reuse a process mid-task
                     proc.kill()
                     self._discard()
                 elif proc is not None:
@@ -294,6 +324,12 @@ class LocalBackend(Backend):
 
         async for result in fan_in(out, [drive() for _ in range(self._workers)]):
             yield result
+
+
+#: a task blob this small fits the pipe's buffer while the worker is busy (Linux: 64 KiB)
+_PIPE_SAFE = 16 * 1024
+#: tasks shorter than this (seconds, as the worker measured) are sent one ahead
+_SHORT_TASK = 0.05
 
 
 class _WorkerDied(Exception):

@@ -6,6 +6,7 @@ import _signal  # type: ignore[import-not-found]  # the fast C module
 import asyncio
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
@@ -52,13 +53,18 @@ class SequentialBackend(Backend):
         async for task in tasks:
             if job.cancelled.is_set():
                 return
-            items = [(leaf.index, leaf.path, leaf.kwargs) for leaf in task.leaves]
+            run_chunk = functools.partial(
+                run_iterations,
+                job.body,
+                task.names,
+                task.rows,
+                first=task.first,
+                paths=task.paths,
+                seed=job.seed,
+            )
             if self.offload:
-                ctx = contextvars.copy_context()
-                results = await asyncio.to_thread(
-                    ctx.run, run_iterations, job.body, items, seed=job.seed
-                )
+                run = await asyncio.to_thread(contextvars.copy_context().run, run_chunk)
             else:
                 with _outside_the_loop():
-                    results = run_iterations(job.body, items, seed=job.seed)
-            yield TaskResult(task.task_id, results)
+                    run = run_chunk()
+            yield TaskResult.of_run(task.task_id, run)

@@ -1,0 +1,200 @@
+"""The column-by-column task path: planning, wire, run, combine (see _plan.PlannedTask)."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dolambda import TaskError, foreach, times
+from dolambda._backends.base import JobContext
+from dolambda._combine import CombineSpec
+from dolambda._plan import (
+    HIDDEN,
+    InnerDone,
+    PlannedTask,
+    _group,
+    all_variables,
+    iter_plan,
+    plan_tasks,
+)
+from dolambda._wire import TaskOutcome, pack_durations, unpack_durations
+from dolambda._worker import WorkerState, run_iterations, run_task_blob
+
+
+def _leaves(items: list[Any]) -> list[tuple[int, tuple[int, ...], tuple[int, ...], dict[str, Any]]]:
+    out = []
+    for item in items:
+        if isinstance(item, PlannedTask):
+            out += [(leaf.index, leaf.path, leaf.slots, leaf.kwargs) for leaf in item.leaves]
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 40),
+    m=st.integers(0, 40),
+    chunk=st.integers(1, 9),
+    keep=st.sampled_from([None, 2, 3]),
+    use_times=st.booleans(),
+)
+def test_flat_plan_matches_the_leaf_by_leaf_plan(
+    n: int, m: int, chunk: int, keep: int | None, use_times: bool
+) -> None:
+    loop = times(n) if use_times else foreach(x=range(n), y=[f"v{i}" for i in range(m)])
+    if keep is not None:
+        predicate: Any = (lambda: True) if use_times else (lambda x, y, k=keep: x % k == 0)
+        loop = loop.when(predicate)
+    names = tuple(all_variables(loop))
+    assert HIDDEN not in names
+    flat = list(plan_tasks(loop, chunk))
+    reference = list(_group(iter_plan(loop), chunk, names))
+    assert _leaves(flat) == _leaves(reference)
+    assert [len(t) for t in flat if isinstance(t, PlannedTask)] == [
+        len(t) for t in reference if isinstance(t, PlannedTask)
+    ]
+    assert all(isinstance(t, PlannedTask) and t.flat for t in flat)
+
+
+def test_nested_plan_keeps_explicit_paths_and_markers() -> None:
+    loop = foreach(a=range(3)).nest(foreach(b=lambda a: range(a)))
+    items = list(plan_tasks(loop, 2))
+    tasks = [t for t in items if isinstance(t, PlannedTask)]
+    assert [leaf.kwargs for t in tasks for leaf in t.leaves] == [
+        {"a": 1, "b": 0},
+        {"a": 2, "b": 0},
+        {"a": 2, "b": 1},
+    ]
+    assert not any(t.flat for t in tasks)
+    assert [t.path(k) for t in tasks for k in range(len(t))] == [(1, 0), (2, 0), (2, 1)]
+    assert sum(isinstance(i, InnerDone) for i in items) == 3
+
+
+def test_leaves_must_be_consecutive() -> None:
+    first = PlannedTask(0, 0, [(1,), (2,)], ("x",)).leaves
+    with pytest.raises(ValueError, match="consecutive"):
+        PlannedTask.from_leaves(0, [first[1], first[0]], ("x",))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(0, 30),
+    fn=st.sampled_from(["list", "c", "+", "max", "varargs", "pairwise"]),
+    inorder=st.booleans(),
+    maxcombine=st.sampled_from([None, 2, 3, 7]),
+    seed=st.integers(0, 10_000),
+)
+def test_runs_combine_like_single_values(
+    n: int, fn: str, inorder: bool, maxcombine: int | None, seed: int
+) -> None:
+    """Delivering values as runs (any split, any order, some slots skipped) combines
+    exactly as delivering them one by one in slot order."""
+    rng = random.Random(seed)
+    values = [[i] if fn == "c" else i for i in range(n)]
+    skipped = {i for i in range(n) if rng.random() < 0.2}
+    combine: Any = {
+        "varargs": lambda *xs: "<" + ".".join(map(str, xs)) + ">",  # shows every batch
+        "pairwise": lambda a, b: f"({a}.{b})",
+    }.get(fn, fn)
+    multi = None if fn != "pairwise" else False
+    spec = CombineSpec(
+        combine,
+        inorder=inorder,
+        multicombine=multi,
+        maxcombine=2 if fn == "pairwise" else maxcombine,
+    )
+    reference = spec.accumulator()
+    for i in range(n):
+        if i in skipped:
+            reference.skip(i)
+        else:
+            reference.put(i, values[i])
+    runs: list[tuple[int, list[Any] | None]] = []
+    i = 0
+    while i < n:
+        if i in skipped:
+            runs.append((i, None))
+            i += 1
+            continue
+        j = i
+        while j < n and j not in skipped and j - i < rng.randint(1, 6):
+            j += 1
+        runs.append((i, values[i:j]))
+        i = j
+    if not inorder:
+        runs.sort(key=lambda r: r[0])  # without inorder, arrival order is the result's order
+    else:
+        rng.shuffle(runs)
+    acc = spec.accumulator()
+    for start, run in runs:
+        if run is None:
+            acc.skip(start)
+        else:
+            acc.put_run(start, run)
+    assert acc.finish() == reference.finish()
+
+
+def test_durations_pack_as_float32() -> None:
+    seconds = [0.0, 1e-6, 0.25, 3.5]
+    assert unpack_durations(pack_durations(seconds)) == pytest.approx(seconds, rel=1e-6)
+    assert TaskOutcome(job_id="j", task_id=0, durations=pack_durations(seconds)).ran == 4
+
+
+def test_run_iterations_times_and_seeds_each_iteration() -> None:
+    def body(x: int) -> float:
+        import random as r
+
+        return r.random() if x != 2 else 1 / 0
+
+    rows = [(i,) for i in range(4)]
+    run = run_iterations(body, ("x",), rows, first=10, seed=7)
+    again = run_iterations(body, ("x",), rows[1:], first=11, seed=7)
+    assert len(run.durations) == 4 and all(d >= 0 for d in run.durations)
+    assert list(run.errors) == [2] and run.errors[2].error_type == "ZeroDivisionError"
+    assert isinstance(run.values[2], ZeroDivisionError)
+    assert run.values[1] == again.values[0] and run.values[3] == again.values[2]  # by path
+
+
+def test_a_task_whose_rows_do_not_match_its_count_is_refused() -> None:
+    def body(x: int) -> int:
+        return x
+
+    ctx = JobContext(
+        job_id="j1", body=body, seed=None, variables=("x",), chunk_size=2, errorhandling="stop"
+    )
+    spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update={"count": 3})
+    from dolambda import _serialize
+    from dolambda._worker import task_context
+
+    blob = _serialize.seal_model(spec, key=ctx.key, context=task_context("j1", 0))
+    outcome = run_task_blob(
+        WorkerState(),
+        blob,
+        key=ctx.key,
+        job_id="j1",
+        task_id=0,
+        fetch_job=lambda: (ctx.sealed_manifest, ctx.sealed_body),
+    )
+    assert outcome.failure is not None and outcome.failure.kind == "internal"
+    assert "2 argument rows for 3" in outcome.failure.message
+
+
+def _die_at_20(x: int) -> int:
+    if x == 20:
+        os._exit(3)
+    return x * 2
+
+
+def test_a_dying_worker_with_a_task_queued_behind_it_loses_only_its_own() -> None:
+    """Short tasks are sent one ahead; when a worker dies, the task queued behind the
+    one it was running runs elsewhere and nothing else is lost."""
+    out = (
+        foreach(x=range(60)).chunk_size(1).errorhandling("pass").do_parallel(_die_at_20, workers=2)
+    )
+    assert isinstance(out[20], TaskError) and out[20].error_type == "crashed"
+    assert "iteration 20" in str(out[20])
+    assert [v for i, v in enumerate(out) if i != 20] == [x * 2 for x in range(60) if x != 20]
