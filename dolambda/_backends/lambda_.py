@@ -52,9 +52,12 @@ from dolambda._worker import (
 
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
 GRACE = 30.0  # seconds past the function timeout before a task counts as lost
-# LIST interval: fast right after progress, slowing to POLL_MAX after a minute without any
+# LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
-RESULTS_PER_LIST = 4  # while results stream in, wait for about this many per LIST
+# while tasks are still being dispatched, wait for about this many results per LIST
+RESULTS_PER_LIST = 100
+# once every task is out: with this few left (or this little time to go), poll fast
+TAIL_TASKS, TAIL_SECONDS = 4, 0.1
 
 
 # failures the Lambda runtime reports through the on-failure destination: worth a retry
@@ -608,11 +611,7 @@ class _Run:
             if found:
                 received += found
                 rate = received / max(time.monotonic() - started, 1e-3)
-                if len(self.pending) <= RESULTS_PER_LIST:
-                    interval = POLL_MIN  # the tail: answer fast
-                else:
-                    # amortise each LIST over several results while many are coming
-                    interval = min(max(RESULTS_PER_LIST / rate, POLL_MIN), POLL_FAST_MAX)
+                interval = self._next_interval(rate)
             else:
                 await self._requeue_lost()
                 idle = time.monotonic() - self.last_progress
@@ -620,6 +619,22 @@ class _Run:
             self.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
+
+    def _next_interval(self, rate: float) -> float:
+        """Seconds to the next LIST while results stream in at ``rate`` per second.
+
+        A LIST returns up to 1,000 keys, so each one should collect many results;
+        but the last result must be seen fast (fan-in latency), and progress should
+        show at least every POLL_MAX.
+        """
+        pending = len(self.pending)
+        if not self.dispatch_done:
+            return min(max(RESULTS_PER_LIST / rate, POLL_FAST_MAX), POLL_MAX)
+        remaining = pending / rate  # seconds until the last result, at this rate
+        if pending <= TAIL_TASKS or remaining <= TAIL_SECONDS:
+            return POLL_MIN
+        # each LIST collects about a quarter of what is left: a few LISTs per job
+        return min(max(remaining / 4, POLL_FAST_MAX), POLL_MAX)
 
     # -------------------------------------------------------------- the run
 
