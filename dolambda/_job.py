@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dolambda import _sync
+from dolambda import _serialize, _sync
 from dolambda._backends.base import Backend, JobContext, TaskResult
 from dolambda._combine import Accumulator
 from dolambda._errors import DolambdaError, JobCancelled, TaskError
@@ -353,23 +353,30 @@ class Job:
 
     async def _execute(self) -> Any:
         loop, backend = self._loop_spec, self.backend
-        chunk = loop.chunk
-        chunk_size = backend.chunk_size_for(self._total) if chunk == "auto" else int(chunk)
         ctx = JobContext(
             job_id=self.id,
             body=self._body,
             seed=self._seed,
             variables=tuple(all_variables(loop)),
-            chunk_size=chunk_size,
+            chunk_size=1,
             errorhandling=leaf_error_mode(loop),
             attached=self._plan is not None,
         )
         self._ctx = ctx
         if self._cancel_requested:
             ctx.cancelled.set()
+        digest = None
         if backend.remote and self._plan is None:
-            _ = ctx.body_bytes  # fail before anything starts if the body cannot travel
+            # fail before anything starts if the body cannot travel
+            digest = _serialize.digest(ctx.body_bytes)
             ctx.client_state = _client_state(loop)
+        if loop.chunk == "auto":
+            measured = None if digest is None else _SECONDS_PER_ITERATION.get(digest)
+            ctx.chunk_size = backend.chunk_size_for(self._total, measured)
+        else:
+            ctx.chunk_size = int(loop.chunk)
+        chunk_size = ctx.chunk_size
+        compute = [0.0, 0]  # seconds the body ran, iterations that ran: for the next run
         mode = leaf_error_mode(loop)
         tree = CombineTree(loop, self._on_top)
         pending: dict[int, PlannedTask] = {}
@@ -422,6 +429,8 @@ class Job:
                 return
             values, errors = result.values, result.errors
             ran = min(len(values), len(task))
+            compute[0] += sum(result.durations)
+            compute[1] += len(result.durations)
             if task.flat and not errors:
                 self._done += ran
                 tree.deliver_run(
@@ -484,7 +493,21 @@ class Job:
                 f"job {self.id}: the {backend.name} backend finished without answering "
                 f"{len(pending)} task(s); this is a bug in the backend"
             )
+        if digest is not None and compute[1]:
+            _remember(digest, compute[0] / compute[1])
         return tree.finish()
+
+
+#: the mean seconds per iteration each body took in this process, by body digest: the
+#: next "auto" chunk size for the same body is sized from it (Backend.chunk_size_for)
+_SECONDS_PER_ITERATION: dict[str, float] = {}
+
+
+def _remember(digest: str, seconds: float) -> None:
+    _SECONDS_PER_ITERATION.pop(digest, None)
+    _SECONDS_PER_ITERATION[digest] = seconds
+    while len(_SECONDS_PER_ITERATION) > 256:  # the oldest first
+        del _SECONDS_PER_ITERATION[next(iter(_SECONDS_PER_ITERATION))]
 
 
 def _client_state(loop: Loop) -> bytes | None:
@@ -501,8 +524,6 @@ def _client_state(loop: Loop) -> bytes | None:
             update={"variables": (), "inner_loop": stripped, "bound_body": None}
         )
     try:
-        from dolambda import _serialize
-
         return _serialize.dumps(stripped)
     except Exception:
         return None

@@ -465,3 +465,35 @@ def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
         with pytest.raises(DolambdaError, match="could not be pickled"):
             dolambda.Job.attach(job.id, backend)
         assert job.result(timeout=60) == sum(range(8))  # attach did not cancel it
+
+
+def _cheap(x: int) -> int:
+    return x + 1
+
+
+def _slow(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
+def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> None:
+    """The first run of a body uses the count-based chunking; the next one sizes chunks
+    from the seconds per iteration it measured: a cheap body goes in one task, a slow
+    one still spreads over every worker."""
+    from dolambda import _job
+
+    backend = backend_for(emu, max_concurrency=8)
+    _job._SECONDS_PER_ITERATION.clear()
+    loop = foreach(x=range(2000))
+    first = loop.submit(_cheap, backend=backend, progress=False)
+    assert first.result() == [x + 1 for x in range(2000)]
+    assert first.stats.task_count == 32  # 2000 / (4 x 8)
+    second = loop.submit(_cheap, backend=backend, progress=False)
+    assert second.result() == [x + 1 for x in range(2000)]
+    assert second.stats.task_count == 1
+
+    slow = foreach(x=range(64))
+    for _ in range(2):
+        job = slow.submit(_slow, backend=backend, progress=False)
+        assert job.result() == list(range(64))
+        assert job.stats.task_count >= 8  # at least one task a worker

@@ -223,8 +223,9 @@ class Backend(abc.ABC):
     def workers(self) -> int:
         return 1
 
-    def chunk_size_for(self, total: int | None) -> int:
-        """The chunk size used when the loop says ``"auto"``."""
+    def chunk_size_for(self, total: int | None, per_iteration: float | None = None) -> int:
+        """The chunk size used when the loop says ``"auto"``; ``per_iteration`` is the
+        mean seconds an iteration of the same body took last time, when known."""
         if total is None:
             return 8
         return max(1, min(1000, -(-total // (self.workers * 4))))

@@ -44,7 +44,7 @@ class SequentialBackend(Backend):
     def __init__(self, offload: bool = False) -> None:
         self.offload = offload
 
-    def chunk_size_for(self, total: int | None) -> int:
+    def chunk_size_for(self, total: int | None, per_iteration: float | None = None) -> int:
         return 1
 
     async def run_tasks(
