@@ -429,8 +429,8 @@ class Job:
                 return
             values, errors = result.values, result.errors
             ran = min(len(values), len(task))
-            compute[0] += sum(result.durations)
-            compute[1] += len(result.durations)
+            compute[0] += result.compute_seconds
+            compute[1] += len(values)
             if task.flat and not errors:
                 self._done += ran
                 tree.deliver_run(

@@ -10,6 +10,7 @@ field changes meaning, and a worker refuses a version it does not know.
 from __future__ import annotations
 
 import array
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Literal
@@ -110,9 +111,10 @@ class TaskOutcome(_Model):
     """The answer to one task, column by column.
 
     The first :attr:`ran` iterations of the task ran (fewer than all only when the
-    task was stopped); ``durations`` packs each one's time in seconds as a
-    little-endian float32 (see :func:`unpack_durations`). ``values`` is a pickle of
-    a list aligned with them: each successful
+    task was stopped); ``ticks`` packs ``ran + 1`` readings of the worker's clock in
+    seconds as little-endian float64 (see :func:`unpack_ticks`): iteration k ran
+    from ``ticks[k]`` to ``ticks[k + 1]``. ``values`` is a pickle of a list aligned
+    with the iterations that ran: each successful
     iteration's result and each failed one's exception object (or ``None`` when it
     could not be pickled); ``errors`` describes the failed ones.
     """
@@ -121,7 +123,7 @@ class TaskOutcome(_Model):
     job_id: str
     task_id: int
     attempt: int = 0
-    durations: bytes = b""
+    ticks: bytes = b""
     errors: tuple[IterationError, ...] = ()
     values: bytes = b""
     failure: TaskFailure | None = None
@@ -129,20 +131,25 @@ class TaskOutcome(_Model):
 
     @property
     def ran(self) -> int:
-        return len(self.durations) // 4
+        return max(0, len(self.ticks) // 8 - 1)
 
 
-def pack_durations(seconds: Sequence[float]) -> bytes:
-    """Durations as little-endian float32 (4 bytes an iteration, not ~20 of JSON)."""
-    packed = array.array("f", seconds)
+def pack_ticks(ticks: Sequence[float]) -> bytes:
+    """Clock readings as little-endian float64 (8 bytes an iteration, not ~20 of JSON)."""
+    packed = array.array("d", ticks)
     if sys.byteorder != "little":  # pragma: no cover - every Lambda and CI host is LE
         packed.byteswap()
     return packed.tobytes()
 
 
-def unpack_durations(blob: bytes) -> list[float]:
-    packed = array.array("f")
-    packed.frombytes(blob[: len(blob) - len(blob) % 4])
+def unpack_ticks(blob: bytes) -> list[float]:
+    packed = array.array("d")
+    packed.frombytes(blob[: len(blob) - len(blob) % 8])
     if sys.byteorder != "little":  # pragma: no cover
         packed.byteswap()
     return packed.tolist()
+
+
+def durations(ticks: Sequence[float]) -> list[float]:
+    """Each iteration's seconds from its task's clock readings."""
+    return [end - start for start, end in itertools.pairwise(ticks)]

@@ -10,7 +10,7 @@ formatted traceback, and pickling of results all happen here and only here.
 from __future__ import annotations
 
 import contextvars
-import itertools
+import inspect
 import os
 import platform
 import random
@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import dill
@@ -34,7 +35,8 @@ from dolambda._wire import (
     TaskOutcome,
     TaskSpec,
     TaskStats,
-    pack_durations,
+    durations,
+    pack_ticks,
 )
 
 _current_rng: contextvars.ContextVar[Any] = contextvars.ContextVar("dolambda_rng", default=None)
@@ -86,11 +88,31 @@ def seeded(seed: int | None, path: tuple[int, ...]) -> Iterator[None]:
 @dataclass
 class ChunkRun:
     """A chunk's outcome in memory, column by column: ``values[k]`` is iteration k's
-    result (its exception when ``k in errors``), ``durations[k]`` its time in seconds."""
+    result (its exception when ``k in errors``); it ran from ``ticks[k]`` to
+    ``ticks[k + 1]`` (seconds of ``time.perf_counter``)."""
 
     values: list[Any] = field(default_factory=list)
-    durations: list[float] = field(default_factory=list)
+    ticks: list[float] = field(default_factory=list)
     errors: dict[int, IterationError] = field(default_factory=dict)
+
+    @property
+    def durations(self) -> list[float]:
+        return durations(self.ticks)
+
+
+def binds_positionally(body: Callable[..., Any], names: Sequence[str]) -> bool:
+    """Whether ``body(*values)`` binds exactly as ``body(**dict(zip(names, values)))``:
+    its first parameters are ``names``, in order, each positional-or-keyword."""
+    try:
+        params = list(inspect.signature(body).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if len(params) < len(names):
+        return False
+    return all(
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.name == name
+        for p, name in zip(params, names, strict=False)
+    )
 
 
 def run_iterations(
@@ -102,28 +124,33 @@ def run_iterations(
     paths: Sequence[tuple[int, ...]] | None = None,
     seed: int | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    positional: bool | None = None,
 ) -> ChunkRun:
     """Run ``body(**dict(zip(names, row)))`` for each row; never raises for the body.
 
     Iteration ``k`` is seeded from its path (``paths[k]``, or ``(first + k,)``).
+    ``positional`` (see :func:`binds_positionally`; worked out when None) calls
+    ``body(*row)`` instead, the same binding without building a dict per call.
     """
+    if positional is None:
+        positional = binds_positionally(body, names)
     run = ChunkRun()
-    values = run.values
-    take = values.append
+    take = run.values.append
     clock = time.perf_counter
-    ticks = [clock()]  # iteration k ran from ticks[k] to ticks[k + 1]
+    ticks = run.ticks
     tick = ticks.append
-    single = names[0] if len(names) == 1 else None
+    tick(clock())
     for k, row in enumerate(rows):
         if is_cancelled is not None and is_cancelled():
             break
-        kwargs = {single: row[0]} if single is not None else dict(zip(names, row, strict=True))
         try:
-            if seed is None:
-                take(body(**kwargs))
-            else:
+            if seed is not None:
                 with seeded(seed, (first + k,) if paths is None else paths[k]):
-                    take(body(**kwargs))
+                    take(body(*row) if positional else body(**dict(zip(names, row, strict=True))))
+            elif positional:
+                take(body(*row))
+            else:
+                take(body(**dict(zip(names, row, strict=True))))
         except (KeyboardInterrupt, GeneratorExit):
             raise
         except BaseException as exc:  # SystemExit included: it is the body's error
@@ -135,7 +162,6 @@ def run_iterations(
                 traceback="".join(traceback.format_exception(exc)),
             )
         tick(clock())
-    run.durations = [end - start for start, end in itertools.pairwise(ticks)]
     return run
 
 
@@ -154,6 +180,10 @@ class LoadedJob:
 
     manifest: JobManifest
     body: Callable[..., Any]
+
+    @cached_property
+    def positional(self) -> bool:
+        return binds_positionally(self.body, self.manifest.variables)
 
 
 @dataclass
@@ -250,7 +280,7 @@ def encode_run(run: ChunkRun) -> tuple[list[IterationError], bytes]:
 
 
 def decode_values(outcome: TaskOutcome) -> list[Any]:
-    """The values of a verified outcome, aligned with its durations."""
+    """The values of a verified outcome, one for each iteration that ran."""
     count = outcome.ran
     if not outcome.values:
         return [None] * count
@@ -307,7 +337,7 @@ def run_task_blob(
     extra = dict(stats or {})
 
     def finish(
-        durations: Sequence[float] = (),
+        ticks: Sequence[float] = (),
         errors: list[IterationError] | tuple[IterationError, ...] = (),
         values: bytes = b"",
         failure: TaskFailure | None = None,
@@ -317,7 +347,7 @@ def run_task_blob(
             job_id=job_id,
             task_id=task_id,
             attempt=attempt,
-            durations=pack_durations(durations),
+            ticks=pack_ticks(ticks),
             errors=errors,  # type: ignore[arg-type]
             values=values,
             failure=failure,
@@ -364,9 +394,10 @@ def run_task_blob(
             paths=task.paths,
             seed=job.manifest.seed,
             is_cancelled=is_cancelled,
+            positional=job.positional,
         )
         errors, values = encode_run(run)
-        return finish(run.durations, errors, values, attempt=task.attempt)
+        return finish(run.ticks, errors, values, attempt=task.attempt)
     except SignatureError as exc:
         return finish(failure=TaskFailure(kind="signature", message=str(exc)))
     except VersionMismatch as exc:

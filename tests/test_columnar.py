@@ -22,7 +22,7 @@ from dolambda._plan import (
     iter_plan,
     plan_tasks,
 )
-from dolambda._wire import TaskOutcome, pack_durations, unpack_durations
+from dolambda._wire import TaskOutcome, pack_ticks, unpack_ticks
 from dolambda._worker import WorkerState, run_iterations, run_task_blob
 
 
@@ -138,10 +138,11 @@ def test_runs_combine_like_single_values(
     assert acc.finish() == reference.finish()
 
 
-def test_durations_pack_as_float32() -> None:
-    seconds = [0.0, 1e-6, 0.25, 3.5]
-    assert unpack_durations(pack_durations(seconds)) == pytest.approx(seconds, rel=1e-6)
-    assert TaskOutcome(job_id="j", task_id=0, durations=pack_durations(seconds)).ran == 4
+def test_ticks_pack_as_float64() -> None:
+    ticks = [1000.0, 1000.000001, 1000.25, 1003.75]
+    assert unpack_ticks(pack_ticks(ticks)) == ticks
+    assert TaskOutcome(job_id="j", task_id=0, ticks=pack_ticks(ticks)).ran == 3
+    assert TaskOutcome(job_id="j", task_id=0).ran == 0
 
 
 def test_run_iterations_times_and_seeds_each_iteration() -> None:
@@ -198,3 +199,39 @@ def test_a_dying_worker_with_a_task_queued_behind_it_loses_only_its_own() -> Non
     assert isinstance(out[20], TaskError) and out[20].error_type == "crashed"
     assert "iteration 20" in str(out[20])
     assert [v for i, v in enumerate(out) if i != 20] == [x * 2 for x in range(60) if x != 20]
+
+
+def _swapped(y: int, x: int) -> tuple[int, int]:
+    return (x, y)
+
+
+def _extra(x: int, scale: int = 10, **more: Any) -> int:
+    return x * scale
+
+
+@pytest.mark.parametrize(
+    ("fn", "names", "expected"),
+    [
+        (lambda x: x, ("x",), True),
+        (lambda x, y=1: x, ("x",), True),
+        (_swapped, ("x", "y"), False),
+        (lambda *, x: x, ("x",), False),
+        (lambda **kw: kw, ("x",), False),
+        (lambda x, /: x, ("x",), False),
+        (print, ("x",), False),
+    ],
+)
+def test_binds_positionally_only_when_it_binds_the_same(
+    fn: Any, names: tuple[str, ...], expected: bool
+) -> None:
+    from dolambda._worker import binds_positionally
+
+    assert binds_positionally(fn, names) is expected
+
+
+@pytest.mark.parametrize("verb", ["do", "do_parallel"])
+def test_parameters_in_another_order_than_the_variables_bind_by_name(verb: str) -> None:
+    loop = foreach(x=range(5), y=range(10, 15))
+    run = getattr(loop, verb)
+    assert run(_swapped) == [(x, x + 10) for x in range(5)]
+    assert run(_extra) == [x * 10 for x in range(5)]

@@ -30,10 +30,12 @@ from dolambda._wire import (
     TaskOutcome,
     TaskSpec,
     TaskStats,
-    unpack_durations,
+    durations,
+    unpack_ticks,
 )
 from dolambda._worker import (
     ChunkRun,
+    binds_positionally,
     body_context,
     decode_values,
     manifest_context,
@@ -65,6 +67,11 @@ class JobContext:
     client_requests: dict[str, int] = field(default_factory=dict)
     #: set by Job.attach: tasks already exist in the queue and must not be uploaded again
     attached: bool = False
+
+    @cached_property
+    def positional(self) -> bool:
+        """Whether the body may be called with each row's values by position."""
+        return binds_positionally(self.body, self.variables)
 
     @cached_property
     def body_bytes(self) -> bytes:
@@ -141,11 +148,11 @@ def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
 class TaskResult:
     """A task's outcome in memory, as the job core consumes it: the first
     ``len(values)`` iterations of the task ran; ``values[k]`` is iteration k's result,
-    or its exception when ``k in errors``."""
+    or its exception when ``k in errors``; it ran from ``ticks[k]`` to ``ticks[k + 1]``."""
 
     task_id: int
     values: list[Any] = field(default_factory=list)
-    durations: Sequence[float] = ()
+    ticks: Sequence[float] = ()
     errors: dict[int, IterationError] = field(default_factory=dict)
     failure: TaskFailure | None = None
     stats: TaskStats | None = None
@@ -153,7 +160,17 @@ class TaskResult:
 
     @classmethod
     def of_run(cls, task_id: int, run: ChunkRun) -> TaskResult:
-        return cls(task_id, run.values, run.durations, run.errors)
+        return cls(task_id, run.values, run.ticks, run.errors)
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds each iteration that ran took."""
+        return durations(self.ticks)
+
+    @property
+    def compute_seconds(self) -> float:
+        """Seconds the body ran over the whole task."""
+        return self.ticks[-1] - self.ticks[0] if len(self.ticks) > 1 else 0.0
 
 
 def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
@@ -161,7 +178,7 @@ def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
     return TaskResult(
         task_id=outcome.task_id,
         values=decode_values(outcome),
-        durations=unpack_durations(outcome.durations),
+        ticks=unpack_ticks(outcome.ticks),
         errors={e.position: e for e in outcome.errors},
         failure=outcome.failure,
         stats=outcome.stats,

@@ -61,6 +61,7 @@ class SequentialBackend(Backend):
                 first=task.first,
                 paths=task.paths,
                 seed=job.seed,
+                positional=job.positional,
             )
             if self.offload:
                 run = await asyncio.to_thread(contextvars.copy_context().run, run_chunk)

@@ -91,6 +91,23 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     return out
 
 
+def timed_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Like :func:`timed` for several functions, taking turns, so that a noisy spell of
+    a shared machine lands on all of them rather than on one."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def fmt(x: float | None) -> str:
     if x is None:
         return "-"

@@ -150,6 +150,27 @@ def requests_section(moto: Server, quick: bool) -> list[Row]:
                     note="client + worker S3 requests (Invoke calls not included)",
                 )
             )
+            # the same loop with a third of the tasks: the difference is what one more
+            # task costs, the rest is what every job costs once (its objects, cold
+            # workers' manifest and body GETs, LISTs, the cleanup)
+            small = counts(
+                run_job(foreach(x=range(n_tasks // 3)).chunk_size(1), backend, workloads.noop)
+            )
+            total, small_total = (
+                c["client_s3"] + c["worker_s3"],
+                small["client_s3"] + small["worker_s3"],
+            )
+            slope = (total - small_total) / (c["tasks"] - small["tasks"])
+            rows.append(
+                Row(
+                    "3 requests",
+                    f"trigger={trigger}, chunk 1: S3 req per additional task",
+                    slope,
+                    "req/task",
+                    note=f"{small['tasks']}- vs {c['tasks']}-task job; per job once: "
+                    f"{total - slope * c['tasks']:.0f} requests",
+                )
+            )
             if trigger == "invoke":
                 rows.append(
                     Row(

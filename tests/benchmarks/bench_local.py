@@ -9,13 +9,14 @@ from typing import Any
 from dolambda import foreach
 from dolambda._registry import local_backend
 from tests.benchmarks import workloads
-from tests.benchmarks._common import Row, log, median, spread, timed
+from tests.benchmarks._common import Row, log, median, spread, timed, timed_interleaved
 
 
 def run(quick: bool) -> list[Row]:
     noop_n = 2_000 if quick else 10_000
     cpu_n = 60 if quick else 200
     repeats = 3
+    noop_repeats = 5 if quick else 21
     workers = 2
     rows: list[Row] = []
     chunk = local_backend(workers).chunk_size_for(noop_n)
@@ -39,10 +40,19 @@ def run(quick: bool) -> list[Row]:
             return list(pool.map(spin, range(cpu_n), chunksize=cpu_chunk))
 
         with par:
-            times: dict[str, list[float]] = {}
+            # the no-op runs take milliseconds: many of them, taking turns (noise)
+            times = timed_interleaved(
+                {
+                    "noop/do_parallel": lambda: noop_loop.do_parallel(
+                        workloads.noop, workers=workers
+                    ),
+                    "noop/ProcessPoolExecutor": ppe_noop,
+                },
+                noop_repeats,
+            )
+            for name in times:
+                log(f"local: {name}: {median(times[name]):.4f}s ({spread(times[name])})")
             cases: dict[str, Any] = {
-                "noop/do_parallel": lambda: noop_loop.do_parallel(workloads.noop, workers=workers),
-                "noop/ProcessPoolExecutor": ppe_noop,
                 "noop/joblib": lambda: par(
                     joblib.delayed(workloads.noop)(x) for x in range(noop_n)
                 ),
