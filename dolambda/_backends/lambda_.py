@@ -258,8 +258,9 @@ class LambdaBackend(Backend):
         Without a measurement: at most ``min(4 x workers, 500)`` tasks. When an earlier
         run of the same body measured ``per_iteration`` seconds, the size that balances
         the client's per-task cost against the compute each task carries,
-        ``sqrt(total x TASK_COST / per_iteration)``, but never fewer than 4 tasks a
-        worker would need, nor so many iterations that a task nears the timeout.
+        ``sqrt(total x TASK_COST / per_iteration)``, yet never more than 4 tasks a
+        worker (as without a measurement), nor so many iterations that a task's
+        compute passes a quarter of the timeout (that bound wins over the other).
 
         >>> b = LambdaBackend(bucket="b", signing_key="00" * 32, max_concurrency=1000)
         >>> b.chunk_size_for(10_000), b.chunk_size_for(10_000, per_iteration=1e-6)
