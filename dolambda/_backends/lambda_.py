@@ -61,6 +61,7 @@ RESULTS_PER_LIST = 100
 TASK_COST = 0.005
 # once every task is out: with this few left (or this little time to go), poll fast
 TAIL_TASKS, TAIL_SECONDS = 4, 0.1
+POLL_TAIL = 0.02  # while waiting on the tail, LIST at least this often (the first minute)
 
 
 # failures the Lambda runtime reports through the on-failure destination: worth a retry
@@ -638,7 +639,9 @@ class _Run:
             else:
                 await self._requeue_lost()
                 idle = time.monotonic() - self.last_progress
-                interval = min(POLL_FAST_MAX + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
+                tail = self.dispatch_done and len(self.pending) <= TAIL_TASKS
+                floor = POLL_TAIL if tail else POLL_FAST_MAX  # the last results: see them soon
+                interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
             self.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
