@@ -10,6 +10,8 @@
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
     <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
     <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
+    <prefix>/emulator.json               a local emulator polls this bucket for tasks
+                                         (a plain S3 server has no notifications)
 
 Task numbers are zero-padded so a LIST returns them in order.
 """
@@ -29,6 +31,10 @@ _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def _p(prefix: str) -> str:
     prefix = prefix.strip("/")
     return f"{prefix}/" if prefix else ""
+
+
+def emulator_key(prefix: str) -> str:
+    return f"{_p(prefix)}emulator.json"
 
 
 def valid_job_id(job_id: str) -> bool:

@@ -301,6 +301,7 @@ class Emulator:
         self._busy = 0
         self._running: set[threading.Thread] = set()
         self._stopping = threading.Event()
+        self._marker: Any = None  # the S3 client that wrote emulator.json (discovery="poll")
         self._threads: list[threading.Thread] = []
         self._moto: subprocess.Popen[bytes] | None = None
         self._poll_conn: http.client.HTTPConnection | None = None
@@ -354,12 +355,18 @@ class Emulator:
             )
             intake = self._events_loop
         else:
-            setup.ensure_bucket(
-                session.client("s3", endpoint_url=self.endpoint_url), self.bucket, self.region
-            )
+            s3 = session.client("s3", endpoint_url=self.endpoint_url)
+            setup.ensure_bucket(s3, self.bucket, self.region)
             self.function_arn = (
                 f"arn:aws:lambda:{self.region}:123456789012:function:{self.function_name}"
             )
+            # no notification on a plain S3 server: tell clients who runs the tasks instead
+            s3.put_object(
+                Bucket=self.bucket,
+                Key=_keys.emulator_key(self.prefix),
+                Body=json.dumps({"function_name": self.function_name, "pid": os.getpid()}),
+            )
+            self._marker = s3
             intake = self._poll_loop
         for target, name in (
             (intake, "intake"),
@@ -382,6 +389,10 @@ class Emulator:
     def stop(self) -> None:
         """Stop everything this emulator started; safe to call twice."""
         self._stopping.set()
+        marker, self._marker = self._marker, None
+        if marker is not None:
+            with contextlib.suppress(Exception):
+                marker.delete_object(Bucket=self.bucket, Key=_keys.emulator_key(self.prefix))
         with self._cond:
             self._cond.notify_all()
         for slot in self._slots:

@@ -473,6 +473,33 @@ def test_poll_discovery_on_a_plain_s3_server() -> None:
         )
 
 
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_lambda_backend_runs_through_a_polling_emulator_on_plain_s3() -> None:
+    """A plain S3 server has no notifications: the polling emulator says in the bucket
+    that it runs the function, and the backend's setup check accepts that (for its
+    function only); the marker goes when the emulator stops."""
+    from dolambda import LambdaBackend, foreach
+    from dolambda._errors import ConfigError
+
+    with MotoServer() as url:
+        with Emulator(workers=2, timeout=30, endpoint_url=url, poll_interval=0.05) as emu:
+            assert emu.discovery == "poll"
+            backend = LambdaBackend(**emu.backend_settings())
+            loop = foreach(x=range(20)).chunk_size(5)
+            assert loop.do_lambda(_plus_one, backend=backend, progress=False) == list(range(1, 21))
+            other = LambdaBackend(**{**emu.backend_settings(), "function_name": "someone-else"})
+            with pytest.raises(ConfigError, match="does not notify Lambda function"):
+                loop.do_lambda(_plus_one, backend=other, progress=False)
+            s3 = s3_client(emu)
+            marker = _keys.emulator_key(emu.prefix)
+            assert s3.get_object(Bucket=emu.bucket, Key=marker)["ContentLength"] > 0
+        with pytest.raises(s3.exceptions.NoSuchKey):
+            s3.get_object(Bucket=emu.bucket, Key=marker)
+
+
 def test_lambda_backend_end_to_end() -> None:
     pytest.importorskip("dolambda._backends.lambda_")
     import dolambda

@@ -325,12 +325,23 @@ class LambdaBackend(Backend):
                 ):
                     break
             else:
+                if await self._emulator_polls(s3):
+                    self._checked_setup = True
+                    return
                 raise ConfigError(
                     f"bucket {self.bucket!r} does not notify Lambda function "
                     f"{self.function_name!r} of new objects under {wanted!r}, so no task would "
                     f"run; run `dolambda deploy --bucket {self.bucket}` (or use trigger='invoke')"
                 )
         self._checked_setup = True
+
+    async def _emulator_polls(self, s3: S3) -> bool:
+        """Whether a local emulator (discovery="poll") runs this function's tasks."""
+        blob = await s3.get(_keys.emulator_key(self.prefix))
+        try:
+            return blob is not None and json.loads(blob)["function_name"] == self.function_name
+        except (ValueError, KeyError, TypeError):
+            return False
 
     async def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
