@@ -385,8 +385,12 @@ def run_task_blob(
                 attempt=task.attempt,
             )
         rows: list[tuple[Any, ...]] = _serialize.loads(task.args)
-        if len(rows) != task.count:
-            raise ValueError(f"task {task_id} holds {len(rows)} argument rows for {task.count}")
+        if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
+            raise ValueError(
+                f"task {task_id} holds {len(rows)} argument rows and "
+                f"{'no' if task.paths is None else len(task.paths)} paths for {task.count} "
+                "iterations"
+            )
         run = run_iterations(
             job.body,
             job.manifest.variables,

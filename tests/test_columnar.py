@@ -160,14 +160,23 @@ def test_run_iterations_times_and_seeds_each_iteration() -> None:
     assert run.values[1] == again.values[0] and run.values[3] == again.values[2]  # by path
 
 
-def test_a_task_whose_rows_do_not_match_its_count_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"count": 3}, "2 argument rows and no paths for 3 iterations"),
+        ({"paths": ((0,),)}, "2 argument rows and 1 paths for 2 iterations"),
+    ],
+)
+def test_a_task_whose_columns_do_not_match_its_count_is_refused(
+    update: dict[str, Any], message: str
+) -> None:
     def body(x: int) -> int:
         return x
 
     ctx = JobContext(
         job_id="j1", body=body, seed=None, variables=("x",), chunk_size=2, errorhandling="stop"
     )
-    spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update={"count": 3})
+    spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update=update)
     from dolambda import _serialize
     from dolambda._worker import task_context
 
@@ -181,7 +190,7 @@ def test_a_task_whose_rows_do_not_match_its_count_is_refused() -> None:
         fetch_job=lambda: (ctx.sealed_manifest, ctx.sealed_body),
     )
     assert outcome.failure is not None and outcome.failure.kind == "internal"
-    assert "2 argument rows for 3" in outcome.failure.message
+    assert message in outcome.failure.message
 
 
 def _die_at_20(x: int) -> int:
