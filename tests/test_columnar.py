@@ -244,3 +244,28 @@ def test_parameters_in_another_order_than_the_variables_bind_by_name(verb: str) 
     run = getattr(loop, verb)
     assert run(_swapped) == [(x, x + 10) for x in range(5)]
     assert run(_extra) == [x * 10 for x in range(5)]
+
+
+def _close_my_task_pipe_on_1(x: int) -> int:
+    """At x == 1 the worker loses its task pipe (as if it died between two tasks):
+    the client's next write to it fails with a broken pipe."""
+    import sys
+
+    if x == 1:
+        os.close(int(sys.argv[1]))
+    return x * 2
+
+
+def test_a_worker_gone_while_a_task_is_sent_to_it_is_not_a_client_error() -> None:
+    out = (
+        foreach(x=range(8))
+        .chunk_size(1)
+        .errorhandling("pass")
+        .do_parallel(_close_my_task_pipe_on_1, workers=1)
+    )
+    # the task queued in the lost pipe may be reported as crashed; nothing else is lost
+    for x, value in enumerate(out):
+        if isinstance(value, TaskError):
+            assert x == 2 and value.error_type == "crashed"
+        else:
+            assert value == x * 2

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 
 from dolambda import _serialize
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
-from dolambda._errors import InvalidArgument, InvalidArgumentType
+from dolambda._errors import BackendError, InvalidArgument, InvalidArgumentType
 from dolambda._plan import PlannedTask
 from dolambda._wire import TaskFailure, TaskOutcome
 from dolambda._worker import outcome_context
@@ -272,23 +272,41 @@ class LocalBackend(Backend):
             # the worker never idles between short tasks (only small ones: the pipe
             # must take it without blocking while the worker is busy)
             sent: collections.deque[tuple[PlannedTask, bytes]] = collections.deque()
-            held: tuple[PlannedTask, bytes] | None = None
+            # taken from the job but on no live process (not sent yet, or queued on one
+            # that died): they go out before anything new is taken
+            backlog: collections.deque[tuple[PlannedTask, bytes]] = collections.deque()
             exhausted = False
+            dead_on_arrival = 0
             try:
                 while True:
-                    while not exhausted and (not sent or (short_tasks and len(sent) < 2)):
-                        item = held or await next_task()
-                        held = None
-                        if item is None:
-                            exhausted = True
-                            break
+                    while not sent or (short_tasks and len(sent) < 2):
+                        if not backlog:
+                            got = None if exhausted else await next_task()
+                            if got is None:
+                                exhausted = True
+                                break
+                            backlog.append(got)
+                        item = backlog[0]
                         if sent and len(item[1]) > _PIPE_SAFE:
-                            held = item
                             break
                         if proc is None:
                             proc = await self._acquire()
-                        self._send(proc, job, *item)
-                        sent.append(item)
+                        try:
+                            self._send(proc, job, *item)
+                        except OSError:  # the process is gone
+                            if sent:
+                                break  # with our tasks on it: its death is read below
+                            self._discard(proc)  # gone while idle: none of ours ran there
+                            proc = None
+                            dead_on_arrival += 1
+                            if dead_on_arrival >= 3:
+                                raise BackendError(
+                                    "LocalBackend: worker processes exit before taking a "
+                                    f"task; check that `{sys.executable} -m "
+                                    "dolambda._backends._procworker` can start"
+                                ) from None
+                            continue
+                        sent.append(backlog.popleft())
                     if not sent:
                         break
                     assert proc is not None
@@ -302,12 +320,11 @@ class LocalBackend(Backend):
                         sent.popleft()
                         self._discard(proc)
                         proc = None
-                        if sent:  # queued behind the one that died: run them elsewhere
-                            proc = await self._acquire()
-                            for again in sent:
-                                self._send(proc, job, *again)
+                        backlog.extendleft(reversed(sent))  # queued behind it: never ran
+                        sent.clear()
                     else:
                         sent.popleft()
+                        dead_on_arrival = 0
                         if result.stats is not None:
                             short_tasks = result.stats.duration < _SHORT_TASK
                     await out.put(result)
