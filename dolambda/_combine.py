@@ -300,13 +300,14 @@ class Accumulator:
 
     def put_run(self, start: int, values: list[Any]) -> None:
         """Offer the values of the consecutive slots ``start, start + 1, ...``."""
-        if not self.spec.inorder or start == self._next:
-            self._next += len(values) if self.spec.inorder else 0
+        if not self.spec.inorder:
             self._take_all(values)
-            if self._buffer:
-                self._drain()
+        elif start != self._next:
+            self._buffer[start] = (len(values), values)  # until the slots before it come
         else:
-            self._buffer[start] = (len(values), values)
+            self._next += len(values)
+            self._take_all(values)
+            self._drain()
 
     def skip(self, slot: int) -> None:
         """Mark ``slot`` as having no value (a removed failure)."""

@@ -367,8 +367,7 @@ class Job:
             ctx.cancelled.set()
         digest = None
         if backend.remote and self._plan is None:
-            # fail before anything starts if the body cannot travel
-            digest = _serialize.digest(ctx.body_bytes)
+            digest = ctx.body_digest  # fails before anything starts if the body cannot travel
             ctx.client_state = _client_state(loop)
         if loop.chunk == "auto":
             measured = None if digest is None else _SECONDS_PER_ITERATION.get(digest)
@@ -376,7 +375,8 @@ class Job:
         else:
             ctx.chunk_size = int(loop.chunk)
         chunk_size = ctx.chunk_size
-        compute = [0.0, 0]  # seconds the body ran, iterations that ran: for the next run
+        # seconds the body ran and iterations that ran: the next run's chunk size
+        compute_seconds, computed = 0.0, 0
         mode = leaf_error_mode(loop)
         tree = CombineTree(loop, self._on_top)
         pending: dict[int, PlannedTask] = {}
@@ -415,13 +415,12 @@ class Job:
                 tree.deliver(leaf.slots, leaf.path, original if original is not None else error)
 
         def absorb(result: TaskResult) -> None:
+            nonlocal compute_seconds, computed
             task = pending.pop(result.task_id)
             if result.stats is not None:
                 self.stats.tasks.append(result.stats)
             self.stats.retries += max(0, result.attempts - 1)
             if result.failure is not None:
-                if result.failure.kind == "cancelled" and ctx.cancelled.is_set():
-                    return
                 for k in range(len(task)):
                     self._done += 1
                     leaf = task.leaf(k)
@@ -429,8 +428,8 @@ class Job:
                 return
             values, errors = result.values, result.errors
             ran = min(len(values), len(task))
-            compute[0] += result.compute_seconds
-            compute[1] += len(values)
+            compute_seconds += result.compute_seconds
+            computed += len(values)
             if task.flat and not errors:
                 self._done += ran
                 tree.deliver_run(
@@ -493,8 +492,8 @@ class Job:
                 f"job {self.id}: the {backend.name} backend finished without answering "
                 f"{len(pending)} task(s); this is a bug in the backend"
             )
-        if digest is not None and compute[1]:
-            _remember(digest, compute[0] / compute[1])
+        if digest is not None and computed:
+            _remember(digest, compute_seconds / computed)
         return tree.finish()
 
 

@@ -102,10 +102,6 @@ class PlannedTask:
             dict(zip(self.names, self.rows[k], strict=True)),
         )
 
-    @property
-    def leaves(self) -> list[Leaf]:
-        return [self.leaf(k) for k in range(len(self.rows))]
-
 
 def accepted_names(fn: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
     """(names it accepts by keyword, names it requires, whether it takes **kwargs)."""
@@ -235,27 +231,22 @@ def _flat_tasks(loop: Loop, names: tuple[str, ...], chunk_size: int) -> Iterator
     if len(keep) != len(iterators):  # times(n): counted, never passed to the body
         rows = (tuple(row[i] for i in keep) for row in rows)
     predicate = loop.predicate
+    source: Iterator[Any] = rows
+    if predicate is not None:  # a kept leaf's path is its position before filtering
+        source = (
+            (i, row)
+            for i, row in enumerate(rows)
+            if predicate(**dict(zip(names, row, strict=True)))
+        )
     task_id = first = 0
-    if predicate is None:
-        while block := list(itertools.islice(rows, chunk_size)):
+    while block := list(itertools.islice(source, chunk_size)):
+        if predicate is None:
             yield PlannedTask(task_id, first, block, names)
-            task_id += 1
-            first += len(block)
-        return
-    chunk: list[tuple[Any, ...]] = []
-    paths: list[tuple[int, ...]] = []
-    for i, row in enumerate(rows):
-        if not predicate(**dict(zip(names, row, strict=True))):
-            continue
-        chunk.append(row)
-        paths.append((i,))
-        if len(chunk) >= chunk_size:
-            yield PlannedTask(task_id, first, chunk, names, paths)
-            task_id += 1
-            first += len(chunk)
-            chunk, paths = [], []
-    if chunk:
-        yield PlannedTask(task_id, first, chunk, names, paths)
+        else:
+            paths: list[tuple[int, ...]] = [(i,) for i, _ in block]
+            yield PlannedTask(task_id, first, [row for _, row in block], names, paths)
+        task_id += 1
+        first += len(block)
 
 
 def _group(

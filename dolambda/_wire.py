@@ -10,7 +10,6 @@ field changes meaning, and a worker refuses a version it does not know.
 from __future__ import annotations
 
 import array
-import itertools
 import sys
 from collections.abc import Sequence
 from typing import Literal
@@ -24,7 +23,6 @@ Trigger = Literal["s3", "invoke", "local"]
 FailureKind = Literal[
     "signature",  # an object failed HMAC verification
     "version",  # Python/dill/wire version differs between client and worker
-    "cancelled",  # the job was cancelled before the task started
     "timeout",  # the task ran past the function timeout
     "memory",  # the task exceeded the memory limit
     "crashed",  # the worker process died
@@ -110,8 +108,8 @@ class TaskStats(_Model):
 class TaskOutcome(_Model):
     """The answer to one task, column by column.
 
-    The first :attr:`ran` iterations of the task ran (fewer than all only when the
-    task was stopped); ``ticks`` packs ``ran + 1`` readings of the worker's clock in
+    :attr:`ran` iterations ran (all of the task's, or none when ``failure`` says
+    why); ``ticks`` packs ``ran + 1`` readings of the worker's clock in
     seconds as little-endian float64 (see :func:`unpack_ticks`): iteration k ran
     from ``ticks[k]`` to ``ticks[k + 1]``. ``values`` is a pickle of a list aligned
     with the iterations that ran: each successful
@@ -148,8 +146,3 @@ def unpack_ticks(blob: bytes) -> list[float]:
     if sys.byteorder != "little":  # pragma: no cover
         packed.byteswap()
     return packed.tolist()
-
-
-def durations(ticks: Sequence[float]) -> list[float]:
-    """Each iteration's seconds from its task's clock readings."""
-    return [end - start for start, end in itertools.pairwise(ticks)]

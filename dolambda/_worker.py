@@ -36,7 +36,6 @@ from dolambda._wire import (
     TaskOutcome,
     TaskSpec,
     TaskStats,
-    durations,
     pack_ticks,
 )
 
@@ -96,10 +95,6 @@ class ChunkRun:
     ticks: list[float] = field(default_factory=list)
     errors: dict[int, IterationError] = field(default_factory=dict)
 
-    @property
-    def durations(self) -> list[float]:
-        return durations(self.ticks)
-
 
 def binds_positionally(body: Callable[..., Any], names: Sequence[str]) -> bool:
     """Whether ``body(*values)`` binds exactly as ``body(**dict(zip(names, values)))``:
@@ -124,7 +119,6 @@ def run_iterations(
     first: int = 0,
     paths: Sequence[tuple[int, ...]] | None = None,
     seed: int | None = None,
-    is_cancelled: Callable[[], bool] | None = None,
     positional: bool | None = None,
 ) -> ChunkRun:
     """Run ``body(**dict(zip(names, row)))`` for each row; never raises for the body.
@@ -142,8 +136,6 @@ def run_iterations(
     tick = ticks.append
     tick(clock())
     for k, row in enumerate(rows):
-        if is_cancelled is not None and is_cancelled():
-            break
         try:
             if seed is not None:
                 with seeded(seed, (first + k,) if paths is None else paths[k]):
@@ -323,7 +315,6 @@ def run_task_blob(
     job_id: str,
     task_id: int,
     fetch_job: Callable[[], tuple[bytes, bytes]],
-    is_cancelled: Callable[[], bool] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> TaskOutcome:
     """Verify, decode and run one task; always return an outcome (never raise for the body).
@@ -379,11 +370,6 @@ def run_task_blob(
             manifest_blob, body_blob = fetch_job()
             job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
             state.jobs = {job_id: job}  # keep only the current job: bodies may be large
-        if is_cancelled is not None and is_cancelled():
-            return finish(
-                failure=TaskFailure(kind="cancelled", message="the job was cancelled"),
-                attempt=task.attempt,
-            )
         rows: list[tuple[Any, ...]] = _serialize.loads(task.args)
         if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
             raise ValueError(
@@ -398,7 +384,6 @@ def run_task_blob(
             first=task.first,
             paths=task.paths,
             seed=job.manifest.seed,
-            is_cancelled=is_cancelled,
             positional=job.positional,
         )
         errors, values = encode_run(run)
@@ -462,10 +447,10 @@ def process_s3_task(
             pool.submit(get, _keys.body_key(prefix, job_id)),
         ]
         requests += 2
-    requests += inline_task is None
     if inline_task is not None:
         blob = inline_task
     else:
+        requests += 1
         try:
             blob = get(key)
         except Exception as exc:
@@ -483,10 +468,8 @@ def process_s3_task(
         key=signing_key,
         job_id=job_id,
         task_id=task_id,
-        fetch_job=lambda: (
-            job_objects[0].result() if job_objects else get(_keys.manifest_key(prefix, job_id)),
-            job_objects[1].result() if job_objects else get(_keys.body_key(prefix, job_id)),
-        ),
+        # called only for a job this worker has not loaded: the fetches started above
+        fetch_job=lambda: (job_objects[0].result(), job_objects[1].result()),
         stats=stats,
     )
     outcome = outcome.model_copy(

@@ -301,7 +301,7 @@ class Emulator:
         self._busy = 0
         self._running: set[threading.Thread] = set()
         self._stopping = threading.Event()
-        self._marker: Any = None  # the S3 client that wrote emulator.json (discovery="poll")
+        self._marker_s3: Any = None  # the client that wrote emulator.json (discovery="poll")
         self._threads: list[threading.Thread] = []
         self._moto: subprocess.Popen[bytes] | None = None
         self._poll_conn: http.client.HTTPConnection | None = None
@@ -366,7 +366,7 @@ class Emulator:
                 Key=_keys.emulator_key(self.prefix),
                 Body=json.dumps({"function_name": self.function_name, "pid": os.getpid()}),
             )
-            self._marker = s3
+            self._marker_s3 = s3
             intake = self._poll_loop
         for target, name in (
             (intake, "intake"),
@@ -389,10 +389,10 @@ class Emulator:
     def stop(self) -> None:
         """Stop everything this emulator started; safe to call twice."""
         self._stopping.set()
-        marker, self._marker = self._marker, None
-        if marker is not None:
+        s3, self._marker_s3 = self._marker_s3, None
+        if s3 is not None:
             with contextlib.suppress(Exception):
-                marker.delete_object(Bucket=self.bucket, Key=_keys.emulator_key(self.prefix))
+                s3.delete_object(Bucket=self.bucket, Key=_keys.emulator_key(self.prefix))
         with self._cond:
             self._cond.notify_all()
         for slot in self._slots:

@@ -30,7 +30,6 @@ from dolambda._wire import (
     TaskOutcome,
     TaskSpec,
     TaskStats,
-    durations,
     unpack_ticks,
 )
 from dolambda._worker import (
@@ -78,13 +77,17 @@ class JobContext:
         return _serialize.dumps_body(self.body)
 
     @cached_property
+    def body_digest(self) -> str:
+        return _serialize.digest(self.body_bytes)
+
+    @cached_property
     def manifest(self) -> JobManifest:
         return JobManifest(
             job_id=self.job_id,
             created_at=self.created_at,
             python=python_version(),
             dill_version=str(dill.__version__),
-            body_digest=_serialize.digest(self.body_bytes),
+            body_digest=self.body_digest,
             seed=self.seed,
             variables=self.variables,
             chunk_size=self.chunk_size,
@@ -161,11 +164,6 @@ class TaskResult:
     @classmethod
     def of_run(cls, task_id: int, run: ChunkRun) -> TaskResult:
         return cls(task_id, run.values, run.ticks, run.errors)
-
-    @property
-    def durations(self) -> list[float]:
-        """Seconds each iteration that ran took."""
-        return durations(self.ticks)
 
     @property
     def compute_seconds(self) -> float:

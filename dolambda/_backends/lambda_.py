@@ -650,12 +650,15 @@ class _Run:
             else:
                 await self._requeue_lost()
                 idle = time.monotonic() - self.last_progress
-                tail = self.dispatch_done and len(self.pending) <= TAIL_TASKS
-                floor = POLL_TAIL if tail else POLL_FAST_MAX  # the last results: see them soon
+                floor = POLL_TAIL if self._on_tail() else POLL_FAST_MAX  # see the last ones soon
                 interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
             self.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
+
+    def _on_tail(self) -> bool:
+        """Every task is out and only the last few are still running."""
+        return self.dispatch_done and len(self.pending) <= TAIL_TASKS
 
     def _next_interval(self, rate: float) -> float:
         """Seconds to the next LIST while results stream in at ``rate`` per second.
@@ -664,11 +667,10 @@ class _Run:
         but the last result must be seen fast (fan-in latency), and progress should
         show at least every POLL_MAX.
         """
-        pending = len(self.pending)
         if not self.dispatch_done:
             return min(max(RESULTS_PER_LIST / rate, POLL_FAST_MAX), POLL_MAX)
-        remaining = pending / rate  # seconds until the last result, at this rate
-        if pending <= TAIL_TASKS or remaining <= TAIL_SECONDS:
+        remaining = len(self.pending) / rate  # seconds until the last result, at this rate
+        if self._on_tail() or remaining <= TAIL_SECONDS:
             return POLL_MIN
         # each LIST collects about a quarter of what is left: a few LISTs per job
         return min(max(remaining / 4, POLL_FAST_MAX), POLL_MAX)

@@ -81,14 +81,7 @@ def p90(samples: list[float]) -> float:
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     """Wall times of ``repeats`` calls after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return timed_interleaved({"fn": fn}, repeats, warmup)["fn"]
 
 
 def timed_interleaved(

@@ -374,7 +374,7 @@ def e2e_section(
                 used,
                 "workers",
                 target=f"value >= {emu.workers}",
-                note=f"{job.stats.task_count} tasks of {job._ctx.chunk_size if job._ctx else '?'}",
+                note=f"{job.stats.task_count} tasks for {job.stats.iterations} iterations",
             )
         )
     return rows, found
