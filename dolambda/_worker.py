@@ -9,7 +9,6 @@ formatted traceback, and pickling of results all happen here and only here.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import inspect
 import os
@@ -434,23 +433,14 @@ def process_s3_task(
     requests = 0
 
     def get(object_key: str) -> bytes:
+        nonlocal requests
+        requests += 1
         body: bytes = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
         return body
 
-    job_objects: list[concurrent.futures.Future[bytes]] = []
-    if job_id not in state.jobs:
-        # a job this worker has not loaded: fetch its manifest and body while the task
-        # comes (three GETs in the time of one)
-        pool = _fetch_pool()
-        job_objects = [
-            pool.submit(get, _keys.manifest_key(prefix, job_id)),
-            pool.submit(get, _keys.body_key(prefix, job_id)),
-        ]
-        requests += 2
     if inline_task is not None:
         blob = inline_task
     else:
-        requests += 1
         try:
             blob = get(key)
         except Exception as exc:
@@ -468,8 +458,10 @@ def process_s3_task(
         key=signing_key,
         job_id=job_id,
         task_id=task_id,
-        # called only for a job this worker has not loaded: the fetches started above
-        fetch_job=lambda: (job_objects[0].result(), job_objects[1].result()),
+        fetch_job=lambda: (
+            get(_keys.manifest_key(prefix, job_id)),
+            get(_keys.body_key(prefix, job_id)),
+        ),
         stats=stats,
     )
     outcome = outcome.model_copy(
@@ -480,17 +472,6 @@ def process_s3_task(
     if not put_result(s3, bucket, prefix, signing_key, outcome):
         return "duplicate"
     return "done"
-
-
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """Two threads kept for the life of the (warm) worker."""
-    global _pool
-    if _pool is None:
-        _pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dolambda-fetch")
-    return _pool
 
 
 def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
