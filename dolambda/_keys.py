@@ -4,8 +4,8 @@
 
     <prefix>/jobs/<job>/manifest.json    JobManifest (signed JSON)
     <prefix>/jobs/<job>/body.pkl         the body, dill (signed), uploaded once per job
-    <prefix>/jobs/<job>/client.pkl       what the client needs to resume (the loop's combine)
-    <prefix>/jobs/<job>/plan.json        task count and nested-loop sizes, once dispatched
+    <prefix>/jobs/<job>/plan.json        task count, nested-loop sizes and what the client
+                                         needs to resume (the loop's combine), once dispatched
     <prefix>/jobs/<job>/cancel           cancel marker (empty)
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
     <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
@@ -59,10 +59,6 @@ def body_key(prefix: str, job_id: str) -> str:
 
 def plan_key(prefix: str, job_id: str) -> str:
     return f"{job_dir(prefix, job_id)}plan.json"
-
-
-def client_key(prefix: str, job_id: str) -> str:
-    return f"{job_dir(prefix, job_id)}client.pkl"
 
 
 def cancel_key(prefix: str, job_id: str) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
@@ -73,6 +73,10 @@ class TaskSpec(_Model):
     paths: tuple[tuple[int, ...], ...] | None = None
     slots: tuple[tuple[int, ...], ...] | None = None
     args: bytes
+    #: a small job travels with its tasks: its sealed manifest and body (verified as if
+    #: read from ``jobs/<id>/``), so a worker new to the job fetches nothing else
+    job_manifest: bytes | None = None
+    job_body: bytes | None = None
 
 
 class IterationError(_Model):

@@ -190,10 +190,6 @@ def manifest_context(job_id: str) -> str:
     return f"jobs/{job_id}/manifest"
 
 
-def client_context(job_id: str) -> str:
-    return f"jobs/{job_id}/client"
-
-
 def plan_context(job_id: str) -> str:
     return f"jobs/{job_id}/plan"
 
@@ -319,7 +315,8 @@ def run_task_blob(
     """Verify, decode and run one task; always return an outcome (never raise for the body).
 
     ``fetch_job`` returns the job's sealed manifest and body; it is called only
-    when this worker has not loaded the job yet (warm reuse).
+    when this worker has not loaded the job yet (warm reuse) and the task does not
+    carry them (a small job travels with its tasks).
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -366,7 +363,10 @@ def run_task_blob(
             )
         job = state.jobs.get(job_id)
         if job is None:
-            manifest_blob, body_blob = fetch_job()
+            if task.job_manifest is not None and task.job_body is not None:
+                manifest_blob, body_blob = task.job_manifest, task.job_body
+            else:
+                manifest_blob, body_blob = fetch_job()
             job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
             state.jobs = {job_id: job}  # keep only the current job: bodies may be large
         rows: list[tuple[Any, ...]] = _serialize.loads(task.args)

@@ -165,7 +165,31 @@ def test_closure_and_large_capture_uploaded_once(emu: Any) -> None:
     job = foreach(x=range(20)).chunk_size(1).submit(body, backend=backend, progress=False)
     assert job.result() == [x + offset for x in range(20)]
     puts = job.stats.client_s3_requests.get("put", 0)
-    assert puts < 30  # manifest + body + client + plan + 20 tasks + cancel: body not per task
+    assert puts < 30  # manifest + body + plan + 20 tasks + cancel: body not per task
+    # a body this large is not copied into its tasks: the cold workers GET it
+    assert max(t.s3_requests for t in job.stats.tasks) == 4  # task, manifest, body, result
+    assert {t.s3_requests for t in job.stats.tasks} <= {2, 4}
+
+
+@pytest.mark.parametrize("trigger", ["s3", "invoke"])
+def test_small_job_travels_in_its_tasks(emu: Any, trigger: str) -> None:
+    # every worker is new to this job: none of them fetches the manifest or the body
+    backend = backend_for(emu, trigger=trigger, keep=True)
+    offset = 7
+
+    def body(x: int) -> int:
+        return x + offset
+
+    job = foreach(x=range(12)).chunk_size(1).submit(body, backend=backend, progress=False)
+    assert job.result() == [x + offset for x in range(12)]
+    # s3: GET task + PUT result; invoke: the task is in the payload, PUT result only
+    expected = {"s3": 2, "invoke": 1}[trigger]
+    assert [t.s3_requests for t in job.stats.tasks] == [expected] * 12
+    # the job objects are still written (after the tasks), so the job can be attached
+    keys = job_keys(emu, job.id)
+    assert any(k.endswith("manifest.json") for k in keys)
+    assert any(k.endswith("body.pkl") for k in keys)
+    assert any(k.endswith("plan.json") for k in keys)
 
 
 def test_main_module_function_runs(emu: Any, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from dolambda._worker import (
     manifest_context,
     outcome_context,
     process_s3_task,
+    task_context,
     task_records,
 )
 from tests.moto_server import MotoServer
@@ -139,6 +140,38 @@ def test_flipped_byte_is_refused_and_nothing_runs(s3: Any, tmp_path: Path, targe
     result = outcome(s3, job, 0)
     assert result.failure is not None and result.failure.kind == "signature"
     assert not (tmp_path / "ran").exists()
+
+
+def test_task_carrying_its_job_runs_without_job_objects(s3: Any, tmp_path: Path) -> None:
+    key = os.urandom(32)
+    job = make_job(tmp_path / "ran", key)
+    task = _keys.task_key(PREFIX, job.job_id, 0)
+    blob = job.sealed_task(PlannedTask(0, 0, [(41,)], ("x",)), with_job=True)
+    s3.put_object(Bucket=BUCKET, Key=task, Body=blob)  # no manifest.json, no body.pkl
+    assert run(s3, task, key) == "done"
+    result = outcome(s3, job, 0)
+    assert decode_outcome(result).values == [42]
+    assert result.stats.s3_requests == 2  # GET task, PUT result
+
+
+def test_task_carrying_another_jobs_body_is_refused(s3: Any, tmp_path: Path) -> None:
+    # signed with the right key, for the right task, but the job inside is another job's
+    key = os.urandom(32)
+    job_a = make_job(tmp_path / "a", key, "20260101T000000-aaaaaaaa")
+    job_b = make_job(tmp_path / "b", key, "20260101T000000-bbbbbbbb")
+    spec = job_b.encode_task(PlannedTask(0, 0, [(1,)], ("x",))).model_copy(
+        update={"job_manifest": job_b.sealed_manifest, "job_body": job_a.sealed_body}
+    )
+    task = _keys.task_key(PREFIX, job_b.job_id, 0)
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=task,
+        Body=_serialize.seal_model(spec, key=key, context=task_context(job_b.job_id, 0)),
+    )
+    run(s3, task, key)
+    result = outcome(s3, job_b, 0)
+    assert result.failure is not None and result.failure.kind == "signature"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_task_from_another_job_is_refused(s3: Any, tmp_path: Path) -> None:

@@ -106,8 +106,14 @@ class JobContext:
     def sealed_body(self) -> bytes:
         return _serialize.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
 
-    def encode_task(self, task: PlannedTask, attempt: int = 0) -> TaskSpec:
-        """A planned task as a wire task; raises SerializationError naming the variable."""
+    def encode_task(
+        self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False
+    ) -> TaskSpec:
+        """A planned task as a wire task; raises SerializationError naming the variable.
+
+        ``with_job`` puts the sealed manifest and body in the task, so that a worker
+        new to this job needs no request for them.
+        """
         try:
             blob = _serialize.dumps(task.rows)
         except Exception as exc:
@@ -121,11 +127,13 @@ class JobContext:
             paths=task.paths,  # type: ignore[arg-type]
             slots=task.slots,  # type: ignore[arg-type]
             args=blob,
+            job_manifest=self.sealed_manifest if with_job else None,
+            job_body=self.sealed_body if with_job else None,
         )
 
-    def sealed_task(self, task: PlannedTask, attempt: int = 0) -> bytes:
+    def sealed_task(self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False) -> bytes:
         return _serialize.seal_model(
-            self.encode_task(task, attempt),
+            self.encode_task(task, attempt, with_job=with_job),
             key=self.key,
             context=task_context(self.job_id, task.task_id),
         )

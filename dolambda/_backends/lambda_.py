@@ -4,12 +4,16 @@
 
     client (this module)                        S3 bucket <prefix>/             Lambda (handler/)
     ────────────────────                        ───────────────────             ─────────────────
-    PUT jobs/<id>/manifest.json, body.pkl,
-        client.pkl (once per job)
+    PUT jobs/<id>/manifest.json, body.pkl
+        (once per job; first, unless the job is
+        small enough to ride along in every
+        task: then after the tasks)
     dispatch: PUT queue/<id>/<task>.task ──────► ObjectCreated ───────────────► lambda_handler
       (bounded concurrency, streamed;            (trigger="s3"), or             GET task (+manifest,
        trigger="invoke": async Invoke,           async Invoke with the          body once per warm
-       small tasks inlined in the payload)       task key (trigger="invoke")    container), run it
+       small tasks inlined in the payload)       task key (trigger="invoke")    container, unless
+                                                                                the task carries
+                                                                                them), run it
     gather: LIST results/<id>/ (StartAfter  ◄── results/<id>/<task>.out ◄──── PUT If-None-Match: *
       the first missing task), GET new ones
       concurrently, adaptive poll interval
@@ -18,7 +22,8 @@
     cleanup: DELETE the job's objects unless keep=True
 
 The results in S3 are the only source of truth: ``Job.attach`` rebuilds a job
-from ``manifest.json``, ``client.pkl``, ``plan.json`` and the task objects.
+from ``manifest.json``, ``plan.json`` (written last, with the loop's combine) and
+the task objects.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ from dolambda._plan import InnerDone, PlannedTask
 from dolambda._s3 import S3, RequestCounter, gather_limited, open_s3, resolve_region
 from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec
 from dolambda._worker import (
-    client_context,
     manifest_context,
     outcome_context,
     plan_context,
@@ -51,6 +55,11 @@ from dolambda._worker import (
 )
 
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
+# a job whose sealed manifest + body are at most this big travels inside every task: a
+# worker new to the job then makes no request for them (2 GETs per worker per job, i.e.
+# 2,000 GETs for a job spread over 1,000 cold workers), and the tasks need not wait for
+# the job objects to be written. Typical bodies pickle to 0.1-1 KB.
+JOB_INLINE_LIMIT = 4 * 1024
 GRACE = 30.0  # seconds past the function timeout before a task counts as lost
 # LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
@@ -380,15 +389,19 @@ class LambdaBackend(Backend):
         counter = RequestCounter()
         async with self._open(region, 16, counter) as s3:
             blob = await s3.get(_keys.manifest_key(self.prefix, job_id))
+            plan_blob = None if blob is None else await s3.get(_keys.plan_key(self.prefix, job_id))
             if blob is None:
-                raise InvalidArgument(
-                    f"Job.attach: no job {job_id!r} in s3://{self.bucket}/{self.prefix}/jobs/ "
-                    "(finished and cleaned up, expired, or another bucket/prefix)"
-                )
-            manifest = _serialize.unseal_model(
-                JobManifest, blob, key=self.key, context=manifest_context(job_id)
-            )
-            plan_blob = await s3.get(_keys.plan_key(self.prefix, job_id))
+                # a small job's tasks go out before its manifest: tasks without one are a
+                # partial dispatch too
+                async with contextlib.aclosing(
+                    s3.list_keys(_keys.queue_dir(self.prefix, job_id))
+                ) as queued:
+                    first_task = await anext(queued, None)
+                if first_task is None:
+                    raise InvalidArgument(
+                        f"Job.attach: no job {job_id!r} in s3://{self.bucket}/{self.prefix}/"
+                        "jobs/ (finished and cleaned up, expired, or another bucket/prefix)"
+                    )
             if plan_blob is None:
                 # a partial plan cannot be finished: stop its queued tasks and clean up
                 p = self.prefix
@@ -407,19 +420,20 @@ class LambdaBackend(Backend):
                     "before every task was uploaded); its queued tasks were cancelled and its "
                     "objects deleted. Submit the loop again."
                 )
-            client_blob = await s3.get(_keys.client_key(self.prefix, job_id))
-            if client_blob is None:
+            assert blob is not None  # a plan is written after the manifest
+            manifest = _serialize.unseal_model(
+                JobManifest, blob, key=self.key, context=manifest_context(job_id)
+            )
+            plan = json.loads(
+                _serialize.unseal(plan_blob, key=self.key, context=plan_context(job_id))
+            )
+            if plan.get("client") is None:
                 raise InvalidArgument(
                     f"Job.attach: job {job_id!r} cannot be attached: its combine function "
                     "could not be pickled when it was submitted (it is still running; its "
                     "results stay under results/ until cleaned up)"
                 )
-            loop = _serialize.loads(
-                _serialize.unseal(client_blob, key=self.key, context=client_context(job_id))
-            )
-            plan = json.loads(
-                _serialize.unseal(plan_blob, key=self.key, context=plan_context(job_id))
-            )
+            loop = _serialize.loads(base64.b64decode(plan["client"]))
             task_keys = [k async for k in s3.list_keys(_keys.queue_dir(self.prefix, job_id))]
             blobs = await gather_limited(16, [s3.get(k) for k in task_keys])
         items: list[PlannedTask | InnerDone] = []
@@ -471,7 +485,12 @@ class _Run:
         self.downloads = asyncio.Semaphore(pool)
         self.out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
         self.wake = asyncio.Event()
+        self.sent_any = asyncio.Event()  # no result can exist before a task was sent
         self.deadline = backend.task_timeout + backend.grace
+        # an attached job's body is only in S3 (its tasks and retries refer to it there)
+        self.inline_job = not job.attached and (
+            len(job.sealed_manifest) + len(job.sealed_body) <= JOB_INLINE_LIMIT
+        )
 
     # -------------------------------------------------------------- dispatch
 
@@ -481,11 +500,6 @@ class _Run:
             s3.put(_keys.manifest_key(p, job.job_id), job.sealed_manifest),
             s3.put(_keys.body_key(p, job.job_id), job.sealed_body),
         ]
-        if job.client_state is not None:
-            sealed = _serialize.seal(
-                job.client_state, key=job.key, context=client_context(job.job_id)
-            )
-            puts.append(s3.put(_keys.client_key(p, job.job_id), sealed))
         await asyncio.gather(*puts)
 
     async def _send(self, task_id: int, blob: bytes) -> None:
@@ -505,21 +519,22 @@ class _Run:
     async def _send_and_release(self, task_id: int, blob: bytes) -> None:
         try:
             await self._send(task_id, blob)
+            self.sent_any.set()
         finally:
             self.uploads.release()
 
     async def dispatch(self, tasks: AsyncIterator[PlannedTask]) -> None:
         job = self.job
-        if not job.attached:
-            await self._put_job_objects()
         sends: set[asyncio.Task[None]] = set()
+        if not job.attached and not self.inline_job:
+            await self._put_job_objects()  # before any task a worker could run
         try:
             async for planned in tasks:
                 self.pending[planned.task_id] = _Pending(planned, 0, time.monotonic())
                 self.task_ids.append(planned.task_id)
                 if job.attached:
                     continue
-                blob = job.sealed_task(planned)
+                blob = job.sealed_task(planned, with_job=self.inline_job)
                 await self.uploads.acquire()  # backpressure: at most `pool` uploads in flight
                 sends.add(asyncio.create_task(self._send_and_release(planned.task_id, blob)))
                 for done in [s for s in sends if s.done()]:
@@ -531,10 +546,18 @@ class _Run:
                 s.cancel()
             raise
         if not job.attached:
+            if self.inline_job:
+                # the tasks carried the job: its objects are for Job.attach (and retries
+                # after an attach), which needs the plan too, so they go up now, before it
+                await self._put_job_objects()
+            state = job.client_state
             plan = {
                 "tasks": len(self.task_ids),
                 "markers": [[list(m.prefix), list(m.path), m.count] for m in job.markers],
+                # the loop's combine, for Job.attach (None: it could not be pickled)
+                "client": None if state is None else base64.b64encode(state).decode(),
             }
+            # the plan is written last: its presence means the job was fully dispatched
             await self.s3.put(
                 _keys.plan_key(self.prefix, job.job_id),
                 _serialize.seal(
@@ -542,6 +565,7 @@ class _Run:
                 ),
             )
         self.dispatch_done = True
+        self.sent_any.set()  # (a job with no task at all)
         self.wake.set()
 
     # -------------------------------------------------------------- gather
@@ -631,11 +655,13 @@ class _Run:
         """Enqueue the task again (a new ObjectCreated event, or a new Invoke)."""
         entry.attempt += 1
         entry.dispatched_at = time.monotonic()
-        blob = self.job.sealed_task(entry.planned, attempt=entry.attempt)
+        blob = self.job.sealed_task(entry.planned, attempt=entry.attempt, with_job=self.inline_job)
         async with self.uploads:
             await self._send(task_id, blob)
 
     async def gather(self) -> None:
+        if not self.job.attached:
+            await self.sent_any.wait()
         interval = POLL_MIN
         started = time.monotonic()
         received = 0
@@ -643,6 +669,8 @@ class _Run:
             if self.dispatch_done and not self.pending:
                 return
             found = await self._poll_once()
+            if self.dispatch_done and not self.pending:
+                return  # the last result is in: no wait for another poll round
             if found:
                 received += found
                 rate = received / max(time.monotonic() - started, 1e-3)
@@ -706,7 +734,6 @@ class _Run:
                 keys += [
                     _keys.manifest_key(p, job.job_id),
                     _keys.body_key(p, job.job_id),
-                    _keys.client_key(p, job.job_id),
                     _keys.plan_key(p, job.job_id),
                 ]
                 if not job.cancelled.is_set():
