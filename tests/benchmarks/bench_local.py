@@ -57,15 +57,26 @@ def run(quick: bool) -> list[Row]:
                     joblib.delayed(workloads.noop)(x) for x in range(noop_n)
                 ),
                 "noop/do": lambda: noop_loop.do(workloads.noop),
-                "cpu/do_parallel": lambda: cpu_loop.do_parallel(workloads.spin, workers=workers),
-                "cpu/ProcessPoolExecutor": ppe_cpu,
-                "cpu/joblib": lambda: par(
-                    joblib.delayed(workloads.spin)(x, steps) for x in range(cpu_n)
-                ),
-                "cpu/do": lambda: cpu_loop.do(workloads.spin),
             }
             for name, fn in cases.items():
                 times[name] = timed(fn, repeats)
+                log(f"local: {name}: {median(times[name]):.3f}s ({spread(times[name])})")
+            # the CPU runs take turns too: the speed-up is a ratio of two of them
+            cpu_times = timed_interleaved(
+                {
+                    "cpu/do_parallel": lambda: cpu_loop.do_parallel(
+                        workloads.spin, workers=workers
+                    ),
+                    "cpu/ProcessPoolExecutor": ppe_cpu,
+                    "cpu/joblib": lambda: par(
+                        joblib.delayed(workloads.spin)(x, steps) for x in range(cpu_n)
+                    ),
+                    "cpu/do": lambda: cpu_loop.do(workloads.spin),
+                },
+                repeats,
+            )
+            for name in cpu_times:
+                times[name] = cpu_times[name]
                 log(f"local: {name}: {median(times[name]):.3f}s ({spread(times[name])})")
     finally:
         pool.shutdown()
