@@ -276,22 +276,35 @@ async def open_s3(
     function_name: str = "",
     credentials: dict[str, str] | None = None,
     shared: dict[str, Any] | None = None,
+    sessions: dict[Any, Any] | None = None,
 ) -> AsyncIterator[S3]:
     """One pooled S3 client (and a Lambda client for trigger="invoke") for a job run.
 
-    With ``shared`` (a dict owned by the caller and used on one long-lived loop), the
-    clients are created once, kept in it and reused by later runs (warm connections).
+    With ``shared`` (a dict owned by the caller for one event loop), the clients are
+    created once, kept in it and reused by later runs on that loop (warm connections);
+    they are closed when the portal stops, or when the loop shuts down its async
+    generators (``asyncio.run`` does). Otherwise the clients live for this run only.
+    With ``sessions`` (a dict the caller keeps for one thread) clients come from a
+    session kept there: a client from a new session costs ~70-130 ms (botocore loads
+    its models per session), from a used one ~5 ms.
     """
     if shared is not None and "s3" in shared:
         yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
         return
-    try:
-        session = aioboto3.Session(profile_name=profile, region_name=region, **(credentials or {}))
-    except Exception as exc:
-        raise translate(exc, bucket=bucket, region=region, action="opening a session") from exc
+    session_key = (profile, region, tuple(sorted((credentials or {}).items())))
+    session = None if sessions is None else sessions.get(session_key)
+    if session is None:
+        try:
+            session = aioboto3.Session(
+                profile_name=profile, region_name=region, **(credentials or {})
+            )
+        except Exception as exc:
+            raise translate(exc, bucket=bucket, region=region, action="opening a session") from exc
     creds = await session.get_credentials()
     if creds is None:
         raise ConfigError(f"no AWS credentials found; they are looked up in {CREDENTIAL_CHAIN}")
+    if sessions is not None:
+        sessions[session_key] = session  # only a session that found credentials is kept
     config = AioConfig(
         max_pool_connections=pool,
         retries={"max_attempts": 8, "mode": "standard"},
@@ -299,24 +312,36 @@ async def open_s3(
         read_timeout=60,
         tcp_keepalive=True,
     )
+    # plain http (a local server): no TLS, so no CA bundle to load (~30 ms a client)
+    verify = False if endpoint_url and endpoint_url.startswith("http://") else None
     stack = contextlib.AsyncExitStack()
     try:
         s3 = await stack.enter_async_context(
-            session.client("s3", endpoint_url=endpoint_url, config=config)
+            session.client("s3", endpoint_url=endpoint_url, config=config, verify=verify)
         )
         lam = None
         if with_lambda:
             lam = await stack.enter_async_context(
-                session.client("lambda", endpoint_url=endpoint_url, config=config)
+                session.client("lambda", endpoint_url=endpoint_url, config=config, verify=verify)
             )
     except BaseException:
         await stack.aclose()
         raise
-    if shared is not None:
-        shared.update({"s3": s3, "lambda": lam, "stack": stack})
-        from dolambda._sync import at_portal_exit
+    if shared is not None and "s3" not in shared:  # (another run may have just set it)
+        from dolambda import _sync
 
-        at_portal_exit(stack.aclose)
+        kept = shared
+
+        async def close() -> None:
+            kept.clear()  # a later run on this loop (if any) opens new clients
+            await stack.aclose()
+
+        if _sync.is_portal_loop():
+            _sync.at_portal_exit(close)
+            keeper = None
+        else:
+            keeper = await _sync.at_loop_shutdown(close)
+        shared.update({"s3": s3, "lambda": lam, "stack": stack, "keeper": keeper})
         yield S3(s3, bucket, region, counter, lam, function_name)
         return
     async with stack:

@@ -16,7 +16,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -66,6 +66,25 @@ async def _close_all() -> None:
     for closer in _portal_closers:
         with contextlib.suppress(Exception):
             await closer()
+
+
+async def at_loop_shutdown(closer: Callable[[], Coroutine[Any, Any, None]]) -> Any:
+    """Run ``closer()`` when the running loop shuts down its async generators, as
+    ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio do before closing a loop.
+
+    Returns a keeper the caller must hold on to: the loop tracks it only weakly.
+    """
+
+    async def keeper() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await closer()
+
+    agen = keeper()
+    await agen.asend(None)  # first iteration: the loop now tracks it
+    return agen
 
 
 def _stop_portal() -> None:

@@ -228,6 +228,35 @@ async def test_two_jobs_at_once_from_one_loop(emu: Any) -> None:
     assert b == -sum(range(15))
 
 
+def test_async_runs_keep_clients_warm_per_loop_and_close_them_with_it(emu: Any) -> None:
+    backend = backend_for(emu)
+    seen: list[tuple[Any, Any]] = []
+
+    async def three_jobs() -> list[int]:
+        out = []
+        for k in range(3):
+            out.append(
+                await foreach(x=range(4), k=[k] * 4)
+                .combine(sum)
+                .arun(lambda x, k: x + k, backend=backend)
+            )
+            loop = asyncio.get_running_loop()
+            [kept] = backend._shared[loop].values()
+            seen.append((loop, kept["s3"]))
+        return out
+
+    assert asyncio.run(three_jobs()) == [6, 10, 14]
+    # one client for the three jobs on that loop
+    assert len({id(client) for _, client in seen}) == 1
+    first_loop = seen[0][0]
+    # asyncio.run shut the loop's async generators down: the clients were closed
+    assert backend._shared[first_loop] == {"us-east-1": {}}
+    # a new loop in the same thread gets clients of its own, and works
+    seen.clear()
+    assert asyncio.run(three_jobs()) == [6, 10, 14]
+    assert seen[0][0] is not first_loop
+
+
 async def test_sync_run_inside_running_loop(emu: Any) -> None:
     backend = backend_for(emu)
     assert foreach(x=range(6)).combine(sum).run(noisy, backend=backend, progress=False) == 55

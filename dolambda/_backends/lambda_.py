@@ -34,12 +34,14 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from dolambda import _keys, _serialize, _sync
+from dolambda import _keys, _serialize
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
 from dolambda._config import load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
@@ -242,7 +244,12 @@ class LambdaBackend(Backend):
         # seconds past the function timeout before a task without a result counts as lost
         self.grace = min(GRACE, 1.0 + self.task_timeout / 2)
         self._checked_setup = False
-        self._shared: dict[str, dict[str, Any]] = {}
+        self._shared: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
+        # aioboto3 sessions for runs on other loops (async callers), one set per thread:
+        # botocore sessions are not thread-safe, and a new one costs ~100 ms a job
+        self._sessions = threading.local()
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
 
     @classmethod
@@ -300,10 +307,16 @@ class LambdaBackend(Backend):
         return self._key
 
     def _open(self, region: str, pool: int, counter: RequestCounter) -> Any:
-        shared = None
-        if _sync.is_portal_loop():
-            # sync verbs run on the portal loop: keep its clients warm across jobs
-            shared = self._shared.setdefault(region, {})
+        # clients stay warm across jobs on one loop: the portal's (sync verbs), or the
+        # caller's (await .arun()); closed when that loop shuts down
+        loop = asyncio.get_running_loop()
+        per_loop = self._shared.get(loop)
+        if per_loop is None:
+            per_loop = self._shared[loop] = {}
+        shared = per_loop.setdefault(region, {})
+        sessions = getattr(self._sessions, "by_key", None)
+        if sessions is None:
+            sessions = self._sessions.by_key = {}
         return open_s3(
             shared=shared,
             bucket=self.bucket,
@@ -315,6 +328,7 @@ class LambdaBackend(Backend):
             with_lambda=self.trigger == "invoke",
             function_name=self.function_name,
             credentials=self._credentials,
+            sessions=sessions,
         )
 
     async def _check_setup(self, s3: S3) -> None:
