@@ -500,6 +500,7 @@ class _Run:
         self.out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
         self.wake = asyncio.Event()
         self.sent_any = asyncio.Event()  # no result can exist before a task was sent
+        self.first_send = 0.0  # seconds the first task's PUT (or Invoke) took
         self.deadline = backend.task_timeout + backend.grace
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
         self.inline_job = not job.attached and (
@@ -532,8 +533,11 @@ class _Run:
 
     async def _send_and_release(self, task_id: int, blob: bytes) -> None:
         try:
+            started = time.monotonic()
             await self._send(task_id, blob)
-            self.sent_any.set()
+            if not self.sent_any.is_set():
+                self.first_send = time.monotonic() - started
+                self.sent_any.set()
         finally:
             self.uploads.release()
 
@@ -676,6 +680,10 @@ class _Run:
     async def gather(self) -> None:
         if not self.job.attached:
             await self.sent_any.wait()
+            # a result needs at least two more round trips (the worker's GET of the task,
+            # or the Invoke, then its PUT), each about as long as the first task's send:
+            # a LIST before then finds nothing
+            await asyncio.sleep(min(2 * self.first_send, POLL_FAST_MAX))
         interval = POLL_MIN
         started = time.monotonic()
         received = 0
