@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import inspect
 import io
+import json
 import pickle
 import types
 import zlib
@@ -23,9 +24,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import dill
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from dolambda._errors import SerializationError, SignatureError
+from dolambda._errors import SerializationError, SignatureError, VersionMismatch
 
 MAGIC = b"DLS1"
 _HEADER = len(MAGIC) + 1 + 32
@@ -105,7 +106,25 @@ def seal_model(model: BaseModel, *, key: bytes, context: str) -> bytes:
 
 
 def unseal_model(cls: type[M], blob: bytes, *, key: bytes, context: str) -> M:
-    return cls.model_validate_json(unseal(blob, key=key, context=context))
+    """Verify ``blob`` and decode it as ``cls``. An object that does not fit ``cls``
+    because the other side speaks another wire version raises VersionMismatch saying
+    so (not a validation error about fields this side does not know)."""
+    payload = unseal(blob, key=key, context=context)
+    try:
+        return cls.model_validate_json(payload)
+    except ValidationError:
+        field = cls.model_fields.get("wire_version")
+        try:
+            theirs = json.loads(payload).get("wire_version")
+        except (ValueError, AttributeError):
+            theirs = None
+        if field is not None and isinstance(theirs, int) and theirs != field.default:
+            raise VersionMismatch(
+                f"object {context!r} was written by a dolambda speaking wire version {theirs}; "
+                f"this side speaks {field.default}. Run the same dolambda version on the "
+                "client and the function (`dolambda deploy` packages the client's version)."
+            ) from None
+        raise
 
 
 def digest(data: bytes) -> str:

@@ -14,10 +14,11 @@ from typing import Any
 
 import boto3
 import pytest
+from pydantic import ValidationError
 
 from dolambda import _keys, _serialize
 from dolambda._backends.base import JobContext, decode_outcome
-from dolambda._errors import SignatureError
+from dolambda._errors import SignatureError, VersionMismatch
 from dolambda._plan import PlannedTask
 from dolambda._wire import TaskOutcome
 from dolambda._worker import (
@@ -234,6 +235,48 @@ def test_client_refuses_a_tampered_result(tmp_path: Path) -> None:
         )
     with pytest.raises(SignatureError):  # a valid result of task 0 moved to task 1
         _serialize.unseal_model(TaskOutcome, good, key=key, context=outcome_context(job.job_id, 1))
+
+
+def test_task_from_another_wire_version_says_so(s3: Any, tmp_path: Path) -> None:
+    # a client newer than the deployed function: its task has a field this worker does
+    # not know; the worker reports the version, not a validation error about the field
+    key = os.urandom(32)
+    job = make_job(tmp_path / "ran", key)
+    spec = json.loads(job.encode_task(PlannedTask(0, 0, [(1,)], ("x",))).model_dump_json())
+    spec.update(wire_version=99, some_future_field=1)
+    task = _keys.task_key(PREFIX, job.job_id, 0)
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=task,
+        Body=_serialize.seal(
+            json.dumps(spec).encode(), key=key, context=task_context(job.job_id, 0)
+        ),
+    )
+    run(s3, task, key)
+    result = outcome(s3, job, 0)
+    assert result.failure is not None and result.failure.kind == "version"
+    assert "wire version 99" in result.failure.message
+    assert "dolambda deploy" in result.failure.message
+    assert not (tmp_path / "ran").exists()
+
+
+def test_client_names_the_wire_version_of_a_result_it_cannot_read(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    job = make_job(tmp_path / "ran", key)
+    data = json.loads(TaskOutcome(job_id=job.job_id, task_id=0).model_dump_json())
+    data.update(wire_version=7, renamed_field=[])
+    blob = _serialize.seal(
+        json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0)
+    )
+    with pytest.raises(VersionMismatch, match="wire version 7"):
+        _serialize.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
+    # the same version with a bad field is still a plain validation error
+    data.update(wire_version=TaskOutcome.model_fields["wire_version"].default)
+    blob = _serialize.seal(
+        json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0)
+    )
+    with pytest.raises(ValidationError):
+        _serialize.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
 
 
 def test_no_secret_in_any_object(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
