@@ -4,8 +4,10 @@ emulator's worker processes, both triggers."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import operator
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -255,6 +257,15 @@ def test_async_runs_keep_clients_warm_per_loop_and_close_them_with_it(emu: Any) 
     seen.clear()
     assert asyncio.run(three_jobs()) == [6, 10, 14]
     assert seen[0][0] is not first_loop
+
+
+def test_a_used_backend_can_be_pickled_and_the_copy_runs(emu: Any) -> None:
+    backend = backend_for(emu)
+    assert foreach(x=range(3)).combine(sum).do_lambda(noisy, backend=backend) == 5
+    copied = pickle.loads(pickle.dumps(backend))  # its warm clients stay behind
+    assert copied.bucket == backend.bucket and copied.key == backend.key
+    assert foreach(x=range(3)).combine(sum).do_lambda(noisy, backend=copied) == 5
+    assert copy.deepcopy(backend).function_name == backend.function_name
 
 
 async def test_sync_run_inside_running_loop(emu: Any) -> None:

@@ -252,6 +252,17 @@ class LambdaBackend(Backend):
         self._sessions = threading.local()
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
 
+    def __getstate__(self) -> dict[str, Any]:
+        # warm clients and sessions belong to this process's loops and threads
+        state = dict(self.__dict__)
+        del state["_shared"], state["_sessions"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._shared = weakref.WeakKeyDictionary()
+        self._sessions = threading.local()
+
     @classmethod
     def from_config(cls, **overrides: Any) -> LambdaBackend:
         """The backend ``dolambda deploy`` configured (explicit overrides win)."""
