@@ -561,3 +561,24 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
         job = slow.submit(_slow, backend=backend, progress=False)
         assert job.result() == list(range(64))
         assert job.stats.task_count >= 8  # at least one task a worker
+
+
+async def test_a_cancel_that_arrives_as_the_gather_is_woken_is_not_lost() -> None:
+    # the gather sleeps between LISTs until woken; a job cancelled in the same loop step
+    # as the wake-up (e.g. just as its dispatch finished) must stop, not poll on
+    from dolambda._backends.lambda_ import _Run
+
+    run = _Run.__new__(_Run)
+    run.wake = asyncio.Event()
+    sleeping = asyncio.create_task(run._sleep_unless_woken(30.0))
+    await asyncio.sleep(0)  # it is waiting now
+    run.wake.set()
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(sleeping, 5)
+    # and an uncancelled sleep ends when woken, long before its timeout
+    run.wake.clear()
+    sleeping = asyncio.create_task(run._sleep_unless_woken(30.0))
+    await asyncio.sleep(0)
+    run.wake.set()
+    await asyncio.wait_for(sleeping, 5)

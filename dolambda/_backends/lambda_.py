@@ -714,8 +714,20 @@ class _Run:
                 floor = POLL_TAIL if self._on_tail() else POLL_FAST_MAX  # see the last ones soon
                 interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
             self.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            await self._sleep_unless_woken(interval)
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        """Wait ``seconds`` or until ``self.wake`` is set.
+
+        Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
+        as the event is set (it returns the event's result instead), and a job cancelled
+        just as its dispatch finished then kept polling instead of stopping.
+        """
+        woken = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait((woken,), timeout=seconds)
+        finally:
+            woken.cancel()
 
     def _on_tail(self) -> bool:
         """Every task is out and only the last few are still running."""
