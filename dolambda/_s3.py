@@ -280,8 +280,8 @@ async def open_s3(
 
     With ``shared`` (a dict owned by the caller for one event loop), the clients are
     created once, kept in it and reused by later runs on that loop (warm connections);
-    they are closed when the portal stops, or when the loop shuts down its async
-    generators (``asyncio.run`` does). Otherwise the clients live for this run only.
+    they are closed when the loop shuts down its async generators (``asyncio.run``
+    does, and the portal at exit). Otherwise the clients live for this run only.
     With ``sessions`` (a dict the caller keeps for one thread) clients come from a
     session kept there: a client from a new session costs ~70-130 ms (botocore loads
     its models per session), from a used one ~5 ms.
@@ -334,12 +334,8 @@ async def open_s3(
             kept.clear()  # a later run on this loop (if any) opens new clients
             await stack.aclose()
 
-        if _sync.is_portal_loop():
-            _sync.at_portal_exit(close)
-            keeper = None
-        else:
-            keeper = await _sync.at_loop_shutdown(close)
-        shared.update({"s3": s3, "lambda": lam, "stack": stack, "keeper": keeper})
+        keeper = await _sync.at_loop_shutdown(close)  # held here: the loop holds it weakly
+        shared.update({"s3": s3, "lambda": lam, "keeper": keeper})
         yield S3(s3, bucket, region, counter, lam, function_name)
         return
     async with stack:

@@ -54,23 +54,10 @@ def portal_loop() -> asyncio.AbstractEventLoop:
         return _portal_loop
 
 
-_portal_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
-
-
-def at_portal_exit(closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``closer()`` on the portal loop when the process exits (close warm clients)."""
-    _portal_closers.append(closer)
-
-
-async def _close_all() -> None:
-    for closer in _portal_closers:
-        with contextlib.suppress(Exception):
-            await closer()
-
-
 async def at_loop_shutdown(closer: Callable[[], Coroutine[Any, Any, None]]) -> Any:
     """Run ``closer()`` when the running loop shuts down its async generators, as
-    ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio do before closing a loop.
+    ``asyncio.run``, ``asyncio.Runner`` and pytest-asyncio do before closing a loop, and
+    the portal does when the process exits.
 
     Returns a keeper the caller must hold on to: the loop tracks it only weakly.
     """
@@ -90,8 +77,9 @@ async def at_loop_shutdown(closer: Callable[[], Coroutine[Any, Any, None]]) -> A
 def _stop_portal() -> None:
     loop = _portal_loop
     if loop is not None and loop.is_running():
+        # as asyncio.run does on its way out: what at_loop_shutdown registered runs
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_close_all(), loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
 
 

@@ -217,6 +217,40 @@ def test_main_module_function_runs(emu: Any, tmp_path: Path) -> None:
     assert out.stdout.strip() == "20"
 
 
+def test_the_portal_closes_its_warm_clients_at_exit(emu: Any, tmp_path: Path) -> None:
+    # sync verbs keep clients warm on the portal loop; its exit hook (atexit) shuts that
+    # loop's async generators down, which closes them, as asyncio.run does for its loop
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from dolambda import LambdaBackend, _sync, foreach
+
+            backend = LambdaBackend(bucket={emu.backend.bucket!r}, region="us-east-1",
+                endpoint_url={emu.endpoint_url!r}, signing_key={emu.signing_key!r},
+                function_name={emu.backend.function_name!r}, prefix={emu.backend.prefix!r})
+            def double(x):
+                return 2 * x
+
+            print(foreach(x=range(5)).combine(sum).do_lambda(double, backend=backend,
+                progress=False))
+            [kept] = backend._shared[_sync.portal_loop()].values()
+            session = kept["s3"]._endpoint.http_session
+            print(sorted(kept), bool(session._sessions))
+            _sync._stop_portal()  # what atexit runs
+            print(sorted(kept), bool(session._sessions))
+            """
+        )
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "20",
+        "['keeper', 'lambda', 's3'] True",
+        "[] False",
+    ]
+
+
 async def test_two_jobs_at_once_from_one_loop(emu: Any) -> None:
     backend = backend_for(emu)
     a, b = await asyncio.gather(

@@ -699,9 +699,7 @@ class _Run:
         started = time.monotonic()
         received = 0
         while True:
-            if self.dispatch_done and not self.pending:
-                return
-            found = await self._poll_once()
+            found = await self._poll_once()  # (nothing pending: no request)
             if self.dispatch_done and not self.pending:
                 return  # the last result is in: no wait for another poll round
             if found:
