@@ -132,7 +132,25 @@ def check_signature(fn: Callable[..., Any], variables: Iterable[str], role: str)
     missing = [n for n in names if n not in accepted] if not var_kw else []
     unknown = sorted(required - set(names))
     if missing or unknown:
+        try:
+            params_of = inspect.signature(fn).parameters.values()
+            positional_only = {p.name for p in params_of if p.kind is p.POSITIONAL_ONLY}
+        except (TypeError, ValueError):
+            positional_only = set()
+        by_position = [n for n in missing if n in positional_only]
+        missing = [n for n in missing if n not in positional_only]
+        unknown = [n for n in unknown if n not in by_position]
         parts = []
+        if by_position:
+            text = (
+                f"{', '.join(repr(n) for n in by_position)} can only be passed by position "
+                "(dolambda passes variables by name): wrap it in a function that takes them "
+                "by name"
+            )
+            if not missing and not unknown and set(names) == set(by_position):
+                ordered = ", ".join(p.name for p in params_of if p.name in by_position)
+                text += f", e.g. lambda {ordered}: {getattr(fn, '__name__', 'fn')}({ordered})"
+            parts.append(text)
         if missing:
             parts.append(f"it does not accept {', '.join(repr(n) for n in missing)}")
         if unknown:

@@ -290,6 +290,14 @@ API: list[Case] = [
         "it does not accept 'x'",
         lambda c: L.do(lambda y: y),
     ),
+    Case(
+        "verb fn: positional-only parameters (a builtin)",
+        ".do(abs)",
+        "InvalidArgument",
+        "'x' can only be passed by position (dolambda passes variables by name): wrap it in a "
+        "function that takes them by name, e.g. lambda x: abs(x)",
+        lambda c: L.do(abs),
+    ),
     Case("verb fn: missing", ".do()", "InvalidArgument", "no loop body", lambda c: L.do()),
     Case(
         ".do_parallel(workers=): zero",
