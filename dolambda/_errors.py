@@ -12,7 +12,8 @@
     ├── VersionMismatch                         client and worker disagree on Python/dill/wire
     └── BackendError                            the backend itself failed
         ├── ConfigError                         missing region, key, bucket setting...
-        └── StorageError                        S3 said no (translated in ``dolambda._s3``)
+        ├── StorageError                        S3 said no (translated in ``dolambda._aws.s3``)
+        └── DeployError                         deploy, doctor or destroy could not finish
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class ConfigError(BackendError):
 
 class StorageError(BackendError):
     """S3 refused or failed a request; the message names the bucket and key."""
+
+
+class DeployError(BackendError):
+    """Deploying, checking or destroying the AWS setup failed; the message says why."""
 
 
 class TaskError(DolambdaError):

@@ -26,13 +26,14 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dolambda import _serialize, _sync
+from dolambda import _sync
 from dolambda._backends.base import Backend, JobContext, TaskResult
-from dolambda._combine import Accumulator
+from dolambda._core.combine import Accumulator
+from dolambda._core.plan import InnerDone, Leaf, PlannedTask, all_variables, plan_tasks
 from dolambda._errors import DolambdaError, JobCancelled, TaskError
-from dolambda._plan import InnerDone, Leaf, PlannedTask, all_variables, plan_tasks
 from dolambda._stats import JobStats
-from dolambda._wire import TaskFailure
+from dolambda._wire import codec
+from dolambda._wire.models import TaskFailure
 
 if TYPE_CHECKING:
     from dolambda._loop import Loop
@@ -523,7 +524,7 @@ def _client_state(loop: Loop) -> bytes | None:
             update={"variables": (), "inner_loop": stripped, "bound_body": None}
         )
     try:
-        return _serialize.dumps(stripped)
+        return codec.dumps(stripped)
     except Exception:
         return None
 

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict
 from dolambda import _sync
 from dolambda._backends.base import Backend
 from dolambda._backends.sequential import SequentialBackend
-from dolambda._combine import MISSING, CombineSpec
+from dolambda._core.combine import MISSING, CombineSpec
+from dolambda._core.plan import check_loop
 from dolambda._errors import InvalidArgument, InvalidArgumentType
 from dolambda._job import Job
-from dolambda._plan import check_loop
 from dolambda._registry import local_backend, resolve_remote_backend, resolve_run_backend
 
 ERROR_MODES = ("stop", "remove", "pass")
@@ -133,7 +133,7 @@ class Loop(BaseModel):
             raise InvalidArgument(
                 "nest: the inner loop must not have a body; bind it to the outer loop"
             )
-        from dolambda._plan import all_variables
+        from dolambda._core.plan import all_variables
 
         clash = set(all_variables(self)) & set(all_variables(inner))
         if clash:

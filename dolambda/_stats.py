@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dolambda._wire import TaskStats
+from dolambda._wire.models import TaskStats
 
 # USD, us-east-1, on-demand (aws.amazon.com/lambda/pricing and /s3/pricing, 2025).
 PRICES: dict[str, float] = {

@@ -25,9 +25,9 @@ from typing import Any
 
 import dill
 
-from dolambda import _serialize
 from dolambda._errors import SignatureError, VersionMismatch
-from dolambda._wire import (
+from dolambda._wire import codec
+from dolambda._wire.models import (
     WIRE_VERSION,
     IterationError,
     JobManifest,
@@ -225,14 +225,14 @@ def check_versions(manifest: JobManifest) -> None:
 
 def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str) -> LoadedJob:
     """Verify and decode a job's manifest and body (raises SignatureError/VersionMismatch)."""
-    manifest = _serialize.unseal_model(
+    manifest = codec.unseal_model(
         JobManifest, manifest_blob, key=key, context=manifest_context(job_id)
     )
     check_versions(manifest)
-    body_bytes = _serialize.unseal(body_blob, key=key, context=body_context(job_id))
-    if _serialize.digest(body_bytes) != manifest.body_digest:
+    body_bytes = codec.unseal(body_blob, key=key, context=body_context(job_id))
+    if codec.digest(body_bytes) != manifest.body_digest:
         raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
-    return LoadedJob(manifest=manifest, body=_serialize.loads(body_bytes))
+    return LoadedJob(manifest=manifest, body=codec.loads(body_bytes))
 
 
 _ALL_VALUES, _PER_VALUE = b"A", b"P"
@@ -243,14 +243,14 @@ def encode_run(run: ChunkRun) -> tuple[list[IterationError], bytes]:
     fails only its own iteration. Returns the errors (with any such failures added)."""
     if not run.errors:  # exceptions may pickle yet not unpickle: they go one by one
         try:
-            return [], _ALL_VALUES + _serialize.dumps(run.values)
+            return [], _ALL_VALUES + codec.dumps(run.values)
         except Exception:
             pass
     errors = dict(run.errors)
     blobs: list[bytes | None] = []
     for k, value in enumerate(run.values):
         try:
-            blob: bytes | None = _serialize.dumps(value)
+            blob: bytes | None = codec.dumps(value)
         except Exception as exc:
             blob = None
             if k not in errors:
@@ -264,7 +264,7 @@ def encode_run(run: ChunkRun) -> tuple[list[IterationError], bytes]:
                     ),
                 )
         blobs.append(blob)
-    return [errors[k] for k in sorted(errors)], _PER_VALUE + _serialize.dumps(blobs)
+    return [errors[k] for k in sorted(errors)], _PER_VALUE + codec.dumps(blobs)
 
 
 def decode_values(outcome: TaskOutcome) -> list[Any]:
@@ -275,17 +275,17 @@ def decode_values(outcome: TaskOutcome) -> list[Any]:
     kind, data = outcome.values[:1], outcome.values[1:]
     if kind == _ALL_VALUES:
         try:
-            return list(_serialize.loads(data))
+            return list(codec.loads(data))
         except Exception:  # e.g. a class that cannot be rebuilt here
             return [None] * count
-    blobs: list[bytes | None] = _serialize.loads(data)
+    blobs: list[bytes | None] = codec.loads(data)
     values: list[Any] = []
     for blob in blobs:
         if blob is None:
             values.append(None)
             continue
         try:
-            values.append(_serialize.loads(blob))
+            values.append(codec.loads(blob))
         except Exception:  # e.g. an exception class that cannot be rebuilt here
             values.append(None)
     return values
@@ -353,7 +353,7 @@ def run_task_blob(
         )
 
     try:
-        task = _serialize.unseal_model(
+        task = codec.unseal_model(
             TaskSpec, task_blob, key=key, context=task_context(job_id, task_id)
         )
         if task.job_id != job_id or task.task_id != task_id:
@@ -369,7 +369,7 @@ def run_task_blob(
                 manifest_blob, body_blob = fetch_job()
             job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
             state.jobs = {job_id: job}  # keep only the current job: bodies may be large
-        rows: list[tuple[Any, ...]] = _serialize.loads(task.args)
+        rows: list[tuple[Any, ...]] = codec.loads(task.args)
         if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
             raise ValueError(
                 f"task {task_id} holds {len(rows)} argument rows and "
@@ -423,7 +423,7 @@ def process_s3_task(
     ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
     ``"ignored"``, ``"gone"``, ``"done"`` or ``"duplicate"``; never raises for the body.
     """
-    from dolambda import _keys
+    from dolambda._wire import keys as _keys
 
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -476,10 +476,10 @@ def process_s3_task(
 
 def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
     """Write a task's result once (``If-None-Match: *``); False when one already exists."""
-    from dolambda import _keys
+    from dolambda._wire import keys as _keys
 
     job_id, task_id = outcome.job_id, outcome.task_id
-    data = _serialize.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
+    data = codec.seal_model(outcome, key=signing_key, context=outcome_context(job_id, task_id))
     try:
         s3.put_object(
             Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
@@ -596,7 +596,7 @@ def write_failure(
     context: Any = None,
 ) -> str:
     """Write an error result for the task at ``key`` (unless a result already exists)."""
-    from dolambda import _keys
+    from dolambda._wire import keys as _keys
 
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:

@@ -870,8 +870,8 @@ def test_forged_inline_task_is_refused_not_run(
     """The 'done' of an unsigned inline task is a signature failure outcome, not a run."""
     import boto3
 
-    from dolambda import _serialize
-    from dolambda._wire import TaskOutcome
+    from dolambda._wire import codec
+    from dolambda._wire.models import TaskOutcome
     from dolambda._worker import outcome_context
 
     url, bucket = handler_env
@@ -881,7 +881,7 @@ def test_forged_inline_task_is_refused_not_run(
     key = "dolambda/results/20260101T000000-aaaaaaaa/0000000.out"
     blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     s3.delete_object(Bucket=bucket, Key=key)
-    outcome = _serialize.unseal_model(
+    outcome = codec.unseal_model(
         TaskOutcome,
         blob,
         key=bytes.fromhex(KEY),

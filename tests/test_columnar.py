@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from dolambda import TaskError, foreach, times
 from dolambda._backends.base import JobContext
-from dolambda._combine import CombineSpec
-from dolambda._plan import (
+from dolambda._core.combine import CombineSpec
+from dolambda._core.plan import (
     HIDDEN,
     InnerDone,
     PlannedTask,
@@ -22,7 +22,7 @@ from dolambda._plan import (
     iter_plan,
     plan_tasks,
 )
-from dolambda._wire import TaskOutcome, pack_ticks, unpack_ticks
+from dolambda._wire.models import TaskOutcome, pack_ticks, unpack_ticks
 from dolambda._worker import WorkerState, run_iterations, run_task_blob
 
 
@@ -178,10 +178,10 @@ def test_a_task_whose_columns_do_not_match_its_count_is_refused(
         job_id="j1", body=body, seed=None, variables=("x",), chunk_size=2, errorhandling="stop"
     )
     spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update=update)
-    from dolambda import _serialize
+    from dolambda._wire import codec
     from dolambda._worker import task_context
 
-    blob = _serialize.seal_model(spec, key=ctx.key, context=task_context("j1", 0))
+    blob = codec.seal_model(spec, key=ctx.key, context=task_context("j1", 0))
     outcome = run_task_blob(
         WorkerState(),
         blob,

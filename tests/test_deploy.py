@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from dolambda import deploy as dep
 from dolambda._config import config_path, load_config
-from dolambda._deploy_aws import (
+from dolambda._errors import InvalidArgument
+from dolambda.deploy.aws import (
     Clients,
     call,
     python_version,
@@ -28,8 +29,7 @@ from dolambda._deploy_aws import (
     validate_bucket_name,
     wheel_platforms,
 )
-from dolambda._deploy_bucket import bucket_region
-from dolambda._errors import InvalidArgument
+from dolambda.deploy.bucket import bucket_region
 from tests.moto_server import MotoServer, free_port
 
 BUCKET = "dl-test-queue"
@@ -551,9 +551,10 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "handler/__init__.py",
         "dolambda/__init__.py",
         "dolambda/_worker.py",
-        "dolambda/_wire.py",
-        "dolambda/_serialize.py",
-        "dolambda/_keys.py",
+        "dolambda/_wire/__init__.py",
+        "dolambda/_wire/models.py",
+        "dolambda/_wire/codec.py",
+        "dolambda/_wire/keys.py",
         "dolambda/_errors.py",
     } == names
     assert not [ln for ln in init.splitlines() if ln.startswith(("import ", "from "))]

@@ -19,10 +19,11 @@ from urllib.parse import quote_plus, unquote_plus
 import boto3
 import pytest
 
-from dolambda import _keys, _serialize
 from dolambda._backends.base import JobContext, TaskResult, decode_outcome
-from dolambda._plan import PlannedTask
-from dolambda._wire import TaskOutcome
+from dolambda._core.plan import PlannedTask
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._wire.models import TaskOutcome
 from dolambda._worker import outcome_context
 from dolambda.emulator import Emulator
 from tests.moto_server import MotoServer
@@ -105,7 +106,7 @@ def wait_results(
         blob = s3.get_object(
             Bucket=emu.bucket, Key=_keys.result_key(emu.prefix, job.job_id, task_id)
         )["Body"].read()
-        outcome = _serialize.unseal_model(
+        outcome = codec.unseal_model(
             TaskOutcome,
             blob,
             key=bytes.fromhex(emu.signing_key),
@@ -605,7 +606,7 @@ def test_context_environment_and_warm_globals(moto_url: str, tmp_path: Any) -> N
 
 def test_an_existing_notification_configuration_is_used(moto_url: str) -> None:
     """A bucket set up by someone else (``dolambda deploy``) is read, not rewritten."""
-    from dolambda import _emulator_setup as setup
+    from dolambda.emulator import setup
 
     def ident(x: int) -> int:
         return x

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dolambda import TaskError, foreach, rng
-from dolambda._combine import CombineSpec
+from dolambda._core.combine import CombineSpec
 
 # Keep hypothesis' storage (example database, constants cache) out of the project root:
 # pyproject's norecursedirs replaces pytest's defaults, so a .hypothesis directory there

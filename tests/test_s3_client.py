@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from dolambda._s3 import RequestCounter, open_s3
+from dolambda._aws.s3 import RequestCounter, open_s3
 from tests.moto_server import MotoServer
 
 BUCKET = "s3-client-tests"

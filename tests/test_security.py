@@ -16,11 +16,12 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from dolambda import _keys, _serialize
 from dolambda._backends.base import JobContext, decode_outcome
+from dolambda._core.plan import PlannedTask
 from dolambda._errors import SignatureError, VersionMismatch
-from dolambda._plan import PlannedTask
-from dolambda._wire import TaskOutcome
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._wire.models import TaskOutcome
 from dolambda._worker import (
     WorkerState,
     manifest_context,
@@ -104,7 +105,7 @@ def outcome(s3: Any, job: JobContext, task: int, key: bytes | None = None) -> Ta
     blob = s3.get_object(Bucket=BUCKET, Key=_keys.result_key(PREFIX, job.job_id, task))[
         "Body"
     ].read()
-    return _serialize.unseal_model(
+    return codec.unseal_model(
         TaskOutcome, blob, key=key or job.key, context=outcome_context(job.job_id, task)
     )
 
@@ -167,7 +168,7 @@ def test_task_carrying_another_jobs_body_is_refused(s3: Any, tmp_path: Path) -> 
     s3.put_object(
         Bucket=BUCKET,
         Key=task,
-        Body=_serialize.seal_model(spec, key=key, context=task_context(job_b.job_id, 0)),
+        Body=codec.seal_model(spec, key=key, context=task_context(job_b.job_id, 0)),
     )
     run(s3, task, key)
     result = outcome(s3, job_b, 0)
@@ -225,16 +226,14 @@ def test_client_refuses_a_tampered_result(tmp_path: Path) -> None:
     key = os.urandom(32)
     job = make_job(tmp_path / "ran", key)
     fake = TaskOutcome(job_id=job.job_id, task_id=0)
-    blob = _serialize.seal_model(fake, key=os.urandom(32), context=outcome_context(job.job_id, 0))
+    blob = codec.seal_model(fake, key=os.urandom(32), context=outcome_context(job.job_id, 0))
     with pytest.raises(SignatureError):
-        _serialize.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
-    good = _serialize.seal_model(fake, key=key, context=outcome_context(job.job_id, 0))
+        codec.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
+    good = codec.seal_model(fake, key=key, context=outcome_context(job.job_id, 0))
     with pytest.raises(SignatureError):
-        _serialize.unseal_model(
-            TaskOutcome, flip(good), key=key, context=outcome_context(job.job_id, 0)
-        )
+        codec.unseal_model(TaskOutcome, flip(good), key=key, context=outcome_context(job.job_id, 0))
     with pytest.raises(SignatureError):  # a valid result of task 0 moved to task 1
-        _serialize.unseal_model(TaskOutcome, good, key=key, context=outcome_context(job.job_id, 1))
+        codec.unseal_model(TaskOutcome, good, key=key, context=outcome_context(job.job_id, 1))
 
 
 def test_task_from_another_wire_version_says_so(s3: Any, tmp_path: Path) -> None:
@@ -248,9 +247,7 @@ def test_task_from_another_wire_version_says_so(s3: Any, tmp_path: Path) -> None
     s3.put_object(
         Bucket=BUCKET,
         Key=task,
-        Body=_serialize.seal(
-            json.dumps(spec).encode(), key=key, context=task_context(job.job_id, 0)
-        ),
+        Body=codec.seal(json.dumps(spec).encode(), key=key, context=task_context(job.job_id, 0)),
     )
     run(s3, task, key)
     result = outcome(s3, job, 0)
@@ -265,18 +262,14 @@ def test_client_names_the_wire_version_of_a_result_it_cannot_read(tmp_path: Path
     job = make_job(tmp_path / "ran", key)
     data = json.loads(TaskOutcome(job_id=job.job_id, task_id=0).model_dump_json())
     data.update(wire_version=7, renamed_field=[])
-    blob = _serialize.seal(
-        json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0)
-    )
+    blob = codec.seal(json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0))
     with pytest.raises(VersionMismatch, match="wire version 7"):
-        _serialize.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
+        codec.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
     # the same version with a bad field is still a plain validation error
     data.update(wire_version=TaskOutcome.model_fields["wire_version"].default)
-    blob = _serialize.seal(
-        json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0)
-    )
+    blob = codec.seal(json.dumps(data).encode(), key=key, context=outcome_context(job.job_id, 0))
     with pytest.raises(ValidationError):
-        _serialize.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
+        codec.unseal_model(TaskOutcome, blob, key=key, context=outcome_context(job.job_id, 0))
 
 
 def test_no_secret_in_any_object(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,7 +285,7 @@ def test_no_secret_in_any_object(s3: Any, tmp_path: Path, monkeypatch: pytest.Mo
             assert key not in data and key.hex().encode() not in data
             assert secret.encode() not in data
     manifest = json.loads(
-        _serialize.unseal(job.sealed_manifest, key=key, context=manifest_context(job.job_id))
+        codec.unseal(job.sealed_manifest, key=key, context=manifest_context(job.job_id))
     )
     assert not any(secret in str(v) or key.hex() in str(v) for v in manifest.values())
 

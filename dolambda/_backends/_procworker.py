@@ -12,7 +12,7 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
-from dolambda import _serialize
+from dolambda._wire import codec
 from dolambda._worker import WorkerState, outcome_context, run_task_blob
 
 
@@ -49,9 +49,7 @@ def main(read_fd: int, write_fd: int) -> None:
             fetch_job=fetch_job,
         )
         sys.stdout.flush()
-        tx.send_bytes(
-            _serialize.seal_model(outcome, key=key, context=outcome_context(job_id, task_id))
-        )
+        tx.send_bytes(codec.seal_model(outcome, key=key, context=outcome_context(job_id, task_id)))
 
 
 if __name__ == "__main__":

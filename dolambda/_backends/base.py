@@ -20,10 +20,10 @@ from typing import Any
 
 import dill
 
-from dolambda import _serialize
+from dolambda._core.plan import PlannedTask
 from dolambda._errors import SerializationError
-from dolambda._plan import PlannedTask
-from dolambda._wire import (
+from dolambda._wire import codec
+from dolambda._wire.models import (
     IterationError,
     JobManifest,
     TaskFailure,
@@ -74,11 +74,11 @@ class JobContext:
 
     @cached_property
     def body_bytes(self) -> bytes:
-        return _serialize.dumps_body(self.body)
+        return codec.dumps_body(self.body)
 
     @cached_property
     def body_digest(self) -> str:
-        return _serialize.digest(self.body_bytes)
+        return codec.digest(self.body_bytes)
 
     @cached_property
     def manifest(self) -> JobManifest:
@@ -98,13 +98,11 @@ class JobContext:
 
     @cached_property
     def sealed_manifest(self) -> bytes:
-        return _serialize.seal_model(
-            self.manifest, key=self.key, context=manifest_context(self.job_id)
-        )
+        return codec.seal_model(self.manifest, key=self.key, context=manifest_context(self.job_id))
 
     @cached_property
     def sealed_body(self) -> bytes:
-        return _serialize.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
+        return codec.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
 
     def encode_task(
         self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False
@@ -115,7 +113,7 @@ class JobContext:
         new to this job needs no request for them.
         """
         try:
-            blob = _serialize.dumps(task.rows)
+            blob = codec.dumps(task.rows)
         except Exception as exc:
             raise _unpicklable_argument(task, exc) from exc
         return TaskSpec(
@@ -132,7 +130,7 @@ class JobContext:
         )
 
     def sealed_task(self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False) -> bytes:
-        return _serialize.seal_model(
+        return codec.seal_model(
             self.encode_task(task, attempt, with_job=with_job),
             key=self.key,
             context=task_context(self.job_id, task.task_id),
@@ -143,13 +141,13 @@ def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
     for k, row in enumerate(task.rows):
         for name, value in zip(task.names, row, strict=True):
             try:
-                _serialize.dumps(value)
+                codec.dumps(value)
             except Exception:
                 path = task.path(k)
                 where = path[0] if len(path) == 1 else path
                 return SerializationError(
                     f"variable {name!r} of iteration {where} "
-                    f"({_serialize.describe(value)}) cannot be serialized with dill: "
+                    f"({codec.describe(value)}) cannot be serialized with dill: "
                     f"{type(exc).__name__}: {exc}"
                 )
     return SerializationError(f"a task's arguments cannot be serialized: {exc}")

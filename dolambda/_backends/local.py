@@ -28,11 +28,11 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from multiprocessing.connection import Connection
 
-from dolambda import _serialize
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
+from dolambda._core.plan import PlannedTask
 from dolambda._errors import BackendError, InvalidArgument, InvalidArgumentType
-from dolambda._plan import PlannedTask
-from dolambda._wire import TaskFailure, TaskOutcome
+from dolambda._wire import codec
+from dolambda._wire.models import TaskFailure, TaskOutcome
 from dolambda._worker import outcome_context
 
 
@@ -246,7 +246,7 @@ class LocalBackend(Backend):
             raise _WorkerDied(
                 f"the worker process (pid {proc.pid}) {proc.exit_reason()} while running {span}"
             ) from None
-        outcome = _serialize.unseal_model(
+        outcome = codec.unseal_model(
             TaskOutcome, data, key=job.key, context=outcome_context(job.job_id, task.task_id)
         )
         return decode_outcome(outcome)

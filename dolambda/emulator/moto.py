@@ -1,6 +1,6 @@
 """A moto server whose Lambda hands events to the dolambda emulator instead of Docker.
 
-Run as ``python -m dolambda._emulator_moto --port 0`` (the emulator does this);
+Run as ``python -m dolambda.emulator.moto --port 0`` (the emulator does this);
 it prints ``DOLAMBDA-MOTO-READY <port>`` once it listens on 127.0.0.1.
 
 Two patches on moto, both at the point where moto would run a function:
@@ -39,7 +39,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs
 
-from dolambda._emulator_events import API, s3_record
+from dolambda.emulator.events import API, s3_record
 
 READY = "DOLAMBDA-MOTO-READY"
 ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
@@ -234,7 +234,7 @@ def _exit_when_parent_goes() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dolambda._emulator_moto")
+    parser = argparse.ArgumentParser(prog="python -m dolambda.emulator.moto")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")

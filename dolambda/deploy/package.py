@@ -23,9 +23,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from dolambda._deploy_aws import ARCHITECTURES, DeployError, python_version, wheel_platforms
+from dolambda._errors import DeployError
+from dolambda.deploy.aws import ARCHITECTURES, python_version, wheel_platforms
 
-WORKER_MODULES = ("_worker.py", "_wire.py", "_serialize.py", "_keys.py", "_errors.py")
+WORKER_MODULES = (
+    "_worker.py",
+    "_errors.py",
+    "_wire/__init__.py",
+    "_wire/models.py",
+    "_wire/codec.py",
+    "_wire/keys.py",
+)
 HANDLER_FILES = ("__init__.py", "lambda_function.py")
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # zipped bytes Lambda accepts in the request itself
 UNZIPPED_LIMIT = 250 * 1024 * 1024  # Lambda's limit for the unzipped package
@@ -149,9 +157,8 @@ def build_package(
             for junk in [tree / name, *tree.glob(f"{name}-*.dist-info")]:
                 if junk.is_dir():
                     shutil.rmtree(junk)
-        (tree / "dolambda").mkdir(exist_ok=True)
-        (tree / "handler").mkdir(exist_ok=True)
         for name, src in sources.items():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tree / name)
         (tree / "dolambda" / "__init__.py").write_text(
             MINIMAL_INIT.format(version=_dolambda_version())

@@ -9,13 +9,13 @@ import secrets
 import time
 from typing import Any
 
-from dolambda._deploy_aws import (
+from dolambda._errors import DeployError
+from dolambda.deploy.aws import (
     HANDLER,
     MAX_EVENT_AGE,
     MAX_RETRY_ATTEMPTS,
     PERMISSION_SID,
     Clients,
-    DeployError,
     DeploySettings,
     as_list,
     call,
@@ -25,8 +25,8 @@ from dolambda._deploy_aws import (
     translate,
     trust_policy,
 )
-from dolambda._deploy_bucket import Change
-from dolambda._deploy_package import DIRECT_UPLOAD_LIMIT, Package
+from dolambda.deploy.bucket import Change
+from dolambda.deploy.package import DIRECT_UPLOAD_LIMIT, Package
 
 # --- IAM --------------------------------------------------------------------------------
 
@@ -255,7 +255,7 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
         missing=True,
         FunctionName=s.function_name,
     )
-    from dolambda._deploy_aws import function_arn
+    from dolambda.deploy.aws import function_arn
 
     want: dict[str, Any] = {
         "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dolambda._deploy_aws import (
+from dolambda._errors import DolambdaError
+from dolambda.deploy.aws import (
     HANDLER,
     MAX_EVENT_AGE,
     MAX_RETRY_ATTEMPTS,
@@ -20,7 +21,7 @@ from dolambda._deploy_aws import (
     role_policy,
     runtime_for,
 )
-from dolambda._deploy_bucket import (
+from dolambda.deploy.bucket import (
     PUBLIC_ACCESS_BLOCK,
     bucket_region,
     find_notification,
@@ -29,8 +30,7 @@ from dolambda._deploy_bucket import (
     notification_config,
     notification_problem,
 )
-from dolambda._deploy_steps import get_function, permission_ok, permission_statement
-from dolambda._errors import DolambdaError
+from dolambda.deploy.steps import get_function, permission_ok, permission_statement
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ::
 
-  client (LambdaBackend, endpoint_url=E)     moto server at E (python -m dolambda._emulator_moto)
+  client (LambdaBackend, endpoint_url=E)     moto server at E (python -m dolambda.emulator.moto)
   ──────────────────────────────────────     ─────────────────────────────────────────────────────
   PUT <prefix>/queue/<job>/<task>.task ────► S3: the bucket notification matches a
                                              LambdaFunctionConfiguration (prefix, suffix,
@@ -21,7 +21,7 @@
                                                      │ dispatcher: at most `workers` at once,
                                                      ▼ the warmest idle worker first
   results/<job>/<task>.out ◄─ PUT If-None-Match ─ worker process (python -m
-                                                  dolambda._emulator_worker): imports
+                                                  dolambda.emulator.worker): imports
                                                   handler/lambda_function.py once (cold start),
                                                   then lambda_handler(event, context) for each
                                                   invocation (warm reuse). Killed at the timeout
@@ -66,10 +66,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from dolambda import _keys
-from dolambda._emulator_events import API, s3_event
 from dolambda._errors import BackendError, InvalidArgument
+from dolambda._wire import keys as _keys
 from dolambda._worker import signing_key_bytes
+from dolambda.emulator.events import API, s3_event
 
 __all__ = ["Emulator", "EmulatorStats", "launch_moto", "serve", "start"]
 
@@ -282,7 +282,7 @@ class Emulator:
         self.discovery = discovery
         self.port = port
         self.handler = handler
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         self.task_root = str(Path(task_root).resolve() if task_root else root / "handler")
         self._pythonpath = str(root)
         self._given_endpoint = endpoint_url
@@ -339,7 +339,7 @@ class Emulator:
             )
         self.discovery = mode
         session = self._session()
-        from dolambda import _emulator_setup as setup
+        from dolambda.emulator import setup
 
         if mode == "events":
             self.function_arn = setup.ensure_all(
@@ -758,7 +758,7 @@ class Emulator:
 
     def _spawn(self, slot: _Slot) -> _Process | None:
         process = _Process(
-            [sys.executable, "-m", "dolambda._emulator_worker"],
+            [sys.executable, "-m", "dolambda.emulator.worker"],
             self._worker_env(),
             self.task_root,
             f"{self.function_name}#{slot.index}",
@@ -949,18 +949,18 @@ class Emulator:
 
 
 def launch_moto(port: int = 0, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the emulator's moto server (``python -m dolambda._emulator_moto``).
+    """Start the emulator's moto server (``python -m dolambda.emulator.moto``).
 
     Returns the process and its URL. The server exits when the process's stdin
     closes, so it never outlives its parent; stop it with ``terminate()``.
     Several emulators (different function names) can share one server.
     """
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "true")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dolambda._emulator_moto", "--watch-stdin", "--port", str(port)],
+        [sys.executable, "-m", "dolambda.emulator.moto", "--watch-stdin", "--port", str(port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

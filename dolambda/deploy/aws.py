@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dolambda._errors import BackendError, InvalidArgument
+from dolambda._errors import DeployError, InvalidArgument
 
 # The Python versions AWS Lambda has a managed runtime for (``python3.X``). The one list.
 LAMBDA_PYTHONS: tuple[str, ...] = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
@@ -66,10 +66,6 @@ _BAD_CREDENTIALS = {
     "SignatureDoesNotMatch",
     "UnrecognizedClientException",
 }
-
-
-class DeployError(BackendError):
-    """Deploying, checking or destroying the AWS setup failed; the message says why."""
 
 
 def python_version() -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dolambda._deploy_aws import (
+from dolambda._errors import DeployError
+from dolambda.deploy.aws import (
     Clients,
-    DeployError,
     DeploySettings,
     as_list,
     call,

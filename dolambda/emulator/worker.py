@@ -1,4 +1,4 @@
-"""One emulated Lambda execution environment: ``python -m dolambda._emulator_worker``.
+"""One emulated Lambda execution environment: ``python -m dolambda.emulator.worker``.
 
 Like the Python runtime, it imports the handler module once (``_HANDLER`` =
 ``module.function``, found in ``LAMBDA_TASK_ROOT``) and then serves invocations

@@ -16,7 +16,7 @@ import sys
 import zipfile
 from typing import Any
 
-from dolambda import _keys
+from dolambda._wire import keys as _keys
 
 TRUST = {
     "Version": "2012-10-17",

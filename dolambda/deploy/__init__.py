@@ -20,15 +20,15 @@ from typing import Any
 import click
 
 from dolambda._config import ClientConfig, config_path, load_config, save_config
-from dolambda._deploy_aws import (
+from dolambda._errors import DeployError, DolambdaError
+from dolambda.deploy.aws import (
     LAMBDA_PYTHONS,
     Clients,
-    DeployError,
     DeploySettings,
     python_version,
     runtime_for,
 )
-from dolambda._deploy_bucket import (
+from dolambda.deploy.bucket import (
     Change,
     ensure_bucket,
     ensure_encryption,
@@ -36,10 +36,10 @@ from dolambda._deploy_bucket import (
     ensure_notification,
     ensure_public_access_block,
 )
-from dolambda._deploy_destroy import destroy
-from dolambda._deploy_doctor import CheckResult, doctor
-from dolambda._deploy_package import DIRECT_UPLOAD_LIMIT, Package, build_package
-from dolambda._deploy_steps import (
+from dolambda.deploy.destroy import destroy
+from dolambda.deploy.doctor import CheckResult, doctor
+from dolambda.deploy.package import DIRECT_UPLOAD_LIMIT, Package, build_package
+from dolambda.deploy.steps import (
     ensure_event_invoke_config,
     ensure_function,
     ensure_permission,
@@ -49,7 +49,6 @@ from dolambda._deploy_steps import (
     get_function,
     signing_key,
 )
-from dolambda._errors import DolambdaError
 
 __all__ = [
     "LAMBDA_PYTHONS",

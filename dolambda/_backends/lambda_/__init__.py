@@ -41,13 +41,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from dolambda import _keys, _serialize
+from dolambda._aws.s3 import S3, RequestCounter, gather_limited, open_s3, resolve_region
 from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
 from dolambda._config import load_config
+from dolambda._core.plan import InnerDone, PlannedTask
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
-from dolambda._plan import InnerDone, PlannedTask
-from dolambda._s3 import S3, RequestCounter, gather_limited, open_s3, resolve_region
-from dolambda._wire import JobManifest, TaskFailure, TaskOutcome, TaskSpec
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec
 from dolambda._worker import (
     manifest_context,
     outcome_context,
@@ -446,19 +447,17 @@ class LambdaBackend(Backend):
                     "objects deleted. Submit the loop again."
                 )
             assert blob is not None  # a plan is written after the manifest
-            manifest = _serialize.unseal_model(
+            manifest = codec.unseal_model(
                 JobManifest, blob, key=self.key, context=manifest_context(job_id)
             )
-            plan = json.loads(
-                _serialize.unseal(plan_blob, key=self.key, context=plan_context(job_id))
-            )
+            plan = json.loads(codec.unseal(plan_blob, key=self.key, context=plan_context(job_id)))
             if plan.get("client") is None:
                 raise InvalidArgument(
                     f"Job.attach: job {job_id!r} cannot be attached: its combine function "
                     "could not be pickled when it was submitted (it is still running; its "
                     "results stay under results/ until cleaned up)"
                 )
-            loop = _serialize.loads(base64.b64decode(plan["client"]))
+            loop = codec.loads(base64.b64decode(plan["client"]))
             task_keys = [k async for k in s3.list_keys(_keys.queue_dir(self.prefix, job_id))]
             blobs = await gather_limited(16, [s3.get(k) for k in task_keys])
         items: list[PlannedTask | InnerDone] = []
@@ -466,14 +465,14 @@ class LambdaBackend(Backend):
             parsed = _keys.parse_task_key(self.prefix, key)
             if parsed is None or tblob is None:
                 continue
-            spec = _serialize.unseal_model(
+            spec = codec.unseal_model(
                 TaskSpec, tblob, key=self.key, context=task_context(job_id, parsed[1])
             )
             items.append(
                 PlannedTask(
                     spec.task_id,
                     spec.first,
-                    _serialize.loads(spec.args),
+                    codec.loads(spec.args),
                     manifest.variables,
                     None if spec.paths is None else list(spec.paths),
                     None if spec.slots is None else list(spec.slots),
@@ -589,7 +588,7 @@ class _Run:
             # the plan is written last: its presence means the job was fully dispatched
             await self.s3.put(
                 _keys.plan_key(self.prefix, job.job_id),
-                _serialize.seal(
+                codec.seal(
                     json.dumps(plan).encode(), key=job.key, context=plan_context(job.job_id)
                 ),
             )
@@ -607,7 +606,7 @@ class _Run:
             self.seen.discard(task_id)
             return
         try:
-            outcome = _serialize.unseal_model(
+            outcome = codec.unseal_model(
                 TaskOutcome,
                 blob,
                 key=self.job.key,

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dolambda._config import config_path, load_config
-from dolambda._deploy_aws import (
+from dolambda._errors import DeployError, DolambdaError
+from dolambda.deploy.aws import (
     PERMISSION_SID,
     Clients,
-    DeployError,
     DeploySettings,
     call,
     validate_bucket_name,
 )
-from dolambda._deploy_bucket import (
+from dolambda.deploy.bucket import (
     Change,
     bucket_region,
     find_notification,
@@ -28,8 +28,7 @@ from dolambda._deploy_bucket import (
     put_lifecycle,
     put_notifications,
 )
-from dolambda._deploy_steps import get_function
-from dolambda._errors import DolambdaError
+from dolambda.deploy.steps import get_function
 
 Echo = Callable[[str], None]
 
