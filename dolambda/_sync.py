@@ -86,14 +86,6 @@ def _stop_portal() -> None:
 atexit.register(_stop_portal)
 
 
-def is_portal_loop() -> bool:
-    """Whether the running loop is the portal's."""
-    try:
-        return asyncio.get_running_loop() is _portal_loop
-    except RuntimeError:
-        return False
-
-
 def submit_to_portal(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return asyncio.run_coroutine_threadsafe(coro, portal_loop())
 
