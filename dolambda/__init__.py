@@ -12,19 +12,25 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-if _TYPE_CHECKING:
-    from dolambda._backends.base import Backend
-    from dolambda._backends.lambda_ import LambdaBackend
-    from dolambda._backends.local import LocalBackend
-    from dolambda._errors import DolambdaError, TaskError
-    from dolambda._executor import Executor
-    from dolambda._job import Job
-    from dolambda._loop import Loop, foreach, times
-    from dolambda._registry import register, registered
-    from dolambda._worker import rng
+if _TYPE_CHECKING:  # for type checkers only: at run time the table below is used
+    from dolambda._backends.base import Backend as Backend
+    from dolambda._backends.lambda_ import LambdaBackend as LambdaBackend
+    from dolambda._backends.local import LocalBackend as LocalBackend
+    from dolambda._errors import DolambdaError as DolambdaError
+    from dolambda._errors import TaskError as TaskError
+    from dolambda._executor import Executor as Executor
+    from dolambda._job import Job as Job
+    from dolambda._loop import Loop as Loop
+    from dolambda._loop import foreach as foreach
+    from dolambda._loop import times as times
+    from dolambda._registry import register as register
+    from dolambda._registry import registered as registered
+    from dolambda._worker import rng as rng
 
 __version__ = "0.1.0"
 
+#: every public name and the module it is imported from on first use: the one table
+#: that drives both the lazy imports and ``__all__``
 _WHERE = {
     "Backend": "dolambda._backends.base",
     "DolambdaError": "dolambda._errors",
@@ -41,21 +47,7 @@ _WHERE = {
     "times": "dolambda._loop",
 }
 
-__all__ = [
-    "Backend",
-    "DolambdaError",
-    "Executor",
-    "Job",
-    "LambdaBackend",
-    "LocalBackend",
-    "Loop",
-    "TaskError",
-    "foreach",
-    "register",
-    "registered",
-    "rng",
-    "times",
-]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> _Any:
