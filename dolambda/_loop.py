@@ -1,8 +1,10 @@
-"""The immutable loop spec and its verbs.
+"""The public :class:`Loop`: the loop spec plus the verbs that run it, and
+:func:`foreach` / :func:`times` that start one.
 
-Every method returns a new :class:`Loop` (a frozen pydantic model); nothing
-runs until a verb (``do``, ``do_parallel``, ``do_lambda``, ``run``, ``arun``,
-``submit``). Arguments are validated when they are given.
+The builders (``when``, ``combine``, ``errorhandling``, ``seed``, ``chunk_size``,
+``nest``, the decorator) live on :class:`~dolambda._core.spec.LoopSpec` and return
+a new ``Loop``; nothing runs until a verb (``do``, ``do_parallel``, ``do_lambda``,
+``run``, ``arun``, ``submit``, ``await``).
 """
 
 from __future__ import annotations
@@ -10,149 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from dolambda import _sync
 from dolambda._backends.base import Backend
 from dolambda._backends.sequential import SequentialBackend
-from dolambda._core.combine import MISSING, CombineSpec
 from dolambda._core.plan import check_loop
+from dolambda._core.spec import LoopSpec
 from dolambda._errors import InvalidArgument, InvalidArgumentType
 from dolambda._job import Job
 from dolambda._registry import local_backend, resolve_remote_backend, resolve_run_backend
 
-ERROR_MODES = ("stop", "remove", "pass")
 
-
-class Loop(BaseModel):
+class Loop(LoopSpec):
     """A foreach loop spec. Build one with :func:`foreach` or :func:`times`.
 
     >>> from dolambda import foreach
     >>> foreach(x=range(5)).when(lambda x: x % 2 == 0).combine("+").do(lambda x: x * 10)
     60
     """
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    variables: Any = ()
-    predicate: Any = None
-    combine_spec: Any = CombineSpec()
-    error_mode: Any = None
-    seed_value: Any = None
-    chunk: Any = "auto"
-    inner_loop: Any = None
-    bound_body: Any = None
-
-    def __repr__(self) -> str:
-        names = ", ".join(n for n, _ in self.variables) or "<no variables>"
-        text = f"foreach({names})"
-        if self.inner_loop is not None:
-            text += f".nest({self.inner_loop!r})"
-        if self.bound_body is not None:
-            text += f" -> {getattr(self.bound_body, '__qualname__', self.bound_body)}"
-        return f"<{text}>"
-
-    # ------------------------------------------------------------------ builders
-
-    def when(self, predicate: Callable[..., bool]) -> Loop:
-        """Keep only the iterations for which ``predicate(**variables)`` is true."""
-        if not callable(predicate):
-            raise InvalidArgumentType(
-                f"when: expected a function of the loop variables, got {type(predicate).__name__}"
-            )
-        return self.model_copy(update={"predicate": predicate})
-
-    def combine(
-        self,
-        fn: str | Callable[..., Any] = "list",
-        *,
-        init: Any = MISSING,
-        final: Callable[[Any], Any] | None = None,
-        inorder: bool = True,
-        multicombine: bool | None = None,
-        maxcombine: int | None = None,
-    ) -> Loop:
-        """How results are combined: a shorthand (``"list"``, ``"c"``, ``"+"``, ``"*"``,
-        ``"max"``, ``"min"``, ``"cbind"``, ``"rbind"``), a 2-argument function (a fold),
-        a 1-argument reducer such as ``sum`` (called on lists), or a ``*args`` function.
-
-        >>> from dolambda import foreach
-        >>> foreach(x=range(4)).combine(sum).do(lambda x: x)
-        6
-        """
-        spec = CombineSpec(
-            fn=fn,
-            init=init,
-            final=final,
-            inorder=inorder,
-            multicombine=multicombine,
-            maxcombine=maxcombine,
-        )
-        return self.model_copy(update={"combine_spec": spec})
-
-    def errorhandling(self, mode: str) -> Loop:
-        """``"stop"`` (raise TaskError, cancel the rest), ``"remove"`` (drop failed
-        iterations) or ``"pass"`` (the exception object is the result)."""
-        if mode not in ERROR_MODES:
-            raise InvalidArgument(
-                f"errorhandling: unknown mode {mode!r}; use 'stop', 'remove' or 'pass'"
-            )
-        return self.model_copy(update={"error_mode": mode})
-
-    def seed(self, seed: int) -> Loop:
-        """Reproducible random streams: iteration k uses ``SeedSequence(seed, spawn_key=(k,))``."""
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InvalidArgumentType(f"seed: expected a non-negative integer, got {seed!r}")
-        if seed < 0:
-            raise InvalidArgument(f"seed: expected a non-negative integer, got {seed}")
-        return self.model_copy(update={"seed_value": seed})
-
-    def chunk_size(self, size: int | str) -> Loop:
-        """Iterations per task: a positive integer, or ``"auto"`` (the default)."""
-        if size != "auto":
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise InvalidArgumentType(
-                    f"chunk_size: expected a positive integer or 'auto', got {size!r}"
-                )
-            if size < 1:
-                raise InvalidArgument(f"chunk_size: must be at least 1, got {size}")
-        return self.model_copy(update={"chunk": size})
-
-    def nest(self, inner: Loop) -> Loop:
-        """R's ``%:%``: run ``inner`` for each iteration of this loop.
-
-        >>> from dolambda import foreach
-        >>> foreach(i=range(3)).nest(foreach(j=lambda i: range(i))).do(lambda i, j: (i, j))
-        [[], [(1, 0)], [(2, 0), (2, 1)]]
-        """
-        if not isinstance(inner, Loop):
-            raise InvalidArgumentType(
-                f"nest: expected a foreach(...) loop, got {type(inner).__name__}"
-            )
-        if inner.bound_body is not None:
-            raise InvalidArgument(
-                "nest: the inner loop must not have a body; bind it to the outer loop"
-            )
-        from dolambda._core.plan import all_variables
-
-        clash = set(all_variables(self)) & set(all_variables(inner))
-        if clash:
-            raise InvalidArgument(
-                f"nest: the inner loop redefines {', '.join(sorted(clash))}; use other names"
-            )
-        if self.inner_loop is None:
-            return self.model_copy(update={"inner_loop": inner})
-        return self.model_copy(update={"inner_loop": self.inner_loop.nest(inner)})
-
-    def __call__(self, fn: Callable[..., Any]) -> Loop:
-        """Decorator form: ``@foreach(x=...)`` binds the function as the loop body."""
-        if self.bound_body is not None:
-            raise InvalidArgument(
-                "this loop already has a body; call a verb (.do(), .run(), ...) to run it"
-            )
-        if not callable(fn):
-            raise InvalidArgumentType(f"the loop body must be a function, got {type(fn).__name__}")
-        return self.model_copy(update={"bound_body": fn})
 
     # ------------------------------------------------------------------ verbs
 
@@ -179,7 +55,7 @@ class Loop(BaseModel):
 
     @staticmethod
     def _wait(job: Job) -> Any:
-        return _sync.run_sync(job._run(), portal=bool(getattr(job.backend, "run_on_portal", False)))
+        return _sync.run_sync(job._run(), portal=job.backend.run_on_portal)
 
     def do(self, fn: Callable[..., Any] | None = None, *, progress: bool | None = None) -> Any:
         """R's ``%do%``: run every iteration sequentially in this process."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import warnings
 from typing import Any
@@ -99,19 +100,27 @@ def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
 def resolve_remote_backend(backend: Any, *, lambda_only: bool = True) -> Backend:
     """The backend for ``do_lambda`` and ``Job.attach``: given, registered, or configured."""
     if backend is not None:
-        if not isinstance(backend, Backend) or (
-            lambda_only and getattr(backend, "name", "") != "lambda"
-        ):
+        if not isinstance(backend, Backend) or (lambda_only and not backend.runs_on_lambda):
             raise InvalidArgumentType(
                 f"backend: expected a LambdaBackend, got {type(backend).__name__}; use "
                 ".run(fn, backend=...) for other backends"
             )
         return backend
     chosen = _registered
-    if chosen is not None and getattr(chosen, "name", "") == "lambda":
+    if chosen is not None and chosen.runs_on_lambda:
         return chosen
+    return _deployed_lambda_backend()
+
+
+def _deployed_lambda_backend() -> Backend:
+    """The LambdaBackend that ``dolambda deploy`` configured.
+
+    Loaded by name, when first needed: the Lambda backend imports aioboto3 (about
+    half a second), which a loop that runs sequentially or locally never needs.
+    """
     try:
-        from dolambda._backends.lambda_ import LambdaBackend
+        module = importlib.import_module("dolambda._backends.lambda_")
     except ImportError as exc:  # pragma: no cover
         raise ConfigError("the Lambda backend is not available") from exc
-    return LambdaBackend.from_config()
+    backend: Backend = module.LambdaBackend.from_config()
+    return backend

@@ -12,16 +12,11 @@ from hypothesis import strategies as st
 
 from dolambda import TaskError, foreach, times
 from dolambda._backends.base import JobContext
+from dolambda._backends.sealing import SealedJob
 from dolambda._core.combine import CombineSpec
-from dolambda._core.plan import (
-    HIDDEN,
-    InnerDone,
-    PlannedTask,
-    _group,
-    all_variables,
-    iter_plan,
-    plan_tasks,
-)
+from dolambda._core.plan import _group, iter_plan, plan_tasks
+from dolambda._core.spec import all_variables
+from dolambda._core.tasks import HIDDEN, InnerDone, PlannedTask
 from dolambda._wire.models import TaskOutcome, pack_ticks, unpack_ticks
 from dolambda._worker import WorkerState, run_iterations, run_task_blob
 
@@ -174,8 +169,10 @@ def test_a_task_whose_columns_do_not_match_its_count_is_refused(
     def body(x: int) -> int:
         return x
 
-    ctx = JobContext(
-        job_id="j1", body=body, seed=None, variables=("x",), chunk_size=2, errorhandling="stop"
+    ctx = SealedJob(
+        JobContext(
+            job_id="j1", body=body, seed=None, variables=("x",), chunk_size=2, errorhandling="stop"
+        )
     )
     spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update=update)
     from dolambda._wire import codec

@@ -1,7 +1,7 @@
 """The local Lambda emulator: real HTTP to moto, the real handler in worker processes.
 
 Tasks are written the way the Lambda backend writes them (sealed manifest, body
-and task objects from a JobContext) and results are read back and decoded, so
+and task objects from a SealedJob) and results are read back and decoded, so
 these tests do not depend on the client backend.
 """
 
@@ -19,8 +19,9 @@ from urllib.parse import quote_plus, unquote_plus
 import boto3
 import pytest
 
-from dolambda._backends.base import JobContext, TaskResult, decode_outcome
-from dolambda._core.plan import PlannedTask
+from dolambda._backends.base import JobContext, TaskResult
+from dolambda._backends.sealing import SealedJob, decode_outcome
+from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.models import TaskOutcome
@@ -36,14 +37,16 @@ pytestmark = pytest.mark.timeout(120)
 
 def make_job(
     emu: Emulator, body: Callable[..., Any], n_tasks: int, job_id: str = "job-1"
-) -> tuple[JobContext, list[PlannedTask]]:
-    job = JobContext(
-        job_id=job_id,
-        body=body,
-        seed=None,
-        variables=("x",),
-        chunk_size=1,
-        errorhandling="stop",
+) -> tuple[SealedJob, list[PlannedTask]]:
+    job = SealedJob(
+        JobContext(
+            job_id=job_id,
+            body=body,
+            seed=None,
+            variables=("x",),
+            chunk_size=1,
+            errorhandling="stop",
+        ),
         key=bytes.fromhex(emu.signing_key),
         trigger=emu.trigger,
         task_timeout=emu.timeout,
@@ -56,7 +59,7 @@ def s3_client(emu: Emulator) -> Any:
     return boto3.client("s3", endpoint_url=emu.endpoint_url, region_name=emu.region)
 
 
-def put_job(s3: Any, emu: Emulator, job: JobContext) -> None:
+def put_job(s3: Any, emu: Emulator, job: SealedJob) -> None:
     s3.put_object(
         Bucket=emu.bucket,
         Key=_keys.manifest_key(emu.prefix, job.job_id),
@@ -67,7 +70,7 @@ def put_job(s3: Any, emu: Emulator, job: JobContext) -> None:
     )
 
 
-def put_tasks(s3: Any, emu: Emulator, job: JobContext, tasks: list[PlannedTask]) -> None:
+def put_tasks(s3: Any, emu: Emulator, job: SealedJob, tasks: list[PlannedTask]) -> None:
     for task in tasks:
         s3.put_object(
             Bucket=emu.bucket,
@@ -76,7 +79,7 @@ def put_tasks(s3: Any, emu: Emulator, job: JobContext, tasks: list[PlannedTask])
         )
 
 
-def result_ids(s3: Any, emu: Emulator, job: JobContext) -> set[int]:
+def result_ids(s3: Any, emu: Emulator, job: SealedJob) -> set[int]:
     found: set[int] = set()
     pages = s3.get_paginator("list_objects_v2").paginate(
         Bucket=emu.bucket, Prefix=_keys.results_dir(emu.prefix, job.job_id)
@@ -98,7 +101,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def wait_results(
-    s3: Any, emu: Emulator, job: JobContext, task_ids: list[int], timeout: float = 30
+    s3: Any, emu: Emulator, job: SealedJob, task_ids: list[int], timeout: float = 30
 ) -> dict[int, TaskResult]:
     wait_for(lambda: set(task_ids) <= result_ids(s3, emu, job), timeout, f"results {task_ids}")
     out: dict[int, TaskResult] = {}

@@ -388,9 +388,9 @@ def test_worker_killed_mid_task_is_retried(emu: Any, tmp_path: Path) -> None:
 def test_version_mismatch_is_an_error_naming_both(
     emu: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dolambda._backends.base as base
+    import dolambda._backends.sealing as sealing
 
-    monkeypatch.setattr(base, "python_version", lambda: "3.99")
+    monkeypatch.setattr(sealing, "python_version", lambda: "3.99")
     backend = backend_for(emu)
     with pytest.raises(TaskError) as info:
         foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
@@ -578,10 +578,10 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
     """The first run of a body uses the count-based chunking; the next one sizes chunks
     from the seconds per iteration it measured: a cheap body goes in one task, a slow
     one still spreads over every worker."""
-    from dolambda import _job
+    from dolambda._core import run
 
     backend = backend_for(emu, max_concurrency=8)
-    _job._SECONDS_PER_ITERATION.clear()
+    run._SECONDS_PER_ITERATION.clear()
     loop = foreach(x=range(2000))
     first = loop.submit(_cheap, backend=backend, progress=False)
     assert first.result() == [x + 1 for x in range(2000)]
@@ -600,19 +600,18 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
 async def test_a_cancel_that_arrives_as_the_gather_is_woken_is_not_lost() -> None:
     # the gather sleeps between LISTs until woken; a job cancelled in the same loop step
     # as the wake-up (e.g. just as its dispatch finished) must stop, not poll on
-    from dolambda._backends.lambda_ import _Run
+    from dolambda._backends.lambda_.gather import sleep_unless_woken
 
-    run = _Run.__new__(_Run)
-    run.wake = asyncio.Event()
-    sleeping = asyncio.create_task(run._sleep_unless_woken(30.0))
+    wake = asyncio.Event()
+    sleeping = asyncio.create_task(sleep_unless_woken(wake, 30.0))
     await asyncio.sleep(0)  # it is waiting now
-    run.wake.set()
+    wake.set()
     sleeping.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(sleeping, 5)
     # and an uncancelled sleep ends when woken, long before its timeout
-    run.wake.clear()
-    sleeping = asyncio.create_task(run._sleep_unless_woken(30.0))
+    wake.clear()
+    sleeping = asyncio.create_task(sleep_unless_woken(wake, 30.0))
     await asyncio.sleep(0)
-    run.wake.set()
+    wake.set()
     await asyncio.wait_for(sleeping, 5)

@@ -16,8 +16,9 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from dolambda._backends.base import JobContext, decode_outcome
-from dolambda._core.plan import PlannedTask
+from dolambda._backends.base import JobContext
+from dolambda._backends.sealing import SealedJob, decode_outcome
+from dolambda._core.tasks import PlannedTask
 from dolambda._errors import SignatureError, VersionMismatch
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
@@ -59,23 +60,25 @@ def s3(moto_url: str) -> Iterator[Any]:
     client.delete_bucket(Bucket=BUCKET)
 
 
-def make_job(marker: Path, key: bytes, job_id: str = "20260101T000000-aaaaaaaa") -> JobContext:
+def make_job(marker: Path, key: bytes, job_id: str = "20260101T000000-aaaaaaaa") -> SealedJob:
     def body(x: int) -> int:
         marker.touch()
         return x + 1
 
-    return JobContext(
-        job_id=job_id,
-        body=body,
-        seed=None,
-        variables=("x",),
-        chunk_size=1,
-        errorhandling="stop",
+    return SealedJob(
+        JobContext(
+            job_id=job_id,
+            body=body,
+            seed=None,
+            variables=("x",),
+            chunk_size=1,
+            errorhandling="stop",
+        ),
         key=key,
     )
 
 
-def upload(s3: Any, job: JobContext, tasks: int = 1) -> list[str]:
+def upload(s3: Any, job: SealedJob, tasks: int = 1) -> list[str]:
     s3.put_object(
         Bucket=BUCKET, Key=_keys.manifest_key(PREFIX, job.job_id), Body=job.sealed_manifest
     )
@@ -101,7 +104,7 @@ def run(s3: Any, key: str, signing_key: bytes) -> str:
     )
 
 
-def outcome(s3: Any, job: JobContext, task: int, key: bytes | None = None) -> TaskOutcome:
+def outcome(s3: Any, job: SealedJob, task: int, key: bytes | None = None) -> TaskOutcome:
     blob = s3.get_object(Bucket=BUCKET, Key=_keys.result_key(PREFIX, job.job_id, task))[
         "Body"
     ].read()

@@ -1,46 +1,42 @@
-"""The backend interface: one async method that runs a job's tasks.
+"""The backend contract, and nothing else: one async method that runs a job's tasks.
 
 A backend receives a :class:`JobContext` and an async iterator of planned
 tasks (pulled lazily, so it bounds how much is in flight) and yields one
 :class:`TaskResult` per task, in completion order. Everything else (planning,
-combine, error handling, progress, stats) is built once above it in
-:mod:`dolambda._job`.
+combine, error handling, progress, stats) is built once above it, in
+:mod:`dolambda._core.run`. Every knob the engine, :class:`~dolambda.Job` or
+:class:`~dolambda.Loop` reads from a backend is declared on :class:`Backend`.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
-import dill
-
-from dolambda._core.plan import PlannedTask
-from dolambda._errors import SerializationError
+from dolambda._core.spec import LoopSpec
+from dolambda._core.tasks import InnerDone, PlannedTask
+from dolambda._errors import DolambdaError
+from dolambda._stats import JobStats
 from dolambda._wire import codec
-from dolambda._wire.models import (
-    IterationError,
-    JobManifest,
-    TaskFailure,
-    TaskOutcome,
-    TaskSpec,
-    TaskStats,
-    unpack_ticks,
-)
-from dolambda._worker import (
-    ChunkRun,
-    binds_positionally,
-    body_context,
-    decode_values,
-    manifest_context,
-    python_version,
-    task_context,
-)
+from dolambda._wire.models import IterationError, TaskFailure, TaskStats
+from dolambda._worker import ChunkRun, binds_positionally
+
+
+@dataclass
+class JobRecord:
+    """What a backend that keeps records of its jobs (:attr:`Backend.keeps_records`)
+    stores so that :meth:`Backend.attach` can rebuild a job whose client died."""
+
+    #: the pickled loop spec without its variables and body (its combine, errorhandling,
+    #: nesting); None when it cannot be pickled (then the job cannot be attached)
+    spec: bytes | None
+    #: the plan's InnerDone markers, appended as the engine plans the job
+    markers: list[InnerDone] = field(default_factory=list)
 
 
 @dataclass
@@ -53,19 +49,18 @@ class JobContext:
     variables: tuple[str, ...]
     chunk_size: int
     errorhandling: str
-    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    #: set when the job is stopping (cancelled, or an iteration failed with "stop"):
+    #: take no new task and stop running ones where possible
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    trigger: str = "local"
-    task_timeout: float | None = None
     created_at: float = field(default_factory=time.time)
-    #: InnerDone markers seen so far (the Lambda backend stores them for Job.attach)
-    markers: list[Any] = field(default_factory=list)
-    #: the pickled loop spec without its variables (the Lambda backend stores it for attach)
-    client_state: bytes | None = None
-    #: S3 requests the client made for this job, by kind (filled by the Lambda backend)
-    client_requests: dict[str, int] = field(default_factory=dict)
-    #: set by Job.attach: tasks already exist in the queue and must not be uploaded again
-    attached: bool = False
+    #: the job's statistics: the engine fills them from the TaskResults; a backend adds
+    #: what only it measures (the requests the client made to its service)
+    stats: JobStats = field(default_factory=JobStats)
+    #: for a backend that keeps records (Backend.keeps_records), what it must store for
+    #: Backend.attach; None for other backends and for a job rebuilt by attach
+    record: JobRecord | None = None
+    #: the job was rebuilt by Backend.attach: its tasks exist already, send none again
+    resumed: bool = False
 
     @cached_property
     def positional(self) -> bool:
@@ -74,83 +69,12 @@ class JobContext:
 
     @cached_property
     def body_bytes(self) -> bytes:
+        """The pickled body; raises SerializationError when it cannot travel."""
         return codec.dumps_body(self.body)
 
     @cached_property
     def body_digest(self) -> str:
         return codec.digest(self.body_bytes)
-
-    @cached_property
-    def manifest(self) -> JobManifest:
-        return JobManifest(
-            job_id=self.job_id,
-            created_at=self.created_at,
-            python=python_version(),
-            dill_version=str(dill.__version__),
-            body_digest=self.body_digest,
-            seed=self.seed,
-            variables=self.variables,
-            chunk_size=self.chunk_size,
-            trigger=self.trigger,  # type: ignore[arg-type]
-            task_timeout=self.task_timeout,
-            errorhandling=self.errorhandling,  # type: ignore[arg-type]
-        )
-
-    @cached_property
-    def sealed_manifest(self) -> bytes:
-        return codec.seal_model(self.manifest, key=self.key, context=manifest_context(self.job_id))
-
-    @cached_property
-    def sealed_body(self) -> bytes:
-        return codec.seal(self.body_bytes, key=self.key, context=body_context(self.job_id))
-
-    def encode_task(
-        self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False
-    ) -> TaskSpec:
-        """A planned task as a wire task; raises SerializationError naming the variable.
-
-        ``with_job`` puts the sealed manifest and body in the task, so that a worker
-        new to this job needs no request for them.
-        """
-        try:
-            blob = codec.dumps(task.rows)
-        except Exception as exc:
-            raise _unpicklable_argument(task, exc) from exc
-        return TaskSpec(
-            job_id=self.job_id,
-            task_id=task.task_id,
-            attempt=attempt,
-            first=task.first,
-            count=len(task.rows),
-            paths=task.paths,  # type: ignore[arg-type]
-            slots=task.slots,  # type: ignore[arg-type]
-            args=blob,
-            job_manifest=self.sealed_manifest if with_job else None,
-            job_body=self.sealed_body if with_job else None,
-        )
-
-    def sealed_task(self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False) -> bytes:
-        return codec.seal_model(
-            self.encode_task(task, attempt, with_job=with_job),
-            key=self.key,
-            context=task_context(self.job_id, task.task_id),
-        )
-
-
-def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
-    for k, row in enumerate(task.rows):
-        for name, value in zip(task.names, row, strict=True):
-            try:
-                codec.dumps(value)
-            except Exception:
-                path = task.path(k)
-                where = path[0] if len(path) == 1 else path
-                return SerializationError(
-                    f"variable {name!r} of iteration {where} "
-                    f"({codec.describe(value)}) cannot be serialized with dill: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-    return SerializationError(f"a task's arguments cannot be serialized: {exc}")
 
 
 @dataclass
@@ -177,55 +101,17 @@ class TaskResult:
         return self.ticks[-1] - self.ticks[0] if len(self.ticks) > 1 else 0.0
 
 
-def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
-    """Turn a verified wire outcome into a TaskResult (values unpickled)."""
-    return TaskResult(
-        task_id=outcome.task_id,
-        values=decode_values(outcome),
-        ticks=unpack_ticks(outcome.ticks),
-        errors={e.position: e for e in outcome.errors},
-        failure=outcome.failure,
-        stats=outcome.stats,
-        attempts=attempts,
-    )
+@dataclass(frozen=True)
+class AttachedJob:
+    """What :meth:`Backend.attach` found of a job: enough for ``Job.attach`` to
+    rebuild it and resume gathering."""
 
-
-async def fan_in(
-    out: asyncio.Queue[TaskResult | BaseException | None],
-    producers: list[Coroutine[Any, Any, None]],
-) -> AsyncGenerator[TaskResult, None]:
-    """Run ``producers`` concurrently and yield the TaskResults they put on ``out``.
-
-    The first exception a producer raises is re-raised here; leaving early (or an
-    error) cancels every producer and waits for their cleanup.
-    """
-
-    async def guard(coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            await out.put(exc)
-            raise
-        finally:
-            out.put_nowait(None)
-
-    tasks = [asyncio.create_task(guard(c)) for c in producers]
-    running = len(tasks)
-    try:
-        while running:
-            item = await out.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    job_id: str
+    #: the loop spec without variables or body (what combines the results)
+    spec: LoopSpec
+    #: every task of the job and the plan's InnerDone markers
+    plan: list[PlannedTask | InnerDone]
+    seed: int | None
 
 
 class Backend(abc.ABC):
@@ -236,12 +122,30 @@ class Backend(abc.ABC):
     True
     """
 
-    name: str = "backend"
-    #: whether iterations leave this process (progress on by default, body must pickle)
-    remote: bool = False
+    #: the backend's name in progress bars, stats and ``registered()``
+    name: ClassVar[str] = "backend"
+    #: iterations run in other processes: the body must pickle (checked before anything
+    #: starts), and "auto" chunks are sized from the body's last measured run
+    body_must_pickle: ClassVar[bool] = False
+    #: whether a job shows a progress bar when its verb says ``progress=None``
+    progress_default: ClassVar[bool] = False
+    #: print the job's stats summary (its estimated cost) after a job with a progress bar
+    prints_summary: ClassVar[bool] = False
+    #: sync verbs run the job on the helper thread's loop (where clients stay warm
+    #: across jobs) even when no event loop is running in the caller's thread
+    run_on_portal: ClassVar[bool] = False
+    #: the backend stores each job's JobRecord, so that attach can resume it
+    keeps_records: ClassVar[bool] = False
+    #: tasks run on AWS Lambda: ``do_lambda`` takes only such a backend
+    runs_on_lambda: ClassVar[bool] = False
+    #: memory (MB) each worker is billed for, for the cost estimate (0: not billed)
+    memory_mb: int = 0
+    #: the workers' CPU architecture, for the cost estimate ("x86_64" or "arm64")
+    architecture: str = "x86_64"
 
     @property
     def workers(self) -> int:
+        """How many tasks may run at once."""
         return 1
 
     def chunk_size_for(self, total: int | None, per_iteration: float | None = None) -> int:
@@ -252,6 +156,7 @@ class Backend(abc.ABC):
         return max(1, min(1000, -(-total // (self.workers * 4))))
 
     def describe(self) -> tuple[str, int]:
+        """``(name, workers)``, as ``registered()`` reports them."""
         return (self.name, self.workers)
 
     @abc.abstractmethod
@@ -265,9 +170,8 @@ class Backend(abc.ABC):
         resource the run took.
         """
 
-    async def attach(self, job_id: str) -> Any:
-        from dolambda._errors import DolambdaError
-
+    async def attach(self, job_id: str) -> AttachedJob:
+        """Find a job this backend ran (see :attr:`keeps_records`) to resume it."""
         raise DolambdaError(
             f"job {job_id!r} cannot be attached: the {self.name} backend keeps no record "
             "of its jobs; only LambdaBackend jobs can be resumed"

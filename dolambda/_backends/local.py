@@ -28,8 +28,10 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from multiprocessing.connection import Connection
 
-from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outcome, fan_in
-from dolambda._core.plan import PlannedTask
+from dolambda._backends.base import Backend, JobContext, TaskResult
+from dolambda._backends.fan_in import fan_in
+from dolambda._backends.sealing import SealedJob, decode_outcome
+from dolambda._core.tasks import PlannedTask
 from dolambda._errors import BackendError, InvalidArgument, InvalidArgumentType
 from dolambda._wire import codec
 from dolambda._wire.models import TaskFailure, TaskOutcome
@@ -115,8 +117,7 @@ class LocalBackend(Backend):
     """
 
     name = "local"
-    remote = True
-    progress_default = False
+    body_must_pickle = True
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is None:
@@ -227,7 +228,7 @@ class LocalBackend(Backend):
             self.shutdown()
 
     @staticmethod
-    def _send(proc: _Proc, job: JobContext, task: PlannedTask, blob: bytes) -> None:
+    def _send(proc: _Proc, job: SealedJob, task: PlannedTask, blob: bytes) -> None:
         if proc.job_id != job.job_id:
             proc.tx.send_bytes(
                 pickle.dumps(("job", (job.job_id, job.key, job.sealed_manifest, job.sealed_body)))
@@ -236,7 +237,7 @@ class LocalBackend(Backend):
         proc.tx.send_bytes(pickle.dumps(("task", (job.job_id, task.task_id, blob))))
 
     @staticmethod
-    async def _receive(proc: _Proc, job: JobContext, task: PlannedTask) -> TaskResult:
+    async def _receive(proc: _Proc, job: SealedJob, task: PlannedTask) -> TaskResult:
         await _readable(proc.rx)
         try:
             data = proc.rx.recv_bytes()
@@ -254,6 +255,7 @@ class LocalBackend(Backend):
     async def run_tasks(
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
     ) -> AsyncGenerator[TaskResult, None]:
+        sealed = SealedJob(job)  # a fresh key for every job
         out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
         pull_lock = asyncio.Lock()
         short_tasks = False  # set once tasks prove short: then each worker gets one queued
@@ -263,7 +265,7 @@ class LocalBackend(Backend):
                 if job.cancelled.is_set():
                     return None
                 task = await anext(tasks, None)
-                return None if task is None else (task, job.sealed_task(task))
+                return None if task is None else (task, sealed.sealed_task(task))
 
         async def drive() -> None:
             nonlocal short_tasks
@@ -292,7 +294,7 @@ class LocalBackend(Backend):
                         if proc is None:
                             proc = await self._acquire()
                         try:
-                            self._send(proc, job, *item)
+                            self._send(proc, sealed, *item)
                         except OSError:  # the process is gone
                             if sent:
                                 break  # with our tasks on it: its death is read below
@@ -312,7 +314,7 @@ class LocalBackend(Backend):
                     assert proc is not None
                     task = sent[0][0]
                     try:
-                        result = await self._receive(proc, job, task)
+                        result = await self._receive(proc, sealed, task)
                     except _WorkerDied as died:
                         result = TaskResult(
                             task.task_id, failure=TaskFailure(kind="crashed", message=str(died))

@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 from dolambda._backends.base import Backend, JobContext, TaskResult
-from dolambda._core.plan import PlannedTask
+from dolambda._core.tasks import PlannedTask
 from dolambda._worker import run_iterations
 
 

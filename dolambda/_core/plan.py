@@ -1,12 +1,11 @@
 """Iterations to tasks: zip the variables, filter with ``when``, expand nested
-loops, and group the leaves into chunks, lazily.
+loops, and group the leaves into chunks, lazily; and the checks of a loop and
+its body before any work starts.
 
-A *leaf* is one call of the body. Its ``path`` is its iteration index at each
-nesting level (counted before ``when`` filters, so seeds and error messages do
-not depend on the filter), its ``slots`` its position among the *kept*
-iterations at each level (what the combine tree orders by). The planner yields
-leaves and, for nested loops, a :class:`InnerDone` once an inner loop has been
-fully enumerated, so the combine tree knows how many results to wait for.
+The planner yields :class:`~dolambda._core.tasks.PlannedTask` chunks and, for
+nested loops, an :class:`~dolambda._core.tasks.InnerDone` once an inner loop has
+been fully enumerated, so the combine tree knows how many results to wait for.
+It reads a loop through :class:`~dolambda._core.spec.LoopSpec`.
 """
 
 from __future__ import annotations
@@ -14,93 +13,11 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dolambda._core.spec import ERROR_MODES, LoopSpec, all_variables, levels
+from dolambda._core.tasks import HIDDEN, InnerDone, Leaf, PlannedTask
 from dolambda._errors import InvalidArgument, InvalidArgumentType
-
-if TYPE_CHECKING:
-    from dolambda._loop import Loop
-
-
-HIDDEN = "_times_"  # the variable of times(n): counted, never passed to the body
-
-
-@dataclass(frozen=True)
-class Leaf:
-    index: int
-    path: tuple[int, ...]
-    slots: tuple[int, ...]
-    kwargs: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class InnerDone:
-    """The inner loop under ``prefix`` (outer slots) has ``count`` kept iterations."""
-
-    prefix: tuple[int, ...]
-    path: tuple[int, ...]
-    count: int
-
-
-@dataclass
-class PlannedTask:
-    """A chunk of consecutive leaves, column by column.
-
-    Leaf ``k`` has index ``first + k``, argument values ``rows[k]`` (in the order of
-    ``names``, the job's variables), path ``paths[k]`` and slots ``slots[k]``. For the
-    common flat loop ``paths`` is None when every path is ``(first + k,)`` (no
-    ``when`` filter) and ``slots`` is None when every slot is ``(first + k,)``.
-    """
-
-    task_id: int
-    first: int
-    rows: list[tuple[Any, ...]]
-    names: tuple[str, ...]
-    paths: list[tuple[int, ...]] | None = None
-    slots: list[tuple[int, ...]] | None = None
-
-    @classmethod
-    def from_leaves(cls, task_id: int, leaves: list[Leaf], names: tuple[str, ...]) -> PlannedTask:
-        first = leaves[0].index
-        if [leaf.index for leaf in leaves] != list(range(first, first + len(leaves))):
-            raise ValueError("a task's leaves must have consecutive indexes")
-        return cls(
-            task_id,
-            first,
-            [tuple(leaf.kwargs[n] for n in names) for leaf in leaves],
-            names,
-            [leaf.path for leaf in leaves],
-            [leaf.slots for leaf in leaves],
-        )
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def flat(self) -> bool:
-        """Whether every leaf sits directly under the top-level combine at slot ``index``."""
-        return self.slots is None
-
-    def path(self, k: int) -> tuple[int, ...]:
-        return (self.first + k,) if self.paths is None else self.paths[k]
-
-    def slot(self, k: int) -> tuple[int, ...]:
-        return (self.first + k,) if self.slots is None else self.slots[k]
-
-    def top_indexes(self, n: int) -> list[int] | range:
-        """The top-level iteration index of each of the first ``n`` leaves."""
-        if self.paths is None:
-            return range(self.first, self.first + n)
-        return [p[0] for p in self.paths[:n]]
-
-    def leaf(self, k: int) -> Leaf:
-        return Leaf(
-            self.first + k,
-            self.path(k),
-            self.slot(k),
-            dict(zip(self.names, self.rows[k], strict=True)),
-        )
 
 
 def accepted_names(fn: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
@@ -185,23 +102,14 @@ def _iterable(name: str, value: Any, outer: dict[str, Any], nested: bool) -> Ite
         ) from None
 
 
-def all_variables(loop: Loop) -> list[str]:
-    names: list[str] = []
-    level: Loop | None = loop
-    while level is not None:
-        names.extend(n for n, _ in level.variables if n != HIDDEN)
-        level = level.inner_loop
-    return names
-
-
-def iter_plan(loop: Loop) -> Iterator[Leaf | InnerDone]:
+def iter_plan(loop: LoopSpec) -> Iterator[Leaf | InnerDone]:
     """Yield every leaf of ``loop`` (and InnerDone markers), lazily, in iteration order."""
     counter = itertools.count()
     yield from _walk(loop, {}, (), (), counter, nested=False)
 
 
 def _walk(
-    loop: Loop,
+    loop: LoopSpec,
     outer: dict[str, Any],
     path: tuple[int, ...],
     slots: tuple[int, ...],
@@ -232,7 +140,7 @@ def _walk(
         kept += 1
 
 
-def plan_tasks(loop: Loop, chunk_size: int) -> Iterator[PlannedTask | InnerDone]:
+def plan_tasks(loop: LoopSpec, chunk_size: int) -> Iterator[PlannedTask | InnerDone]:
     """The loop's tasks of ``chunk_size`` leaves, lazily (a generator is pulled one
     chunk at a time). InnerDone markers follow the task holding the leaves they describe."""
     names = tuple(all_variables(loop))
@@ -241,7 +149,7 @@ def plan_tasks(loop: Loop, chunk_size: int) -> Iterator[PlannedTask | InnerDone]
     return _group(iter_plan(loop), chunk_size, names)
 
 
-def _flat_tasks(loop: Loop, names: tuple[str, ...], chunk_size: int) -> Iterator[PlannedTask]:
+def _flat_tasks(loop: LoopSpec, names: tuple[str, ...], chunk_size: int) -> Iterator[PlannedTask]:
     """A loop without nesting, column by column: no per-leaf objects."""
     iterators = [_iterable(n, v, {}, nested=False) for n, v in loop.variables]
     rows: Iterator[tuple[Any, ...]] = zip(*iterators, strict=False)
@@ -289,7 +197,7 @@ def _group(
     yield from markers
 
 
-def check_loop(loop: Loop, body: Callable[..., Any]) -> None:
+def check_loop(loop: LoopSpec, body: Callable[..., Any]) -> None:
     """Validate a loop and its body before any work starts."""
     for name, value in loop.variables:
         if not hasattr(value, "__iter__"):
@@ -297,9 +205,8 @@ def check_loop(loop: Loop, body: Callable[..., Any]) -> None:
     if not callable(body):
         raise InvalidArgumentType(f"the loop body must be a function, got {type(body).__name__}")
     check_signature(body, all_variables(loop), "body")
-    level: Loop | None = loop
     names: list[str] = []
-    while level is not None:
+    for level in levels(loop):
         if level is not loop:
             for name, value in level.variables:
                 if callable(value) and not hasattr(value, "__iter__"):
@@ -307,8 +214,7 @@ def check_loop(loop: Loop, body: Callable[..., Any]) -> None:
         names = names + [n for n, _ in level.variables if n != HIDDEN]
         if level.predicate is not None:
             check_signature(level.predicate, names, "when() predicate")
-        level = level.inner_loop
-    if loop.error_mode is not None and loop.error_mode not in ("stop", "remove", "pass"):
+    if loop.error_mode is not None and loop.error_mode not in ERROR_MODES:
         raise InvalidArgument(f"errorhandling: unknown mode {loop.error_mode!r}")
 
 

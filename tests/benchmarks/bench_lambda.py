@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dolambda import LambdaBackend, _job, foreach
-from dolambda._backends import lambda_ as lambda_mod
+from dolambda import LambdaBackend, foreach
+from dolambda._backends.lambda_ import dispatch as dispatch_mod
+from dolambda._backends.lambda_ import gather as gather_mod
+from dolambda._core import run as run_mod
 from dolambda.emulator import Emulator
 from tests.benchmarks import workloads
 from tests.benchmarks._common import Row, Server, cpu_seconds, log, median, p90, spread, timed
@@ -63,29 +65,34 @@ PROBE = Probe()
 
 @contextlib.contextmanager
 def instrumented() -> Iterator[Probe]:
-    run_cls: Any = lambda_mod._Run
-    orig_send, orig_fetch, orig_dispatch = run_cls._send, run_cls._fetch, run_cls.dispatch
+    orig_send, orig_fetch, orig_dispatch = (
+        dispatch_mod.send,
+        gather_mod.fetch,
+        dispatch_mod.send_tasks,
+    )
 
-    async def send(self: Any, task_id: int, blob: bytes) -> None:
+    async def send(run: Any, task_id: int, blob: bytes) -> None:
         t0 = time.perf_counter()
-        await orig_send(self, task_id, blob)
+        await orig_send(run, task_id, blob)
         PROBE.sends.append((t0, time.perf_counter()))
 
-    async def fetch(self: Any, task_id: int, key: str) -> None:
-        await orig_fetch(self, task_id, key)
+    async def fetch(run: Any, task_id: int, key: str) -> None:
+        await orig_fetch(run, task_id, key)
         PROBE.fetched[task_id] = time.time()
 
-    async def dispatch(self: Any, tasks: Any) -> None:
+    async def dispatch(run: Any, tasks: Any) -> None:
         t0 = time.perf_counter()
-        await orig_dispatch(self, tasks)
+        await orig_dispatch(run, tasks)
         PROBE.dispatch = (t0, time.perf_counter())
 
-    run_cls._send, run_cls._fetch, run_cls.dispatch = send, fetch, dispatch
+    # the module functions call each other through their module's globals
+    dispatch_mod.send, gather_mod.fetch, dispatch_mod.send_tasks = send, fetch, dispatch
     try:
         PROBE.reset()
         yield PROBE
     finally:
-        run_cls._send, run_cls._fetch, run_cls.dispatch = orig_send, orig_fetch, orig_dispatch
+        dispatch_mod.send, gather_mod.fetch = orig_send, orig_fetch
+        dispatch_mod.send_tasks = orig_dispatch
 
 
 # --------------------------------------------------------------------------- section 3
@@ -187,7 +194,7 @@ def requests_section(moto: Server, quick: bool) -> list[Row]:
                     cases.append((aws, "max_concurrency unset, as on AWS"))
                 for chunked, setting in cases:
                     # first run: chunks from the iteration count; then from measured time
-                    _job._SECONDS_PER_ITERATION.clear()
+                    run_mod._SECONDS_PER_ITERATION.clear()
                     for run in ("first run", "next run"):
                         c = counts(run_job(foreach(x=range(n_iter)), chunked, workloads.noop))
                         log(f"requests (10k defaults, {setting}, {run}): {c}")

@@ -1,0 +1,148 @@
+"""Dispatch: a job's objects and tasks go up to S3 (or to Lambda's Invoke), and
+come down again when the job ends.
+
+Every function takes the job's :class:`~dolambda._backends.lambda_.state.RunState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dolambda._backends.lambda_.state import Pending, RunState
+from dolambda._core.tasks import PlannedTask
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._worker import plan_context
+
+INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
+
+
+async def put_job_objects(run: RunState) -> None:
+    """The sealed manifest and body, under ``jobs/<id>/``."""
+    sealed, s3, p = run.sealed, run.s3, run.prefix
+    puts = [
+        s3.put(_keys.manifest_key(p, sealed.job_id), sealed.sealed_manifest),
+        s3.put(_keys.body_key(p, sealed.job_id), sealed.sealed_body),
+    ]
+    await asyncio.gather(*puts)
+
+
+async def send(run: RunState, task_id: int, blob: bytes) -> None:
+    """Enqueue one task; the caller holds a place in ``run.uploads``."""
+    invoke = run.settings.trigger == "invoke"
+    key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=invoke)
+    if invoke:
+        payload: dict[str, Any] = {"bucket": run.settings.bucket, "key": key}
+        if len(blob) <= INLINE_LIMIT:
+            payload["task"] = base64.b64encode(blob).decode()
+        else:
+            await run.s3.put(key, blob)
+        await run.s3.invoke(payload)
+    else:
+        await run.s3.put(key, blob)
+
+
+async def _send_and_release(run: RunState, task_id: int, blob: bytes) -> None:
+    try:
+        started = time.monotonic()
+        await send(run, task_id, blob)
+        if not run.sent_any.is_set():
+            run.first_send = time.monotonic() - started
+            run.sent_any.set()
+    finally:
+        run.uploads.release()
+
+
+async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
+    """Send every task (at most ``pool`` uploads in flight), then write the plan."""
+    job = run.job
+    sends: set[asyncio.Task[None]] = set()
+    if not job.resumed and not run.inline_job:
+        await put_job_objects(run)  # before any task a worker could run
+    try:
+        async for planned in tasks:
+            run.pending[planned.task_id] = Pending(planned, 0, time.monotonic())
+            run.task_ids.append(planned.task_id)
+            if job.resumed:
+                continue
+            blob = run.sealed.sealed_task(planned, with_job=run.inline_job)
+            await run.uploads.acquire()  # backpressure: at most `pool` uploads in flight
+            sends.add(asyncio.create_task(_send_and_release(run, planned.task_id, blob)))
+            for done in [s for s in sends if s.done()]:
+                sends.discard(done)
+                done.result()  # an upload error stops the dispatch
+        await asyncio.gather(*sends)
+    except BaseException:
+        for s in sends:
+            s.cancel()
+        raise
+    if not job.resumed:
+        if run.inline_job:
+            # the tasks carried the job: its objects are for Job.attach (and retries
+            # after an attach), which needs the plan too, so they go up now, before it
+            await put_job_objects(run)
+        await _put_plan(run)
+    run.dispatch_done = True
+    run.sent_any.set()  # (a job with no task at all)
+    run.wake.set()
+
+
+async def _put_plan(run: RunState) -> None:
+    """``plan.json``, written last: its presence means the job was fully dispatched."""
+    job, record = run.job, run.job.record
+    state = None if record is None else record.spec
+    plan = {
+        "tasks": len(run.task_ids),
+        "markers": []
+        if record is None
+        else [[list(m.prefix), list(m.path), m.count] for m in record.markers],
+        # the loop's combine, for Job.attach (None: it could not be pickled)
+        "client": None if state is None else base64.b64encode(state).decode(),
+    }
+    await run.s3.put(
+        _keys.plan_key(run.prefix, job.job_id),
+        codec.seal(json.dumps(plan).encode(), key=run.sealed.key, context=plan_context(job.job_id)),
+    )
+
+
+async def resend(run: RunState, task_id: int, entry: Pending) -> None:
+    """Enqueue the task again (a new ObjectCreated event, or a new Invoke)."""
+    entry.attempt += 1
+    entry.dispatched_at = time.monotonic()
+    blob = run.sealed.sealed_task(entry.planned, attempt=entry.attempt, with_job=run.inline_job)
+    async with run.uploads:
+        await send(run, task_id, blob)
+
+
+async def withdraw(run: RunState, finished: bool) -> None:
+    """The job is over: a stopped job's queued tasks are cancelled (workers then skip
+    them); unless ``keep``, the job's objects are deleted. Errors are ignored."""
+    job, s3, p = run.job, run.s3, run.prefix
+    with contextlib.suppress(Exception):
+        stopped = not finished or job.cancelled.is_set()
+        cleanup = not run.settings.keep and (finished or job.cancelled.is_set())
+        invoke = run.settings.trigger == "invoke"
+        if stopped:
+            await s3.put(_keys.cancel_key(p, job.job_id), b"")
+            if not cleanup:  # otherwise the cleanup below deletes the queued tasks
+                await s3.delete_keys(
+                    _keys.task_key(p, job.job_id, t, invoke=invoke) for t in run.pending
+                )
+        if cleanup:
+            # every key is known: no LIST, one DeleteObjects per 1,000 keys
+            keys = [_keys.task_key(p, job.job_id, t, invoke=invoke) for t in run.task_ids]
+            keys += [_keys.result_key(p, job.job_id, t) for t in run.task_ids]
+            keys += [
+                _keys.manifest_key(p, job.job_id),
+                _keys.body_key(p, job.job_id),
+                _keys.plan_key(p, job.job_id),
+            ]
+            if not job.cancelled.is_set():
+                keys.append(_keys.cancel_key(p, job.job_id))
+            await s3.delete_keys(keys)

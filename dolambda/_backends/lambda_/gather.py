@@ -1,0 +1,179 @@
+"""Gather: LIST the job's results prefix, GET new results, notice lost work.
+
+Every function takes the job's :class:`~dolambda._backends.lambda_.state.RunState`;
+results go to ``run.out`` as :class:`~dolambda._backends.base.TaskResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dolambda._backends.base import TaskResult
+from dolambda._backends.lambda_ import dispatch
+from dolambda._backends.lambda_.state import RunState
+from dolambda._backends.sealing import decode_outcome
+from dolambda._errors import SignatureError
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._wire.models import TaskFailure, TaskOutcome
+from dolambda._worker import outcome_context
+
+# LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
+POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
+# while tasks are still being dispatched, wait for about this many results per LIST
+RESULTS_PER_LIST = 100
+# once every task is out: with this few left (or this little time to go), poll fast
+TAIL_TASKS, TAIL_SECONDS = 4, 0.1
+POLL_TAIL = 0.02  # while waiting on the tail, LIST at least this often (the first minute)
+# failures the Lambda runtime reports through the on-failure destination: worth a retry
+RUNTIME_FAILURES = ("timeout", "memory", "crashed")
+
+
+async def gather_results(run: RunState) -> None:
+    """Poll until every task of the job has its result (or was given up as lost)."""
+    if not run.job.resumed:
+        await run.sent_any.wait()
+        # a result needs at least two more round trips (the worker's GET of the task,
+        # or the Invoke, then its PUT), each about as long as the first task's send:
+        # a LIST before then finds nothing
+        await asyncio.sleep(min(2 * run.first_send, POLL_FAST_MAX))
+    interval = POLL_MIN
+    started = time.monotonic()
+    received = 0
+    while True:
+        found = await _poll_once(run)  # (nothing pending: no request)
+        if run.dispatch_done and not run.pending:
+            return  # the last result is in: no wait for another poll round
+        if found:
+            received += found
+            rate = received / max(time.monotonic() - started, 1e-3)
+            interval = _next_interval(run, rate)
+        else:
+            await _requeue_lost(run)
+            idle = time.monotonic() - run.last_progress
+            floor = POLL_TAIL if _on_tail(run) else POLL_FAST_MAX  # see the last ones soon
+            interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
+        run.wake.clear()
+        await sleep_unless_woken(run.wake, interval)
+
+
+async def fetch(run: RunState, task_id: int, key: str) -> None:
+    """GET one result; a runtime failure with retries left sends the task again."""
+    async with run.downloads:
+        blob = await run.s3.get(key)
+    entry = run.pending.get(task_id)
+    if blob is None or entry is None:
+        run.seen.discard(task_id)
+        return
+    try:
+        outcome = codec.unseal_model(
+            TaskOutcome,
+            blob,
+            key=run.sealed.key,
+            context=outcome_context(run.job.job_id, task_id),
+        )
+    except SignatureError as exc:
+        raise SignatureError(f"result s3://{run.settings.bucket}/{key}: {exc}") from None
+    run.last_progress = time.monotonic()
+    failure = outcome.failure
+    if (
+        failure is not None
+        and failure.kind in RUNTIME_FAILURES
+        and entry.attempt < run.settings.retries
+        and not run.job.cancelled.is_set()
+    ):
+        # the runtime reported the task failed (timeout, memory, crash): run it again,
+        # after clearing the error result so the retry's result can be written
+        await run.s3.delete_keys([key])
+        run.seen.discard(task_id)
+        entry.last_failure = failure.message
+        await dispatch.resend(run, task_id, entry)
+        return
+    del run.pending[task_id]
+    run.last_progress = time.monotonic()
+    await run.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
+
+
+async def _poll_once(run: RunState) -> int:
+    if not run.pending:
+        return 0
+    job_id = run.job.job_id
+    first = min(run.pending)
+    start_after = _keys.result_key(run.prefix, job_id, first - 1) if first > 0 else ""
+    new: list[tuple[int, str]] = []
+    async for key in run.s3.list_keys(_keys.results_dir(run.prefix, job_id), start_after):
+        task_id = _keys.parse_result_key(run.prefix, job_id, key)
+        if task_id is None or task_id in run.seen or task_id not in run.pending:
+            continue
+        run.seen.add(task_id)
+        new.append((task_id, key))
+    if new:
+        await asyncio.gather(*(fetch(run, t, k) for t, k in new))
+    return len(new)
+
+
+async def _requeue_lost(run: RunState) -> None:
+    """A task with no result past its deadline is sent again, or, out of retries,
+    reported as lost (never a hang)."""
+    now = time.monotonic()
+    for task_id, entry in list(run.pending.items()):
+        if task_id in run.seen:
+            continue
+        since = now - max(entry.dispatched_at, run.last_progress)
+        if since < run.deadline:
+            continue
+        if entry.attempt >= run.settings.retries:
+            del run.pending[task_id]
+            message = (
+                f"no result for task {task_id} after {entry.attempt + 1} attempt(s), each "
+                f"given {run.deadline:.0f}s: it timed out (function timeout "
+                f"{run.settings.task_timeout:.0f}s), ran out of memory, crashed, or was never "
+                "started (event lost)"
+            )
+            if entry.last_failure:
+                message += f"; an earlier attempt failed: {entry.last_failure}"
+            await run.out.put(
+                TaskResult(
+                    task_id,
+                    failure=TaskFailure(kind="lost", message=message),
+                    attempts=entry.attempt + 1,
+                )
+            )
+            continue
+        await dispatch.resend(run, task_id, entry)
+
+
+async def sleep_unless_woken(wake: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds`` or until ``wake`` is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
+    as the event is set (it returns the event's result instead), and a job cancelled
+    just as its dispatch finished then kept polling instead of stopping.
+    """
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((woken,), timeout=seconds)
+    finally:
+        woken.cancel()
+
+
+def _on_tail(run: RunState) -> bool:
+    """Every task is out and only the last few are still running."""
+    return run.dispatch_done and len(run.pending) <= TAIL_TASKS
+
+
+def _next_interval(run: RunState, rate: float) -> float:
+    """Seconds to the next LIST while results stream in at ``rate`` per second.
+
+    A LIST returns up to 1,000 keys, so each one should collect many results;
+    but the last result must be seen fast (fan-in latency), and progress should
+    show at least every POLL_MAX.
+    """
+    if not run.dispatch_done:
+        return min(max(RESULTS_PER_LIST / rate, POLL_FAST_MAX), POLL_MAX)
+    remaining = len(run.pending) / rate  # seconds until the last result, at this rate
+    if _on_tail(run) or remaining <= TAIL_SECONDS:
+        return POLL_MIN
+    # each LIST collects about a quarter of what is left: a few LISTs per job
+    return min(max(remaining / 4, POLL_FAST_MAX), POLL_MAX)

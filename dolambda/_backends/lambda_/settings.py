@@ -1,0 +1,217 @@
+"""The Lambda backend's settings, and the one function that merges them.
+
+Explicit arguments win; a setting not given comes from the environment (the
+signing key: ``DOLAMBDA_SIGNING_KEY``) or from the config file that ``dolambda
+deploy`` writes (:func:`dolambda._config.load_config`), but only when that file
+describes the same bucket; else the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dolambda._config import ClientConfig, load_config
+from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType
+from dolambda._worker import signing_key_bytes
+
+GRACE = 30.0  # seconds past the function timeout before a task counts as lost
+
+
+@dataclass(frozen=True)
+class LambdaSettings:
+    """Where a LambdaBackend's jobs go and how they run (validated, merged)."""
+
+    bucket: str
+    function_name: str = "dolambda"
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    prefix: str = "dolambda"
+    trigger: Literal["s3", "invoke"] = "s3"
+    chunk_size: int | Literal["auto"] = "auto"
+    retries: int = 2
+    #: the function's timeout: seconds a task may run
+    task_timeout: float = 900.0
+    max_concurrency: int | None = None
+    keep: bool = False
+    #: the HMAC key shared with the function (None: not configured)
+    signing_key: bytes | None = field(default=None, repr=False)
+    #: explicit AWS credentials (else the standard chain)
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    memory_mb: int = 1024
+    architecture: str = "x86_64"
+
+    @property
+    def key(self) -> bytes:
+        """The signing key; ConfigError when none is configured."""
+        if self.signing_key is None:
+            raise ConfigError(
+                "LambdaBackend: no signing key; pass signing_key=, set DOLAMBDA_SIGNING_KEY, or "
+                "run `dolambda deploy` (it writes the key the function uses)"
+            )
+        return self.signing_key
+
+    @property
+    def grace(self) -> float:
+        """Seconds past the function timeout before a task without a result counts as lost."""
+        return min(GRACE, 1.0 + self.task_timeout / 2)
+
+
+def resolve_settings(
+    bucket: str | None = None,
+    function_name: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    prefix: str | None = None,
+    trigger: str = "s3",
+    chunk_size: int | str = "auto",
+    retries: int = 2,
+    task_timeout: float | None = None,
+    max_concurrency: int | None = None,
+    keep: bool = False,
+    signing_key: str | bytes | None = None,
+    *,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    aws_session_token: str | None = None,
+    config: Callable[[], ClientConfig | None] = load_config,
+    environ: Mapping[str, str] = os.environ,
+) -> LambdaSettings:
+    """Validate the explicit arguments and fill the rest from ``environ`` and ``config()``.
+
+    Raises InvalidArgument (or InvalidArgumentType) naming a bad argument, and
+    ConfigError when no bucket is given and none is configured.
+    """
+    _check_types(bucket, function_name, region, profile, endpoint_url, prefix, keep, signing_key)
+    deployed = config()
+    if bucket is None:
+        if deployed is None:
+            raise ConfigError(
+                "LambdaBackend: no bucket given and no deployed setup found; pass "
+                "bucket=... or run `dolambda deploy --bucket NAME` first"
+            )
+        bucket = deployed.bucket
+    if not isinstance(bucket, str) or not bucket:
+        raise InvalidArgumentType(f"LambdaBackend: bucket must be a bucket name, got {bucket!r}")
+    # the config file describes one deployed setup: only its bucket's settings apply
+    same = deployed if deployed is not None and deployed.bucket == bucket else None
+    _check_values(trigger, chunk_size, retries, task_timeout, max_concurrency)
+    if (aws_access_key_id is None) != (aws_secret_access_key is None):
+        raise InvalidArgument(
+            "LambdaBackend: pass both aws_access_key_id and aws_secret_access_key, or neither "
+            "(then the standard AWS credential chain is used)"
+        )
+    credentials = {
+        k: v
+        for k, v in (
+            ("aws_access_key_id", aws_access_key_id),
+            ("aws_secret_access_key", aws_secret_access_key),
+            ("aws_session_token", aws_session_token),
+        )
+        if v is not None
+    }
+    key_text = (
+        signing_key
+        if signing_key is not None
+        else (environ.get("DOLAMBDA_SIGNING_KEY") or (same.signing_key if same else None))
+    )
+    return LambdaSettings(
+        bucket=bucket,
+        function_name=function_name or (same.function_name if same else "dolambda"),
+        region=region or (same.region if same else None),
+        profile=profile or (same.profile if same else None),
+        endpoint_url=endpoint_url or (same.endpoint_url if same else None),
+        prefix=(prefix if prefix is not None else (same.prefix if same else "dolambda")).strip("/"),
+        trigger=trigger,  # type: ignore[arg-type]  # checked above
+        chunk_size=chunk_size,  # type: ignore[arg-type]  # checked above
+        retries=retries,
+        task_timeout=(
+            float(task_timeout)
+            if task_timeout is not None
+            else (float(same.timeout) if same else 900.0)
+        ),
+        max_concurrency=max_concurrency,
+        keep=bool(keep),
+        signing_key=signing_key_bytes(key_text) if key_text else None,
+        credentials=credentials,
+        memory_mb=same.memory_mb if same else 1024,
+        architecture=same.architecture if same else "x86_64",
+    )
+
+
+def _check_types(
+    bucket: object,
+    function_name: object,
+    region: object,
+    profile: object,
+    endpoint_url: object,
+    prefix: object,
+    keep: object,
+    signing_key: object,
+) -> None:
+    """The checks that need no config file, in the order they are reported."""
+    if bucket is not None and (not isinstance(bucket, str) or not bucket):
+        raise InvalidArgumentType(f"LambdaBackend: bucket must be a bucket name, got {bucket!r}")
+    for name, value in (
+        ("function_name", function_name),
+        ("region", region),
+        ("profile", profile),
+        ("endpoint_url", endpoint_url),
+        ("prefix", prefix),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgumentType(
+                f"LambdaBackend: {name} must be a string, got {type(value).__name__} {value!r}"
+            )
+    if isinstance(endpoint_url, str) and not endpoint_url.startswith(("http://", "https://")):
+        raise InvalidArgument(
+            f"LambdaBackend: endpoint_url must be an http(s) URL such as "
+            f"'http://127.0.0.1:5000', got {endpoint_url!r}"
+        )
+    if not isinstance(keep, bool):
+        raise InvalidArgumentType(f"LambdaBackend: keep must be True or False, got {keep!r}")
+    if signing_key is not None and not isinstance(signing_key, (str, bytes)):
+        raise InvalidArgumentType(
+            "LambdaBackend: signing_key must be a hex string, text or bytes, got "
+            f"{type(signing_key).__name__}"
+        )
+
+
+def _check_values(
+    trigger: object,
+    chunk_size: object,
+    retries: object,
+    task_timeout: object,
+    max_concurrency: object,
+) -> None:
+    if trigger not in ("s3", "invoke"):
+        raise InvalidArgument(f"LambdaBackend: trigger must be 's3' or 'invoke', got {trigger!r}")
+    if chunk_size != "auto" and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise InvalidArgument(
+            f"LambdaBackend: chunk_size must be a positive integer or 'auto', got {chunk_size!r}"
+        )
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidArgument(f"LambdaBackend: retries must be an integer >= 0, got {retries!r}")
+    if task_timeout is not None and (
+        isinstance(task_timeout, bool)
+        or not isinstance(task_timeout, (int, float))
+        or not task_timeout > 0
+    ):
+        raise InvalidArgument(
+            "LambdaBackend: task_timeout must be a positive number of seconds, "
+            f"got {task_timeout!r}"
+        )
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise InvalidArgument(
+            f"LambdaBackend: max_concurrency must be a positive integer, got {max_concurrency!r}"
+        )

@@ -1,0 +1,58 @@
+"""One job's run on Lambda: the state its dispatch and its gather share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from dolambda._aws.s3 import S3
+from dolambda._backends.base import JobContext, TaskResult
+from dolambda._backends.lambda_.settings import LambdaSettings
+from dolambda._backends.sealing import SealedJob
+from dolambda._core.tasks import PlannedTask
+
+# a job whose sealed manifest + body are at most this big travels inside every task: a
+# worker new to the job then makes no request for them (2 GETs per worker per job, i.e.
+# 2,000 GETs for a job spread over 1,000 cold workers), and the tasks need not wait for
+# the job objects to be written. Typical bodies pickle to 0.1-1 KB.
+JOB_INLINE_LIMIT = 4 * 1024
+
+
+@dataclass
+class Pending:
+    """A task sent and not yet answered."""
+
+    planned: PlannedTask
+    attempt: int
+    dispatched_at: float
+    last_failure: str = ""  # what the runtime said about the previous attempt
+
+
+class RunState:
+    """One job's dispatch and gather over one pooled client."""
+
+    def __init__(
+        self, settings: LambdaSettings, s3: S3, job: JobContext, sealed: SealedJob, pool: int
+    ) -> None:
+        self.settings = settings
+        self.s3 = s3
+        self.job = job
+        self.sealed = sealed
+        self.prefix = settings.prefix
+        self.pending: dict[int, Pending] = {}
+        self.task_ids: list[int] = []  # every task of the job, for the cleanup
+        self.seen: set[int] = set()  # results listed, being fetched
+        self.dispatch_done = False
+        self.last_progress = time.monotonic()
+        self.uploads = asyncio.Semaphore(pool)
+        self.downloads = asyncio.Semaphore(pool)
+        self.out: asyncio.Queue[TaskResult | BaseException | None] = asyncio.Queue()
+        self.wake = asyncio.Event()  # dispatch finished: the gather should look now
+        self.sent_any = asyncio.Event()  # no result can exist before a task was sent
+        self.first_send = 0.0  # seconds the first task's PUT (or Invoke) took
+        self.deadline = settings.task_timeout + settings.grace
+        # an attached job's body is only in S3 (its tasks and retries refer to it there)
+        self.inline_job = not job.resumed and (
+            len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
+        )

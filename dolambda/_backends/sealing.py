@@ -1,0 +1,129 @@
+"""A job in its signed wire form, as worker processes and Lambda receive it.
+
+The local and the Lambda backend send the very same bytes: a sealed
+:class:`~dolambda._wire.models.JobManifest`, the sealed body, and one sealed
+:class:`~dolambda._wire.models.TaskSpec` per task; each outcome that comes back
+becomes a :class:`~dolambda._backends.base.TaskResult`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import dill
+
+from dolambda._backends.base import JobContext, TaskResult
+from dolambda._core.tasks import PlannedTask
+from dolambda._errors import SerializationError
+from dolambda._wire import codec
+from dolambda._wire.models import JobManifest, TaskOutcome, TaskSpec, Trigger, unpack_ticks
+from dolambda._worker import (
+    body_context,
+    decode_values,
+    manifest_context,
+    python_version,
+    task_context,
+)
+
+
+@dataclass
+class SealedJob:
+    """``job`` signed with ``key`` for workers started by ``trigger``."""
+
+    job: JobContext
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    trigger: Trigger = "local"
+    #: seconds a task may run (the function's timeout), when the workers enforce one
+    task_timeout: float | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @cached_property
+    def manifest(self) -> JobManifest:
+        job = self.job
+        return JobManifest(
+            job_id=job.job_id,
+            created_at=job.created_at,
+            python=python_version(),
+            dill_version=str(dill.__version__),
+            body_digest=job.body_digest,
+            seed=job.seed,
+            variables=job.variables,
+            chunk_size=job.chunk_size,
+            trigger=self.trigger,
+            task_timeout=self.task_timeout,
+            errorhandling=job.errorhandling,  # type: ignore[arg-type]
+        )
+
+    @cached_property
+    def sealed_manifest(self) -> bytes:
+        return codec.seal_model(self.manifest, key=self.key, context=manifest_context(self.job_id))
+
+    @cached_property
+    def sealed_body(self) -> bytes:
+        return codec.seal(self.job.body_bytes, key=self.key, context=body_context(self.job_id))
+
+    def encode_task(
+        self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False
+    ) -> TaskSpec:
+        """A planned task as a wire task; raises SerializationError naming the variable.
+
+        ``with_job`` puts the sealed manifest and body in the task, so that a worker
+        new to this job needs no request for them.
+        """
+        try:
+            blob = codec.dumps(task.rows)
+        except Exception as exc:
+            raise _unpicklable_argument(task, exc) from exc
+        return TaskSpec(
+            job_id=self.job_id,
+            task_id=task.task_id,
+            attempt=attempt,
+            first=task.first,
+            count=len(task.rows),
+            paths=task.paths,  # type: ignore[arg-type]
+            slots=task.slots,  # type: ignore[arg-type]
+            args=blob,
+            job_manifest=self.sealed_manifest if with_job else None,
+            job_body=self.sealed_body if with_job else None,
+        )
+
+    def sealed_task(self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False) -> bytes:
+        return codec.seal_model(
+            self.encode_task(task, attempt, with_job=with_job),
+            key=self.key,
+            context=task_context(self.job_id, task.task_id),
+        )
+
+
+def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
+    for k, row in enumerate(task.rows):
+        for name, value in zip(task.names, row, strict=True):
+            try:
+                codec.dumps(value)
+            except Exception:
+                path = task.path(k)
+                where = path[0] if len(path) == 1 else path
+                return SerializationError(
+                    f"variable {name!r} of iteration {where} "
+                    f"({codec.describe(value)}) cannot be serialized with dill: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+    return SerializationError(f"a task's arguments cannot be serialized: {exc}")
+
+
+def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
+    """Turn a verified wire outcome into a TaskResult (values unpickled)."""
+    return TaskResult(
+        task_id=outcome.task_id,
+        values=decode_values(outcome),
+        ticks=unpack_ticks(outcome.ticks),
+        errors={e.position: e for e in outcome.errors},
+        failure=outcome.failure,
+        stats=outcome.stats,
+        attempts=attempts,
+    )

@@ -1,0 +1,434 @@
+"""The run engine: plan a loop, hand its tasks to a backend, combine what comes back.
+
+::
+
+    LoopSpec ──► plan_tasks ──────────────► task source ──► backend.run_tasks ──┐
+                  (lazy)          │ InnerDone                                     │ TaskResult
+                                  ▼                                               ▼
+                            CombineTree.declare ◄──────────── errorhandling ◄── per iteration
+                                  │
+                                  ▼
+                           top-level result (final), progress, stats, as_completed events
+
+One :class:`JobRun` is one run of a job; :class:`~dolambda.Job` is the handle
+on it. The engine reads the loop through :class:`~dolambda._core.spec.LoopSpec`
+and the backend through the knobs :class:`~dolambda._backends.base.Backend`
+declares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+from dolambda._backends.base import Backend, JobContext, JobRecord, TaskResult
+from dolambda._core.combine import Accumulator
+from dolambda._core.plan import plan_tasks
+from dolambda._core.spec import LoopSpec, all_variables, levels
+from dolambda._core.tasks import InnerDone, Leaf, PlannedTask
+from dolambda._errors import DolambdaError, JobCancelled, TaskError
+from dolambda._stats import JobStats
+from dolambda._wire import codec
+from dolambda._wire.models import IterationError, TaskFailure
+
+#: called with the top-level (indexes, values) of each batch as it is combined
+OnTop = Callable[[Sequence[int], list[Any]], None]
+
+
+class _Node:
+    __slots__ = ("acc", "expected", "received")
+
+    def __init__(self, acc: Accumulator) -> None:
+        self.acc = acc
+        self.expected: int | None = None
+        self.received = 0
+
+
+class CombineTree:
+    """One accumulator per running loop instance; inner results flow to their parent."""
+
+    def __init__(self, loop: LoopSpec, on_top: OnTop) -> None:
+        self.levels = levels(loop)
+        self.on_top = on_top
+        self.nodes: dict[tuple[int, ...], _Node] = {(): _Node(loop.combine_spec.accumulator())}
+
+    def _node(self, prefix: tuple[int, ...]) -> _Node:
+        node = self.nodes.get(prefix)
+        if node is None:
+            node = _Node(self.levels[len(prefix)].combine_spec.accumulator())
+            self.nodes[prefix] = node
+        return node
+
+    def deliver(
+        self, slots: tuple[int, ...], path: tuple[int, ...], value: Any, present: bool = True
+    ) -> None:
+        prefix = slots[:-1]
+        node = self._node(prefix)
+        if present:
+            node.acc.put(slots[-1], value)
+        else:
+            node.acc.skip(slots[-1])
+        node.received += 1
+        if not prefix:
+            if present:
+                self.on_top((path[0],), [value])
+            return
+        self._maybe_finish(prefix, path[:-1])
+
+    def deliver_run(self, first: int, indexes: Sequence[int], values: list[Any]) -> None:
+        """The values of top-level slots ``first, first + 1, ...`` (a flat loop's task)."""
+        node = self.nodes[()]
+        node.acc.put_run(first, values)
+        node.received += len(values)
+        self.on_top(indexes, values)
+
+    def declare(self, prefix: tuple[int, ...], path: tuple[int, ...], count: int) -> None:
+        node = self._node(prefix)
+        node.expected = count
+        self._maybe_finish(prefix, path)
+
+    def _maybe_finish(self, prefix: tuple[int, ...], path: tuple[int, ...]) -> None:
+        if not prefix:
+            return
+        node = self.nodes[prefix]
+        if node.expected is not None and node.received == node.expected:
+            del self.nodes[prefix]
+            self.deliver(prefix, path, node.acc.finish())
+
+    def finish(self) -> Any:
+        return self.nodes[()].acc.finish()
+
+
+def leaf_error_mode(loop: LoopSpec) -> str:
+    """R's rule: the outermost explicit errorhandling wins, else the innermost loop's."""
+    for level in levels(loop):
+        if level.error_mode is not None:
+            return str(level.error_mode)
+    return "stop"
+
+
+def known_total(loop: LoopSpec) -> int | None:
+    """The number of iterations when it can be known without consuming anything."""
+    if loop.inner_loop is not None or loop.predicate is not None:
+        return None
+    sizes = []
+    for _, value in loop.variables:
+        if isinstance(value, (range, list, tuple, str, bytes, dict, set, frozenset)) or (
+            hasattr(value, "__len__") and hasattr(value, "__getitem__")
+        ):
+            try:
+                sizes.append(len(value))
+            except TypeError:
+                return None
+        else:
+            return None
+    return min(sizes) if sizes else 0
+
+
+def pickled_spec(loop: LoopSpec) -> bytes | None:
+    """The pickled loop without its variables (they may be generators) or body: what
+    Job.attach needs, or None when its combine functions cannot travel."""
+    stripped: LoopSpec | None = None
+    for level in reversed(levels(loop)):
+        stripped = level.model_copy(
+            update={"variables": (), "inner_loop": stripped, "bound_body": None}
+        )
+    try:
+        return codec.dumps(stripped)
+    except Exception:
+        return None
+
+
+#: the mean seconds per iteration each body took in this process, by body digest: the
+#: next "auto" chunk size for the same body is sized from it (Backend.chunk_size_for)
+_SECONDS_PER_ITERATION: dict[str, float] = {}
+
+
+def _remember(digest: str, seconds: float) -> None:
+    _SECONDS_PER_ITERATION.pop(digest, None)
+    _SECONDS_PER_ITERATION[digest] = seconds
+    while len(_SECONDS_PER_ITERATION) > 256:  # the oldest first
+        del _SECONDS_PER_ITERATION[next(iter(_SECONDS_PER_ITERATION))]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _describe_vars(kwargs: dict[str, Any]) -> str:
+    parts = []
+    for k, v in kwargs.items():
+        r = repr(v)
+        parts.append(f"{k}={r if len(r) <= 40 else r[:37] + '...'}")
+    return ", ".join(parts)
+
+
+def _iteration_name(leaf: Leaf) -> str:
+    where = str(leaf.path[0]) if len(leaf.path) == 1 else str(leaf.path)
+    return f"iteration {where} ({_describe_vars(leaf.kwargs)})"
+
+
+def iteration_error(leaf: Leaf, err: IterationError, original: BaseException | None) -> TaskError:
+    """The TaskError for an iteration whose body raised."""
+    return TaskError(
+        f"{_iteration_name(leaf)} failed: {err.error_type}: {err.error_message}",
+        index=leaf.path[0],
+        path=leaf.path,
+        variables=leaf.kwargs,
+        error_type=err.error_type,
+        remote_traceback=err.traceback,
+        exception=original,
+    )
+
+
+def failure_error(leaf: Leaf, failure: TaskFailure) -> TaskError:
+    """The TaskError for an iteration whose task died (timeout, memory, crash, lost)."""
+    return TaskError(
+        f"{_iteration_name(leaf)} failed: {failure.message}",
+        index=leaf.path[0],
+        path=leaf.path,
+        variables=leaf.kwargs,
+        error_type=failure.kind,
+    )
+
+
+def _progress_bar(show: bool, total: int | None, backend: str) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # an optional dependency, imported only when a bar shows
+
+    return tqdm(total=total, desc=f"dolambda[{backend}]", unit="it", leave=True)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class JobRun:
+    """One run of a job: plan it, drive ``backend`` through its tasks, combine.
+
+    ``plan`` and ``seed`` are given for a job rebuilt by ``Backend.attach`` (its
+    tasks exist already); ``on_top`` receives each batch of top-level results as it
+    is combined. ``done``, ``failed``, ``total`` and ``stats`` may be read while it runs.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        loop: LoopSpec,
+        body: Callable[..., Any],
+        backend: Backend,
+        *,
+        progress: bool,
+        on_top: OnTop,
+        plan: list[PlannedTask | InnerDone] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.loop = loop
+        self.body = body
+        self.backend = backend
+        self.plan = plan
+        self.seed = seed if plan is not None else loop.seed_value
+        self.show_progress = progress
+        self.done = 0
+        self.failed = 0
+        self.total: int | None = (
+            known_total(loop)
+            if plan is None
+            else sum(len(t) for t in plan if isinstance(t, PlannedTask))
+        )
+        self.stats = JobStats(job_id=job_id, backend=backend.name)
+        self.context: JobContext | None = None
+        self.cancel_requested = False
+        self.mode = leaf_error_mode(loop)
+        self.tree = CombineTree(loop, on_top)
+        self.pending: dict[int, PlannedTask] = {}  # planned, not yet answered
+        # seconds the body ran and iterations that ran: the next run's chunk size
+        self.compute_seconds = 0.0
+        self.computed = 0
+        self.bar: Any = None
+        self.print_summary = False
+
+    async def run(self) -> Any:
+        """Run the job to its combined result; JobCancelled when it was cancelled."""
+        started = time.perf_counter()
+        try:
+            result = await self._execute()
+            if self.print_summary:
+                self._count(started)
+                from tqdm.auto import tqdm  # optional, as for the bar
+
+                tqdm.write(f"dolambda: {self.stats.summary()}")
+            return result
+        except asyncio.CancelledError:
+            if self.cancel_requested:
+                raise JobCancelled(f"job {self.job_id} was cancelled") from None
+            raise
+        finally:
+            self._count(started)
+
+    def _count(self, started: float) -> None:
+        self.stats.wall_time = time.perf_counter() - started
+        self.stats.iterations = self.done
+        self.stats.failed = self.failed
+
+    async def _execute(self) -> Any:
+        ctx = self.context = self._context()
+        if self.cancel_requested:
+            ctx.cancelled.set()
+        digest = self._check_body(ctx)
+        if self.backend.keeps_records and not ctx.resumed:
+            ctx.record = JobRecord(pickled_spec(self.loop))
+        ctx.chunk_size = self._chunk_size(digest)
+        self.bar = _progress_bar(self.show_progress, self.total, self.backend.name)
+        try:
+            await self._drive(ctx)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        return self._conclude(ctx, digest)
+
+    # ------------------------------------------------------------------ before
+
+    def _context(self) -> JobContext:
+        return JobContext(
+            job_id=self.job_id,
+            body=self.body,
+            seed=self.seed,
+            variables=tuple(all_variables(self.loop)),
+            chunk_size=1,
+            errorhandling=self.mode,
+            stats=self.stats,
+            resumed=self.plan is not None,
+        )
+
+    def _check_body(self, ctx: JobContext) -> str | None:
+        """The body's digest when it must travel (None for a resumed job, whose body is
+        stored already); fails before anything starts if the body cannot be pickled."""
+        if self.backend.body_must_pickle and self.plan is None:
+            return ctx.body_digest
+        return None
+
+    def _chunk_size(self, digest: str | None) -> int:
+        if self.loop.chunk == "auto":
+            measured = None if digest is None else _SECONDS_PER_ITERATION.get(digest)
+            return self.backend.chunk_size_for(self.total, measured)
+        return int(self.loop.chunk)
+
+    # ------------------------------------------------------------------ during
+
+    async def _task_source(self, ctx: JobContext) -> AsyncIterator[PlannedTask]:
+        """The job's tasks, planned lazily as the backend pulls them; the InnerDone
+        markers go to the combine tree (and the backend's record)."""
+        planned_leaves = 0
+        yielded_at = time.perf_counter()
+        source: Iterable[PlannedTask | InnerDone] = (
+            self.plan if self.plan is not None else plan_tasks(self.loop, ctx.chunk_size)
+        )
+        for item in source:
+            if isinstance(item, InnerDone):
+                if ctx.record is not None:
+                    ctx.record.markers.append(item)
+                self.tree.declare(item.prefix, item.path, item.count)
+                continue
+            self.pending[item.task_id] = item
+            planned_leaves += len(item)
+            yield item
+            if time.perf_counter() - yielded_at > 0.005:
+                # let results in while a long generator is planned, without paying a
+                # loop round per task
+                await asyncio.sleep(0)
+                yielded_at = time.perf_counter()
+        self.total = planned_leaves
+        if self.bar is not None:
+            self.bar.total = planned_leaves
+            self.bar.refresh()
+
+    async def _drive(self, ctx: JobContext) -> None:
+        """Feed the backend and absorb each TaskResult it yields."""
+        results = self.backend.run_tasks(ctx, self._task_source(ctx))
+        async with contextlib.aclosing(results):
+            try:
+                async for result in results:
+                    before = self.done
+                    try:
+                        self._absorb(ctx, result)
+                    finally:
+                        self._show(self.done - before)
+            except BaseException:
+                ctx.cancelled.set()  # before the backend is closed, so it sees why
+                raise
+
+    def _show(self, advanced: int) -> None:
+        if self.bar is not None:
+            self.bar.update(advanced)
+            if self.failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+
+    def _absorb(self, ctx: JobContext, result: TaskResult) -> None:
+        """One task's outcome into the combine tree, iteration by iteration."""
+        task = self.pending.pop(result.task_id)
+        if result.stats is not None:
+            self.stats.tasks.append(result.stats)
+        self.stats.retries += max(0, result.attempts - 1)
+        if result.failure is not None:
+            self._fail_all(task, range(len(task)), result.failure)
+            return
+        values, errors = result.values, result.errors
+        ran = min(len(values), len(task))
+        self.compute_seconds += result.compute_seconds
+        self.computed += len(values)
+        if task.flat and not errors:
+            self.done += ran
+            self.tree.deliver_run(
+                task.first, task.top_indexes(ran), values if ran == len(values) else values[:ran]
+            )
+        else:
+            for k in range(ran):
+                self.done += 1
+                err = errors.get(k)
+                if err is None:
+                    self.tree.deliver(task.slot(k), task.path(k), values[k])
+                    continue
+                leaf = task.leaf(k)
+                original = values[k] if isinstance(values[k], BaseException) else None
+                self._fail(leaf, iteration_error(leaf, err, original), original)
+        if ran < len(task) and not ctx.cancelled.is_set():
+            lost = TaskFailure(kind="lost", message="the worker returned no outcome for it")
+            self._fail_all(task, range(ran, len(task)), lost)
+
+    def _fail_all(self, task: PlannedTask, positions: range, failure: TaskFailure) -> None:
+        for k in positions:
+            self.done += 1
+            leaf = task.leaf(k)
+            self._fail(leaf, failure_error(leaf, failure), None)
+
+    def _fail(self, leaf: Leaf, error: TaskError, original: BaseException | None) -> None:
+        """An iteration failed: raise (stop), drop it (remove) or deliver it (pass)."""
+        self.failed += 1
+        if self.mode == "stop":
+            raise error
+        if self.mode == "remove":
+            self.tree.deliver(leaf.slots, leaf.path, None, present=False)
+        else:
+            self.tree.deliver(leaf.slots, leaf.path, original if original is not None else error)
+
+    # ------------------------------------------------------------------ after
+
+    def _conclude(self, ctx: JobContext, digest: str | None) -> Any:
+        backend = self.backend
+        self.stats.memory_mb = backend.memory_mb
+        self.stats.architecture = backend.architecture
+        self.print_summary = self.bar is not None and backend.prints_summary
+        if ctx.cancelled.is_set() and self.cancel_requested:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+        if self.pending:
+            raise DolambdaError(
+                f"job {self.job_id}: the {backend.name} backend finished without answering "
+                f"{len(self.pending)} task(s); this is a bug in the backend"
+            )
+        if digest is not None and self.computed:
+            _remember(digest, self.compute_seconds / self.computed)
+        return self.tree.finish()

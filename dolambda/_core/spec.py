@@ -1,0 +1,161 @@
+"""The loop spec: a typed, frozen pydantic model and its builder methods.
+
+Every builder validates its argument and returns a copy of the same class
+(a :class:`~dolambda.Loop` stays a ``Loop``); nothing runs here. The verbs
+that run a spec live in :mod:`dolambda._loop`; the planner and the run engine
+read a spec through the fields declared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict
+
+from dolambda._core.combine import MISSING, CombineSpec
+from dolambda._core.tasks import HIDDEN
+from dolambda._errors import InvalidArgument, InvalidArgumentType
+
+ErrorMode = Literal["stop", "remove", "pass"]
+ERROR_MODES: tuple[ErrorMode, ...] = ("stop", "remove", "pass")
+
+
+class LoopSpec(BaseModel):
+    """What a foreach loop is: its variables, filter, combine, error handling, seed,
+    chunking, inner loop and (decorator form) body."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    #: (name, values) pairs in lockstep; values are an iterable, or (inner loops only)
+    #: a function of the outer variables returning one
+    variables: tuple[tuple[str, Any], ...] = ()
+    predicate: Callable[..., Any] | None = None
+    combine_spec: CombineSpec = CombineSpec()
+    error_mode: ErrorMode | None = None
+    seed_value: int | None = None
+    chunk: int | Literal["auto"] = "auto"
+    inner_loop: LoopSpec | None = None
+    bound_body: Callable[..., Any] | None = None
+
+    def __repr__(self) -> str:
+        names = ", ".join(n for n, _ in self.variables) or "<no variables>"
+        text = f"foreach({names})"
+        if self.inner_loop is not None:
+            text += f".nest({self.inner_loop!r})"
+        if self.bound_body is not None:
+            text += f" -> {getattr(self.bound_body, '__qualname__', self.bound_body)}"
+        return f"<{text}>"
+
+    def when(self, predicate: Callable[..., bool]) -> Self:
+        """Keep only the iterations for which ``predicate(**variables)`` is true."""
+        if not callable(predicate):
+            raise InvalidArgumentType(
+                f"when: expected a function of the loop variables, got {type(predicate).__name__}"
+            )
+        return self.model_copy(update={"predicate": predicate})
+
+    def combine(
+        self,
+        fn: str | Callable[..., Any] = "list",
+        *,
+        init: Any = MISSING,
+        final: Callable[[Any], Any] | None = None,
+        inorder: bool = True,
+        multicombine: bool | None = None,
+        maxcombine: int | None = None,
+    ) -> Self:
+        """How results are combined: a shorthand (``"list"``, ``"c"``, ``"+"``, ``"*"``,
+        ``"max"``, ``"min"``, ``"cbind"``, ``"rbind"``), a 2-argument function (a fold),
+        a 1-argument reducer such as ``sum`` (called on lists), or a ``*args`` function.
+
+        >>> from dolambda import foreach
+        >>> foreach(x=range(4)).combine(sum).do(lambda x: x)
+        6
+        """
+        spec = CombineSpec(
+            fn=fn,
+            init=init,
+            final=final,
+            inorder=inorder,
+            multicombine=multicombine,
+            maxcombine=maxcombine,
+        )
+        return self.model_copy(update={"combine_spec": spec})
+
+    def errorhandling(self, mode: str) -> Self:
+        """``"stop"`` (raise TaskError, cancel the rest), ``"remove"`` (drop failed
+        iterations) or ``"pass"`` (the exception object is the result)."""
+        if mode not in ERROR_MODES:
+            raise InvalidArgument(
+                f"errorhandling: unknown mode {mode!r}; use 'stop', 'remove' or 'pass'"
+            )
+        return self.model_copy(update={"error_mode": mode})
+
+    def seed(self, seed: int) -> Self:
+        """Reproducible random streams: iteration k uses ``SeedSequence(seed, spawn_key=(k,))``."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidArgumentType(f"seed: expected a non-negative integer, got {seed!r}")
+        if seed < 0:
+            raise InvalidArgument(f"seed: expected a non-negative integer, got {seed}")
+        return self.model_copy(update={"seed_value": seed})
+
+    def chunk_size(self, size: int | str) -> Self:
+        """Iterations per task: a positive integer, or ``"auto"`` (the default)."""
+        if size != "auto":
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise InvalidArgumentType(
+                    f"chunk_size: expected a positive integer or 'auto', got {size!r}"
+                )
+            if size < 1:
+                raise InvalidArgument(f"chunk_size: must be at least 1, got {size}")
+        return self.model_copy(update={"chunk": size})
+
+    def nest(self, inner: LoopSpec) -> Self:
+        """R's ``%:%``: run ``inner`` for each iteration of this loop.
+
+        >>> from dolambda import foreach
+        >>> foreach(i=range(3)).nest(foreach(j=lambda i: range(i))).do(lambda i, j: (i, j))
+        [[], [(1, 0)], [(2, 0), (2, 1)]]
+        """
+        if not isinstance(inner, LoopSpec):
+            raise InvalidArgumentType(
+                f"nest: expected a foreach(...) loop, got {type(inner).__name__}"
+            )
+        if inner.bound_body is not None:
+            raise InvalidArgument(
+                "nest: the inner loop must not have a body; bind it to the outer loop"
+            )
+        clash = set(all_variables(self)) & set(all_variables(inner))
+        if clash:
+            raise InvalidArgument(
+                f"nest: the inner loop redefines {', '.join(sorted(clash))}; use other names"
+            )
+        if self.inner_loop is None:
+            return self.model_copy(update={"inner_loop": inner})
+        return self.model_copy(update={"inner_loop": self.inner_loop.nest(inner)})
+
+    def __call__(self, fn: Callable[..., Any]) -> Self:
+        """Decorator form: ``@foreach(x=...)`` binds the function as the loop body."""
+        if self.bound_body is not None:
+            raise InvalidArgument(
+                "this loop already has a body; call a verb (.do(), .run(), ...) to run it"
+            )
+        if not callable(fn):
+            raise InvalidArgumentType(f"the loop body must be a function, got {type(fn).__name__}")
+        return self.model_copy(update={"bound_body": fn})
+
+
+def levels(spec: LoopSpec) -> list[LoopSpec]:
+    """The spec and its inner loops, outermost first."""
+    out: list[LoopSpec] = []
+    level: LoopSpec | None = spec
+    while level is not None:
+        out.append(level)
+        level = level.inner_loop
+    return out
+
+
+def all_variables(spec: LoopSpec) -> list[str]:
+    """The variables the body receives, outer loops' first (``times(n)``'s counter is not one)."""
+    return [n for level in levels(spec) for n, _ in level.variables if n != HIDDEN]
