@@ -5,7 +5,7 @@
 285
 
 Names are imported on first use, so the Lambda worker (which imports only
-``dolambda._worker``) does not pay for the client's aioboto3.
+``dolambda._aws.worker``) does not pay for the client's aioboto3.
 """
 
 import importlib as _importlib
@@ -16,12 +16,12 @@ if _TYPE_CHECKING:
     from dolambda._backends.base import Backend
     from dolambda._backends.lambda_ import LambdaBackend
     from dolambda._backends.local import LocalBackend
+    from dolambda._core.seeds import rng
     from dolambda._errors import DolambdaError, TaskError
     from dolambda._executor import Executor
     from dolambda._job import Job
     from dolambda._loop import Loop, foreach, times
     from dolambda._registry import register, registered
-    from dolambda._worker import rng
 
 __version__ = "0.1.0"
 
@@ -37,7 +37,7 @@ _WHERE = {
     "foreach": "dolambda._loop",
     "register": "dolambda._registry",
     "registered": "dolambda._registry",
-    "rng": "dolambda._worker",
+    "rng": "dolambda._core.seeds",
     "times": "dolambda._loop",
 }
 

@@ -23,8 +23,8 @@ from dolambda._backends.base import JobContext, TaskResult, decode_outcome
 from dolambda._core.plan import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskOutcome
-from dolambda._worker import outcome_context
 from dolambda.emulator import Emulator
 from tests.moto_server import MotoServer
 

@@ -20,9 +20,17 @@ from typing import Any
 
 import dill
 
+from dolambda._core.execute import ChunkRun, binds_positionally
 from dolambda._core.plan import PlannedTask
 from dolambda._errors import SerializationError
 from dolambda._wire import codec
+from dolambda._wire.codec import (
+    body_context,
+    decode_values,
+    manifest_context,
+    python_version,
+    task_context,
+)
 from dolambda._wire.models import (
     IterationError,
     JobManifest,
@@ -31,15 +39,6 @@ from dolambda._wire.models import (
     TaskSpec,
     TaskStats,
     unpack_ticks,
-)
-from dolambda._worker import (
-    ChunkRun,
-    binds_positionally,
-    body_context,
-    decode_values,
-    manifest_context,
-    python_version,
-    task_context,
 )
 
 

@@ -32,8 +32,8 @@ from dolambda._backends.base import Backend, JobContext, TaskResult, decode_outc
 from dolambda._core.plan import PlannedTask
 from dolambda._errors import BackendError, InvalidArgument, InvalidArgumentType
 from dolambda._wire import codec
+from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskFailure, TaskOutcome
-from dolambda._worker import outcome_context
 
 
 class _Proc:

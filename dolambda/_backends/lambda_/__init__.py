@@ -48,14 +48,14 @@ from dolambda._core.plan import InnerDone, PlannedTask
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType, SignatureError
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec
-from dolambda._worker import (
+from dolambda._wire.codec import (
     manifest_context,
     outcome_context,
     plan_context,
     signing_key_bytes,
     task_context,
 )
+from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec
 
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
 # a job whose sealed manifest + body are at most this big travels inside every task: a
