@@ -19,13 +19,13 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from dolambda import deploy as dep
+from dolambda._aws.errors import translate
 from dolambda._config import config_path, load_config
 from dolambda._errors import InvalidArgument
 from dolambda.deploy.aws import (
     Clients,
     call,
     python_version,
-    translate,
     validate_bucket_name,
     wheel_platforms,
 )
@@ -522,9 +522,16 @@ def test_botocore_errors_are_translated() -> None:
     denied = _Raising("AccessDenied", 403)
     with pytest.raises(dep.DeployError, match="may not perform iam:CreateRole on role r"):
         call("iam:CreateRole", "role r", denied.create_role, RoleName="r")
-    taken = translate(_Raising("BucketAlreadyExists", 409).error, "s3:CreateBucket", "bucket b")
+    taken = translate(
+        _Raising("BucketAlreadyExists", 409).error,
+        "deploy",
+        action="s3:CreateBucket",
+        resource="bucket b",
+    )
     assert "another AWS account" in str(taken)
-    expired = translate(_Raising("ExpiredToken", 400).error, "sts:GetCallerIdentity", "x")
+    expired = translate(
+        _Raising("ExpiredToken", 400).error, "deploy", action="sts:GetCallerIdentity", resource="x"
+    )
     assert "rejected" in str(expired)
 
 
@@ -570,6 +577,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "handler/__init__.py",
         "dolambda/__init__.py",
         "dolambda/_aws/__init__.py",
+        "dolambda/_aws/errors.py",
         "dolambda/_aws/worker.py",
         "dolambda/_core/__init__.py",
         "dolambda/_core/execute.py",

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
+from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
 from dolambda._core.execute import WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
@@ -69,7 +70,7 @@ def process_s3_task(
         try:
             blob = get(key)
         except Exception as exc:
-            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if kind_of(exc) in OBJECT_MISSING:
                 log(f"dolambda: task s3://{bucket}/{key} is gone (job cancelled or finished)")
                 return "gone"
             raise
@@ -110,17 +111,10 @@ def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: T
             Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
         )
     except Exception as exc:
-        if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if kind_of(exc) is Kind.EXISTS:
             return False
         raise
     return True
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
 
 
 def task_records(event: Any) -> list[tuple[str, str, bytes | None]]:

@@ -31,6 +31,7 @@ from dolambda.deploy.aws import ARCHITECTURES, python_version, wheel_platforms
 WORKER_MODULES = (
     "_errors.py",
     "_aws/__init__.py",
+    "_aws/errors.py",
     "_aws/worker.py",
     "_core/__init__.py",
     "_core/execute.py",
