@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
+from dolambda._aws.invoke import Invoker
 from dolambda._errors import ConfigError
 
 
@@ -46,7 +46,12 @@ def resolve_region(region: str | None, profile: str | None) -> str:
 
 
 class S3:
-    """Thin async wrapper over one pooled aioboto3 S3 client for one bucket."""
+    """Thin async wrapper over one pooled aioboto3 S3 client for one bucket.
+
+    ``invoker`` is the run's Lambda :class:`~dolambda._aws.invoke.Invoker`, opened with
+    it (one session, one warm pool; its client is None unless opened ``with_lambda``);
+    this class itself never calls Lambda.
+    """
 
     def __init__(
         self,
@@ -61,8 +66,10 @@ class S3:
         self.bucket = bucket
         self.region = region
         self.counter = counter
-        self.lambda_client = lambda_client
         self.function_name = function_name
+        self.invoker = Invoker(
+            lambda_client, function_name, bucket=bucket, region=region, count=counter.add
+        )
 
     def _translated(self, key: str, action: str) -> contextlib.AbstractContextManager[None]:
         """Errors of the block as dolambda errors naming this bucket (and ``key``)."""
@@ -160,16 +167,6 @@ class S3:
                     return None
                 raise
         return dict(response)
-
-    async def invoke(self, payload: dict[str, Any]) -> None:
-        """Asynchronous Invoke of the function (trigger="invoke")."""
-        self.counter.add("invoke")
-        with self._translated("", f"invoking {self.function_name}"):
-            await self.lambda_client.invoke(
-                FunctionName=self.function_name,
-                InvocationType="Event",
-                Payload=json.dumps(payload).encode(),
-            )
 
 
 @contextlib.asynccontextmanager

@@ -537,7 +537,7 @@ class _Run:
                 payload["task"] = base64.b64encode(blob).decode()
             else:
                 await self.s3.put(key, blob)
-            await self.s3.invoke(payload)
+            await self.s3.invoker.invoke(payload)
         else:
             await self.s3.put(key, blob)
 
