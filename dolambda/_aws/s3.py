@@ -16,6 +16,7 @@ from typing import Any
 import aioboto3
 from aiobotocore.config import AioConfig
 
+from dolambda import _sync
 from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
 from dolambda._aws.invoke import Invoker
 from dolambda._errors import ConfigError
@@ -238,8 +239,6 @@ async def open_s3(
         await stack.aclose()
         raise
     if shared is not None and "s3" not in shared:  # (another run may have just set it)
-        from dolambda import _sync
-
         kept = shared
 
         async def close() -> None:
