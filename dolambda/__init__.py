@@ -5,7 +5,7 @@
 285
 
 Names are imported on first use, so the Lambda worker (which imports only
-``dolambda._worker``) does not pay for the client's aioboto3.
+``dolambda._aws.worker``) does not pay for the client's aioboto3.
 """
 
 import importlib as _importlib
@@ -16,6 +16,7 @@ if _TYPE_CHECKING:  # for type checkers only: at run time the table below is use
     from dolambda._backends.base import Backend as Backend
     from dolambda._backends.lambda_ import LambdaBackend as LambdaBackend
     from dolambda._backends.local import LocalBackend as LocalBackend
+    from dolambda._core.seeds import rng as rng
     from dolambda._errors import DolambdaError as DolambdaError
     from dolambda._errors import TaskError as TaskError
     from dolambda._executor import Executor as Executor
@@ -25,7 +26,6 @@ if _TYPE_CHECKING:  # for type checkers only: at run time the table below is use
     from dolambda._loop import times as times
     from dolambda._registry import register as register
     from dolambda._registry import registered as registered
-    from dolambda._worker import rng as rng
 
 __version__ = "0.1.0"
 
@@ -43,7 +43,7 @@ _WHERE = {
     "foreach": "dolambda._loop",
     "register": "dolambda._registry",
     "registered": "dolambda._registry",
-    "rng": "dolambda._worker",
+    "rng": "dolambda._core.seeds",
     "times": "dolambda._loop",
 }
 

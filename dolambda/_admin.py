@@ -10,7 +10,6 @@ from dolambda._aws.s3 import S3, RequestCounter, resolve_region
 from dolambda._backends.lambda_ import LambdaBackend
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._worker import manifest_context, plan_context
 
 
 @dataclass
@@ -39,7 +38,9 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         blob = await s3.get(_keys.manifest_key(p, job_id))
         if blob is not None:
             try:
-                payload = codec.unseal(blob, key=backend.key, context=manifest_context(job_id))
+                payload = codec.unseal(
+                    blob, key=backend.key, context=codec.manifest_context(job_id)
+                )
                 created = float(json.loads(payload)["created_at"])
             except Exception:
                 created = None
@@ -48,7 +49,9 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         blob = await s3.get(plan_key)
         if blob is not None:
             try:
-                plan = json.loads(codec.unseal(blob, key=backend.key, context=plan_context(job_id)))
+                plan = json.loads(
+                    codec.unseal(blob, key=backend.key, context=codec.plan_context(job_id))
+                )
                 tasks = int(plan["tasks"])
             except Exception:
                 tasks = None

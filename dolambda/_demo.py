@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from dolambda._backends.lambda_ import LambdaBackend
+from dolambda._core.seeds import rng
 from dolambda._loop import foreach
-from dolambda._worker import rng
 
 
 def throw_darts(batch: int, samples: int) -> int:

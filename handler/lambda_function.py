@@ -1,4 +1,4 @@
-"""The AWS Lambda entry point: S3 events (or direct invokes) -> the shared worker.
+"""The AWS Lambda entry point: S3 events (or direct invokes) -> the worker (dolambda._aws.worker).
 
 Environment: DOLAMBDA_SIGNING_KEY (hex or text), DOLAMBDA_PREFIX (default
 "dolambda"), optionally DOLAMBDA_BUCKET to refuse events from other buckets,
@@ -12,7 +12,8 @@ from typing import Any
 
 import boto3
 
-from dolambda._worker import WorkerState, handle_event, signing_key_from_env
+from dolambda._aws.worker import handle_event, signing_key_from_env
+from dolambda._core.execute import WorkerState
 
 _state = WorkerState()  # warm containers keep the loaded job (manifest + body)
 _s3: Any = None

@@ -871,8 +871,8 @@ def test_forged_inline_task_is_refused_not_run(
     import boto3
 
     from dolambda._wire import codec
+    from dolambda._wire.codec import outcome_context
     from dolambda._wire.models import TaskOutcome
-    from dolambda._worker import outcome_context
 
     url, bucket = handler_env
     event = {"bucket": bucket, "key": _task_key(), "task": base64.b64encode(b"junk").decode()}

@@ -14,11 +14,11 @@ from dolambda import TaskError, foreach, times
 from dolambda._backends.base import JobContext
 from dolambda._backends.sealing import SealedJob
 from dolambda._core.combine import CombineSpec
+from dolambda._core.execute import WorkerState, run_iterations, run_task_blob
 from dolambda._core.plan import _group, iter_plan, plan_tasks
 from dolambda._core.spec import all_variables
 from dolambda._core.tasks import HIDDEN, InnerDone, PlannedTask
 from dolambda._wire.models import TaskOutcome, pack_ticks, unpack_ticks
-from dolambda._worker import WorkerState, run_iterations, run_task_blob
 
 
 def _leaves(items: list[Any]) -> list[tuple[int, tuple[int, ...], tuple[int, ...], dict[str, Any]]]:
@@ -176,7 +176,7 @@ def test_a_task_whose_columns_do_not_match_its_count_is_refused(
     )
     spec = ctx.encode_task(PlannedTask(0, 0, [(1,), (2,)], ("x",))).model_copy(update=update)
     from dolambda._wire import codec
-    from dolambda._worker import task_context
+    from dolambda._wire.codec import task_context
 
     blob = codec.seal_model(spec, key=ctx.key, context=task_context("j1", 0))
     outcome = run_task_blob(
@@ -231,7 +231,7 @@ def _extra(x: int, scale: int = 10, **more: Any) -> int:
 def test_binds_positionally_only_when_it_binds_the_same(
     fn: Any, names: tuple[str, ...], expected: bool
 ) -> None:
-    from dolambda._worker import binds_positionally
+    from dolambda._core.execute import binds_positionally
 
     assert binds_positionally(fn, names) is expected
 

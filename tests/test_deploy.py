@@ -19,17 +19,18 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from dolambda import deploy as dep
+from dolambda._aws.errors import translate
 from dolambda._config import config_path, load_config
 from dolambda._errors import InvalidArgument
 from dolambda.deploy.aws import (
     Clients,
     call,
     python_version,
-    translate,
     validate_bucket_name,
     wheel_platforms,
 )
 from dolambda.deploy.bucket import bucket_region
+from dolambda.deploy.package import WORKER_MODULES
 from tests.moto_server import MotoServer, free_port
 
 BUCKET = "dl-test-queue"
@@ -521,9 +522,16 @@ def test_botocore_errors_are_translated() -> None:
     denied = _Raising("AccessDenied", 403)
     with pytest.raises(dep.DeployError, match="may not perform iam:CreateRole on role r"):
         call("iam:CreateRole", "role r", denied.create_role, RoleName="r")
-    taken = translate(_Raising("BucketAlreadyExists", 409).error, "s3:CreateBucket", "bucket b")
+    taken = translate(
+        _Raising("BucketAlreadyExists", 409).error,
+        "deploy",
+        action="s3:CreateBucket",
+        resource="bucket b",
+    )
     assert "another AWS account" in str(taken)
-    expired = translate(_Raising("ExpiredToken", 400).error, "sts:GetCallerIdentity", "x")
+    expired = translate(
+        _Raising("ExpiredToken", 400).error, "deploy", action="sts:GetCallerIdentity", resource="x"
+    )
     assert "rejected" in str(expired)
 
 
@@ -542,6 +550,24 @@ def test_no_credentials_is_a_clear_error(
 # --- package ----------------------------------------------------------------------------
 
 
+def test_the_package_ships_exactly_what_the_handler_imports() -> None:
+    """The worker's modules are the files importing the handler loads (and never aioboto3)."""
+    code = (
+        "import sys, json, handler.lambda_function;"
+        "print(json.dumps({m: getattr(sys.modules[m], '__file__', None) for m in sys.modules "
+        "if m.split('.')[0] in ('dolambda', 'aioboto3', 'aiobotocore', 'aiohttp')}))"
+    )
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    loaded: dict[str, str] = json.loads(out.stdout)
+    assert all(m.split(".")[0] == "dolambda" for m in loaded), sorted(loaded)
+    pkg = root / "dolambda"
+    files = {Path(f).relative_to(pkg).as_posix() for m, f in loaded.items() if m != "dolambda"}
+    assert files == set(WORKER_MODULES)
+
+
 def test_small_package_contents(small_package: dep.Package) -> None:
     with zipfile.ZipFile(small_package.path) as zf:
         names = set(zf.namelist())
@@ -550,7 +576,12 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "handler/lambda_function.py",
         "handler/__init__.py",
         "dolambda/__init__.py",
-        "dolambda/_worker.py",
+        "dolambda/_aws/__init__.py",
+        "dolambda/_aws/errors.py",
+        "dolambda/_aws/worker.py",
+        "dolambda/_core/__init__.py",
+        "dolambda/_core/execute.py",
+        "dolambda/_core/seeds.py",
         "dolambda/_wire/__init__.py",
         "dolambda/_wire/models.py",
         "dolambda/_wire/codec.py",

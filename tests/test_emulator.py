@@ -24,8 +24,8 @@ from dolambda._backends.sealing import SealedJob, decode_outcome
 from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskOutcome
-from dolambda._worker import outcome_context
 from dolambda.emulator import Emulator
 from tests.moto_server import MotoServer
 

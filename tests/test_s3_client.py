@@ -7,8 +7,11 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from dolambda._aws.errors import Kind, kind_of, translate, translated
 from dolambda._aws.s3 import RequestCounter, open_s3
+from dolambda._errors import ConfigError, DeployError, StorageError
 from tests.moto_server import MotoServer
 
 BUCKET = "s3-client-tests"
@@ -50,3 +53,111 @@ def test_delete_keys_deletes_every_batch_of_a_large_key_list(moto_url: str) -> N
     assert counter.counts == {"delete": 3}
     left = sync.list_objects_v2(Bucket=BUCKET, Prefix="jobs/big/").get("Contents", [])
     assert left == []
+
+
+# --- the one botocore -> dolambda table -------------------------------------------------
+
+
+def _client_error(code: str, status: int = 400, message: str = "") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}},
+        },
+        "Op",
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (_client_error("NoSuchKey", 404), Kind.NO_SUCH_KEY),
+        (_client_error("404", 404), Kind.NOT_FOUND),
+        (_client_error("NoSuchBucket", 404), Kind.NO_SUCH_BUCKET),
+        (_client_error("PreconditionFailed", 412), Kind.EXISTS),
+        (_client_error("ConditionalRequestConflict", 409), Kind.EXISTS),
+        (_client_error("AccessDenied", 403), Kind.DENIED),
+        (_client_error("SomethingNew", 403), Kind.DENIED),  # by status
+        (_client_error("InvalidAccessKeyId", 403), Kind.CREDENTIALS_REJECTED),  # code beats status
+        (
+            _client_error("InvalidParameterValueException", 400, "cannot be assumed"),
+            Kind.ROLE_NOT_READY,
+        ),
+        (
+            _client_error("InvalidParameterValueException", 400, "runtime python9"),
+            Kind.RUNTIME_REFUSED,
+        ),
+        (_client_error("InvalidParameterValueException"), Kind.FAILED),
+        (NoCredentialsError(), Kind.NO_CREDENTIALS),
+        (EndpointConnectionError(endpoint_url="http://x"), Kind.UNREACHABLE),
+        (ValueError("Invalid endpoint: nope"), Kind.BAD_ENDPOINT),
+        (ValueError("something else"), Kind.FAILED),
+        (RuntimeError("boom"), Kind.FAILED),
+    ],
+)
+def test_the_most_specific_row_gives_the_kind(exc: BaseException, kind: Kind) -> None:
+    assert kind_of(exc) is kind
+
+
+def test_each_side_says_its_own_sentence() -> None:
+    denied = _client_error("AccessDenied", 403, "not authorized")
+    client = translate(denied, "client", action="reading", resource="s3://b/k", bucket="b")
+    assert isinstance(client, StorageError)
+    assert str(client) == (
+        "access to s3://b/k was denied (AccessDenied) while reading; check the credentials and "
+        "that their policy allows it"
+    )
+    deploy = translate(denied, "deploy", action="s3:GetObject", resource="bucket b")
+    assert isinstance(deploy, DeployError)
+    assert "may not perform s3:GetObject on bucket b (AWS said: not authorized)" in str(deploy)
+    # a row with nothing to say for a side lets the next match speak: the client has no
+    # sentence of its own for a bucket name taken by another account
+    taken = _client_error("BucketAlreadyExists", 409)
+    assert "another AWS account" in str(translate(taken, "deploy", action="a", resource="r"))
+    said = str(translate(taken, "client", action="writing", resource="bucket 'b'"))
+    assert said.startswith("S3/Lambda request failed for bucket 'b' while writing: ClientError")
+    creds = translate(NoCredentialsError(), "client", action="", resource="")
+    assert isinstance(creds, ConfigError) and "AWS_PROFILE" in str(creds)
+
+
+def test_translated_passes_dolambda_errors_and_uncaught_classes_through() -> None:
+    with pytest.raises(ConfigError, match="mine"), translated("client", action="a", resource="r"):
+        raise ConfigError("mine")
+    aws_only = translated("deploy", action="a", resource="r", catch=(ClientError,))
+    with pytest.raises(KeyError), aws_only:
+        raise KeyError("a bug, not AWS")
+    aws_only = translated("deploy", action="a", resource="r", catch=(ClientError,))
+    with pytest.raises(DeployError, match="a on r failed: NoSuchEntity") as info, aws_only:
+        raise _client_error("NoSuchEntity", 404)
+    assert isinstance(info.value.__cause__, ClientError)
+
+
+def test_s3_errors_over_http(moto_url: str) -> None:
+    async def run() -> tuple[bytes | None, BaseException]:
+        async with open_s3(
+            bucket="no-such-bucket-here",
+            region="us-east-1",
+            profile=None,
+            endpoint_url=moto_url,
+            pool=2,
+            counter=RequestCounter(),
+            credentials=CREDS,
+        ) as missing_bucket:
+            try:
+                await missing_bucket.put("k", b"x")
+            except StorageError as exc:
+                error: BaseException = exc
+        async with open_s3(
+            bucket=BUCKET,
+            region="us-east-1",
+            profile=None,
+            endpoint_url=moto_url,
+            pool=2,
+            counter=RequestCounter(),
+            credentials=CREDS,
+        ) as s3:
+            return await s3.get("no/such/key"), error
+
+    missing_key, missing_bucket = asyncio.run(run())
+    assert missing_key is None
+    assert "bucket 'no-such-bucket-here' does not exist (region us-east-1)" in str(missing_bucket)

@@ -16,21 +16,16 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
+from dolambda._aws.worker import process_s3_task, task_records
 from dolambda._backends.base import JobContext
 from dolambda._backends.sealing import SealedJob, decode_outcome
+from dolambda._core.execute import WorkerState
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import SignatureError, VersionMismatch
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import manifest_context, outcome_context, task_context
 from dolambda._wire.models import TaskOutcome
-from dolambda._worker import (
-    WorkerState,
-    manifest_context,
-    outcome_context,
-    process_s3_task,
-    task_context,
-    task_records,
-)
 from tests.moto_server import MotoServer
 
 PREFIX = "dolambda"

@@ -1,12 +1,14 @@
-"""S3 and Lambda access for the client: one pooled aioboto3 client per job run,
-request counting, and the one place where botocore errors become dolambda errors.
+"""S3 access for the client: one pooled aioboto3 client per job run, request counting.
+
+Errors leave every method as dolambda errors through the one table in
+:mod:`dolambda._aws.errors`; what a method answers instead of an error (a missing
+object is None) is decided by the error's kind from the same table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,77 +16,10 @@ from typing import Any
 import aioboto3
 from aiobotocore.config import AioConfig
 
-from dolambda._errors import BackendError, ConfigError, StorageError
-
-CREDENTIAL_CHAIN = (
-    "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), the profile given as "
-    "profile= or AWS_PROFILE, ~/.aws/credentials and ~/.aws/config, and the instance or "
-    "container role"
-)
-
-
-def error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def translate(
-    exc: BaseException,
-    *,
-    bucket: str,
-    key: str = "",
-    region: str | None = None,
-    action: str = "",
-    function: str = "",
-) -> BackendError:
-    """A botocore/aiohttp error as a dolambda error with a sentence the user can act on."""
-    name = type(exc).__name__
-    code = error_code(exc)
-    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return ConfigError(f"no AWS credentials found; they are looked up in {CREDENTIAL_CHAIN}")
-    if name == "ProfileNotFound":
-        return ConfigError(f"{exc}; check profile= or AWS_PROFILE and ~/.aws/config")
-    if isinstance(exc, ValueError) and "endpoint" in str(exc).lower():
-        return ConfigError(f"{exc}; endpoint_url must be an http(s) URL")
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"):
-        return StorageError(
-            f"cannot reach the AWS endpoint while {action or 'talking to S3'}: {exc}"
-        )
-    if code == "NoSuchBucket":
-        return StorageError(
-            f"bucket {bucket!r} does not exist (region {region or 'unknown'}); create it or run "
-            f"`dolambda deploy --bucket {bucket}`"
-        )
-    if code in (
-        "AccessDenied",
-        "403",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-    ):
-        return StorageError(
-            f"access to {where} was denied ({code}) while {action or 'talking to S3'}; check the "
-            "credentials and that their policy allows it"
-        )
-    if code in (
-        "PermanentRedirect",
-        "301",
-        "AuthorizationHeaderMalformed",
-        "IllegalLocationConstraintException",
-    ):
-        return StorageError(
-            f"bucket {bucket!r} is in another region than the client's ({region}); pass "
-            "region= with the bucket's region"
-        )
-    if code == "ResourceNotFoundException":
-        return ConfigError(
-            f"Lambda function {function!r} was not found in region {region}; run "
-            f"`dolambda deploy --bucket {bucket}`"
-        )
-    return StorageError(f"S3/Lambda request failed for {where} while {action}: {name}: {exc}")
+from dolambda import _sync
+from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
+from dolambda._aws.invoke import Invoker
+from dolambda._errors import ConfigError
 
 
 @dataclass
@@ -100,10 +35,8 @@ class RequestCounter:
 def resolve_region(region: str | None, profile: str | None) -> str:
     if region:
         return region
-    try:
+    with translated("client", action="opening a session", resource=f"profile {profile}"):
         session = aioboto3.Session(profile_name=profile)
-    except Exception as exc:
-        raise ConfigError(f"{exc}; check profile= or AWS_PROFILE and ~/.aws/config") from exc
     found = session.region_name
     if not found:
         raise ConfigError(
@@ -114,7 +47,12 @@ def resolve_region(region: str | None, profile: str | None) -> str:
 
 
 class S3:
-    """Thin async wrapper over one pooled aioboto3 S3 client for one bucket."""
+    """Thin async wrapper over one pooled aioboto3 S3 client for one bucket.
+
+    ``invoker`` is the run's Lambda :class:`~dolambda._aws.invoke.Invoker`, opened with
+    it (one session, one warm pool; its client is None unless opened ``with_lambda``);
+    this class itself never calls Lambda.
+    """
 
     def __init__(
         self,
@@ -129,55 +67,41 @@ class S3:
         self.bucket = bucket
         self.region = region
         self.counter = counter
-        self.lambda_client = lambda_client
         self.function_name = function_name
+        self.invoker = Invoker(
+            lambda_client, function_name, bucket=bucket, region=region, count=counter.add
+        )
 
-    def _err(self, exc: BaseException, key: str, action: str) -> BackendError:
-        return translate(
-            exc,
-            bucket=self.bucket,
-            key=key,
-            region=self.region,
+    def _translated(self, key: str, action: str) -> contextlib.AbstractContextManager[None]:
+        """Errors of the block as dolambda errors naming this bucket (and ``key``)."""
+        return translated(
+            "client",
             action=action,
+            resource=f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}",
+            bucket=self.bucket,
+            region=self.region,
             function=self.function_name,
         )
 
-    async def put(self, key: str, body: bytes, *, if_none_match: bool = False) -> bool:
-        """PUT an object; with ``if_none_match`` return False when it already exists."""
+    async def put(self, key: str, body: bytes) -> None:
+        """PUT an object."""
         self.counter.add("put")
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        try:
-            await self.client.put_object(**kwargs)
-        except Exception as exc:
-            if if_none_match and error_code(exc) in ("PreconditionFailed", "412"):
-                return False
-            raise self._err(exc, key, "writing") from exc
-        return True
+        with self._translated(key, "writing"):
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     async def get(self, key: str) -> bytes | None:
         """GET an object's bytes, or None when it does not exist."""
         self.counter.add("get")
-        try:
-            response = await self.client.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as stream:
-                data: bytes = await stream.read()
-            return data
-        except Exception as exc:
-            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise self._err(exc, key, "reading") from exc
-
-    async def exists(self, key: str) -> bool:
-        self.counter.add("other")
-        try:
-            await self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise self._err(exc, key, "checking") from exc
-        return True
+        with self._translated(key, "reading"):
+            try:
+                response = await self.client.get_object(Bucket=self.bucket, Key=key)
+                async with response["Body"] as stream:
+                    data: bytes = await stream.read()
+                return data
+            except Exception as exc:
+                if kind_of(exc) in OBJECT_MISSING:
+                    return None
+                raise
 
     async def list_keys(self, prefix: str, start_after: str = "") -> AsyncIterator[str]:
         """Every key under ``prefix`` (after ``start_after``), page by page."""
@@ -189,10 +113,8 @@ class S3:
             elif start_after:
                 kwargs["StartAfter"] = start_after
             self.counter.add("list")
-            try:
+            with self._translated(prefix, "listing"):
                 page = await self.client.list_objects_v2(**kwargs)
-            except Exception as exc:
-                raise self._err(exc, prefix, "listing") from exc
             for item in page.get("Contents", ()):
                 yield str(item["Key"])
             if not page.get("IsTruncated"):
@@ -207,10 +129,8 @@ class S3:
             if token:
                 kwargs["ContinuationToken"] = token
             self.counter.add("list")
-            try:
+            with self._translated(prefix, "listing"):
                 page = await self.client.list_objects_v2(**kwargs)
-            except Exception as exc:
-                raise self._err(exc, prefix, "listing") from exc
             out.extend(str(p["Prefix"]) for p in page.get("CommonPrefixes", ()))
             if not page.get("IsTruncated"):
                 return out
@@ -226,13 +146,11 @@ class S3:
 
     async def _delete_batch(self, keys: list[str]) -> None:
         self.counter.add("delete")
-        try:
+        with self._translated(keys[0], "deleting"):
             await self.client.delete_objects(
                 Bucket=self.bucket,
                 Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
             )
-        except Exception as exc:
-            raise self._err(exc, keys[0], "deleting") from exc
 
     async def delete_prefix(self, prefix: str) -> None:
         await self.delete_keys([k async for k in self.list_keys(prefix)])
@@ -240,25 +158,16 @@ class S3:
     async def notification_config(self) -> dict[str, Any] | None:
         """The bucket's notification configuration, or None when we may not read it."""
         self.counter.add("other")
-        try:
-            response = await self.client.get_bucket_notification_configuration(Bucket=self.bucket)
-        except Exception as exc:
-            if error_code(exc) in ("AccessDenied", "403"):
-                return None
-            raise self._err(exc, "", "reading the bucket notification") from exc
+        with self._translated("", "reading the bucket notification"):
+            try:
+                response = await self.client.get_bucket_notification_configuration(
+                    Bucket=self.bucket
+                )
+            except Exception as exc:
+                if kind_of(exc) is Kind.DENIED:
+                    return None
+                raise
         return dict(response)
-
-    async def invoke(self, payload: dict[str, Any]) -> None:
-        """Asynchronous Invoke of the function (trigger="invoke")."""
-        self.counter.add("invoke")
-        try:
-            await self.lambda_client.invoke(
-                FunctionName=self.function_name,
-                InvocationType="Event",
-                Payload=json.dumps(payload).encode(),
-            )
-        except Exception as exc:
-            raise self._err(exc, "", f"invoking {self.function_name}") from exc
 
 
 @contextlib.asynccontextmanager
@@ -292,12 +201,16 @@ async def open_s3(
     session_key = (profile, region, tuple(sorted((credentials or {}).items())))
     session = None if sessions is None else sessions.get(session_key)
     if session is None:
-        try:
+        with translated(
+            "client",
+            action="opening a session",
+            resource=f"bucket {bucket!r}",
+            bucket=bucket,
+            region=region,
+        ):
             session = aioboto3.Session(
                 profile_name=profile, region_name=region, **(credentials or {})
             )
-        except Exception as exc:
-            raise translate(exc, bucket=bucket, region=region, action="opening a session") from exc
     creds = await session.get_credentials()
     if creds is None:
         raise ConfigError(f"no AWS credentials found; they are looked up in {CREDENTIAL_CHAIN}")
@@ -326,8 +239,6 @@ async def open_s3(
         await stack.aclose()
         raise
     if shared is not None and "s3" not in shared:  # (another run may have just set it)
-        from dolambda import _sync
-
         kept = shared
 
         async def close() -> None:

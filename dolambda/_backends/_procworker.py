@@ -2,7 +2,7 @@
 
 Reads framed messages from fd R and answers on fd W (stdout and stderr stay the
 user's, so a body that prints cannot corrupt the protocol). Runs every task
-through :func:`dolambda._worker.run_task_blob`, the same path as Lambda.
+through :func:`dolambda._core.execute.run_task_blob`, the same path as Lambda.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
+from dolambda._core.execute import WorkerState, run_task_blob
 from dolambda._wire import codec
-from dolambda._worker import WorkerState, outcome_context, run_task_blob
 
 
 def main(read_fd: int, write_fd: int) -> None:
@@ -49,7 +49,9 @@ def main(read_fd: int, write_fd: int) -> None:
             fetch_job=fetch_job,
         )
         sys.stdout.flush()
-        tx.send_bytes(codec.seal_model(outcome, key=key, context=outcome_context(job_id, task_id)))
+        tx.send_bytes(
+            codec.seal_model(outcome, key=key, context=codec.outcome_context(job_id, task_id))
+        )
 
 
 if __name__ == "__main__":

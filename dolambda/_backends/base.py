@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
+from dolambda._core.execute import ChunkRun, binds_positionally
 from dolambda._core.spec import LoopSpec
 from dolambda._core.tasks import InnerDone, PlannedTask
 from dolambda._errors import DolambdaError
 from dolambda._stats import JobStats
 from dolambda._wire import codec
 from dolambda._wire.models import IterationError, TaskFailure, TaskStats
-from dolambda._worker import ChunkRun, binds_positionally
 
 
 @dataclass

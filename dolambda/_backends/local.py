@@ -34,8 +34,8 @@ from dolambda._backends.sealing import SealedJob, decode_outcome
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import BackendError, InvalidArgument, InvalidArgumentType
 from dolambda._wire import codec
+from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskFailure, TaskOutcome
-from dolambda._worker import outcome_context
 
 
 class _Proc:

@@ -18,14 +18,14 @@ from dolambda._backends.base import JobContext, TaskResult
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import SerializationError
 from dolambda._wire import codec
-from dolambda._wire.models import JobManifest, TaskOutcome, TaskSpec, Trigger, unpack_ticks
-from dolambda._worker import (
+from dolambda._wire.codec import (
     body_context,
     decode_values,
     manifest_context,
     python_version,
     task_context,
 )
+from dolambda._wire.models import JobManifest, TaskOutcome, TaskSpec, Trigger, unpack_ticks
 
 
 @dataclass

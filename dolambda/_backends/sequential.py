@@ -11,8 +11,8 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 from dolambda._backends.base import Backend, JobContext, TaskResult
+from dolambda._core.execute import run_iterations
 from dolambda._core.tasks import PlannedTask
-from dolambda._worker import run_iterations
 
 
 @contextlib.contextmanager

@@ -1,4 +1,11 @@
-"""Serialization: dill for Python objects, zlib for size, HMAC-SHA256 for trust.
+"""The wire codec: dill for Python objects, zlib for size, HMAC-SHA256 for trust.
+
+It owns how bytes are made and read on both sides (the client imports it; it
+imports nothing of the execution path): sealing and unsealing, the *context*
+each kind of object is signed for (:func:`manifest_context` ...
+:func:`outcome_context`), pickling of bodies and values (:func:`dumps`,
+:func:`encode_run` and :func:`decode_values` for a chunk's results), the
+signing key's text form, and the interpreter version pickles depend on.
 
 Every object that crosses a process boundary is *sealed*::
 
@@ -18,15 +25,17 @@ import inspect
 import io
 import json
 import pickle
+import sys
 import types
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import dill
 from pydantic import BaseModel, ValidationError
 
 from dolambda._errors import SerializationError, SignatureError, VersionMismatch
+from dolambda._wire.models import IterationError, TaskOutcome
 
 MAGIC = b"DLS1"
 _HEADER = len(MAGIC) + 1 + 32
@@ -34,6 +43,43 @@ _ZLIB = 0x01
 COMPRESS_OVER = 64 * 1024  # bytes; smaller payloads are not worth the CPU
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def manifest_context(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest"
+
+
+def plan_context(job_id: str) -> str:
+    return f"jobs/{job_id}/plan"
+
+
+def body_context(job_id: str) -> str:
+    return f"jobs/{job_id}/body"
+
+
+def task_context(job_id: str, task_id: int) -> str:
+    return f"queue/{job_id}/{task_id}"
+
+
+def outcome_context(job_id: str, task_id: int) -> str:
+    return f"results/{job_id}/{task_id}"
+
+
+def signing_key_bytes(text: str | bytes) -> bytes:
+    """A signing key given as text: hex when it parses as hex (64 digits from deploy)."""
+    if isinstance(text, bytes):
+        return text
+    try:
+        if len(text) >= 32 and len(text) % 2 == 0:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    return text.encode()
+
+
+def python_version() -> str:
+    """This interpreter's ``major.minor``: dill pickles are not portable across versions."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def _mac(key: bytes, context: str, flags: int, payload: bytes) -> bytes:
@@ -125,6 +171,65 @@ def unseal_model(cls: type[M], blob: bytes, *, key: bytes, context: str) -> M:
                 "client and the function (`dolambda deploy` packages the client's version)."
             ) from None
         raise
+
+
+_ALL_VALUES, _PER_VALUE = b"A", b"P"
+
+
+def encode_run(
+    values: Sequence[Any], errors: Mapping[int, IterationError]
+) -> tuple[list[IterationError], bytes]:
+    """Pickle a chunk's values (``errors`` says which are the body's exceptions) in one go;
+    when that fails, one by one, so an unpicklable result fails only its own iteration.
+    Returns the errors (with any such failures added) and the encoded values."""
+    if not errors:  # exceptions may pickle yet not unpickle: they go one by one
+        try:
+            return [], _ALL_VALUES + dumps(list(values))
+        except Exception:
+            pass
+    found = dict(errors)
+    blobs: list[bytes | None] = []
+    for k, value in enumerate(values):
+        try:
+            blob: bytes | None = dumps(value)
+        except Exception as exc:
+            blob = None
+            if k not in found:
+                found[k] = IterationError(
+                    position=k,
+                    error_type="SerializationError",
+                    error_message=(
+                        f"its result (a {type(value).__module__}.{type(value).__qualname__}) "
+                        "cannot be pickled: "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
+                )
+        blobs.append(blob)
+    return [found[k] for k in sorted(found)], _PER_VALUE + dumps(blobs)
+
+
+def decode_values(outcome: TaskOutcome) -> list[Any]:
+    """The values of a verified outcome, one for each iteration that ran."""
+    count = outcome.ran
+    if not outcome.values:
+        return [None] * count
+    kind, data = outcome.values[:1], outcome.values[1:]
+    if kind == _ALL_VALUES:
+        try:
+            return list(loads(data))
+        except Exception:  # e.g. a class that cannot be rebuilt here
+            return [None] * count
+    blobs: list[bytes | None] = loads(data)
+    values: list[Any] = []
+    for blob in blobs:
+        if blob is None:
+            values.append(None)
+            continue
+        try:
+            values.append(loads(blob))
+        except Exception:  # e.g. an exception class that cannot be rebuilt here
+            values.append(None)
+    return values
 
 
 def digest(data: bytes) -> str:

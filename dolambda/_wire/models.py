@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4  # 4: dolambda.rng pickles as dolambda._core.seeds.rng (was dolambda._worker)
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]

@@ -1,8 +1,8 @@
 """Deployment plumbing: settings, input validation, AWS clients, names, policies, errors.
 
-Every botocore error raised while deploying is translated here, in :func:`translate`,
-into a :class:`DeployError` (or :class:`~dolambda._errors.InvalidArgument`) whose
-message names the bucket, function, role or action concerned and says what to do.
+Every botocore error raised while deploying becomes a :class:`DeployError` through
+the one table in :mod:`dolambda._aws.errors` (see :func:`call`), whose message
+names the bucket, function, role or action concerned and says what to do.
 Input is validated before any AWS call.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dolambda._aws.errors import MISSING, kind_of, translated
 from dolambda._errors import DeployError, InvalidArgument
 
 # The Python versions AWS Lambda has a managed runtime for (``python3.X``). The one list.
@@ -38,34 +39,6 @@ HANDLER = "handler.lambda_function.lambda_handler"
 MAX_EVENT_AGE = 6 * 3600  # seconds an async event may wait before Lambda drops it
 MAX_RETRY_ATTEMPTS = 2
 PERMISSION_SID = "dolambda-s3-invoke"
-
-_NOT_FOUND = {
-    "404",
-    "NoSuchBucket",
-    "NoSuchEntity",
-    "NoSuchKey",
-    "NotFound",
-    "ResourceNotFoundException",
-    "NoSuchLifecycleConfiguration",
-    "NoSuchPublicAccessBlockConfiguration",
-    "ServerSideEncryptionConfigurationNotFoundError",
-}
-_DENIED = {
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnauthorizedOperation",
-    "AuthorizationError",
-    "Forbidden",
-    "403",
-}
-_BAD_CREDENTIALS = {
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "InvalidClientTokenId",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-}
 
 
 def python_version() -> str:
@@ -220,10 +193,13 @@ class Clients:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
 
-        try:
+        with translated(
+            "deploy",
+            action="session",
+            resource=f"profile {settings.profile}",
+            catch=(BotoCoreError,),
+        ):
             session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
-        except BotoCoreError as exc:
-            raise translate(exc, "session", f"profile {settings.profile}") from exc
         region = settings.region or session.region_name
         if not region:
             raise DeployError(
@@ -257,24 +233,6 @@ class Clients:
         return arn.split(":")[1] if arn.count(":") >= 2 else "aws"
 
 
-def code_of(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _status_of(exc: BaseException) -> int:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return 0
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return code_of(exc) in _NOT_FOUND
-
-
 def call(
     action: str,
     resource: str,
@@ -287,66 +245,13 @@ def call(
     """``fn(**kwargs)``, with errors translated; with ``missing``, None when it does not exist."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        return fn(**kwargs)
-    except ClientError as exc:
-        if missing and is_not_found(exc):
-            return None
-        raise translate(exc, action, resource) from exc
-    except BotoCoreError as exc:
-        raise translate(exc, action, resource) from exc
-
-
-def translate(exc: BaseException, action: str, resource: str) -> DeployError:
-    """The one place where botocore errors become messages a person can act on."""
-    from botocore import exceptions as bce
-
-    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
-        return DeployError(
-            "no AWS credentials found: run `aws configure`, set AWS_PROFILE, or pass --profile"
-        )
-    if isinstance(exc, bce.ProfileNotFound):
-        return DeployError(f"{resource} does not exist in your AWS config files")
-    if isinstance(exc, bce.NoRegionError):
-        return DeployError("no AWS region: pass --region (or set AWS_REGION)")
-    if isinstance(exc, bce.EndpointConnectionError):
-        return DeployError(f"cannot reach the AWS endpoint for {action} ({exc})")
-    if not isinstance(exc, bce.ClientError):
-        return DeployError(f"{action} on {resource} failed: {exc}")
-    code = code_of(exc)
-    message = str(exc.response.get("Error", {}).get("Message", "") or "").strip()
-    said = f" (AWS said: {message})" if message and not message.startswith("<") else ""
-    status = _status_of(exc)
-    if code in ("301", "PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        where = headers.get("x-amz-bucket-region") or "another region"
-        return DeployError(
-            f"{resource} is in {where}, not the region you asked for: pass --region {where}"
-        )
-    if code in _BAD_CREDENTIALS:
-        return DeployError(f"your AWS credentials were rejected ({code}){said}: refresh them")
-    if code in _DENIED or (status == 403 and action.startswith("s3:")):
-        return DeployError(
-            f"access denied: your credentials may not perform {action} on {resource}{said}. "
-            f"Grant {action} to the identity running dolambda, or use another --profile"
-        )
-    if code == "BucketAlreadyExists":
-        return DeployError(
-            f"{resource} already exists and belongs to another AWS account: bucket names are "
-            "global, choose another --bucket"
-        )
-    if code == "InvalidBucketName":
-        return DeployError(f"{resource} is not a valid S3 bucket name{said}")
-    if "Runtime" in message or "runtime" in message:
-        return DeployError(f"Lambda refused the runtime for {resource}{said}")
-    if code in ("TooManyRequestsException", "Throttling", "ThrottlingException", "SlowDown"):
-        return DeployError(f"AWS throttled {action} on {resource}; wait a minute and retry")
-    if "overlap" in message.lower():
-        return DeployError(
-            f"{resource}: another notification already covers the keys dolambda needs{said}; "
-            "remove or narrow it, then deploy again"
-        )
-    return DeployError(f"{action} on {resource} failed: {code or type(exc).__name__}{said}")
+    with translated("deploy", action=action, resource=resource, catch=(ClientError, BotoCoreError)):
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            if missing and kind_of(exc) in MISSING:
+                return None
+            raise
 
 
 # --- policies ---------------------------------------------------------------------------

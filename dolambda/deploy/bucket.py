@@ -7,14 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dolambda._aws.errors import Kind, kind_of, translate
 from dolambda._errors import DeployError
 from dolambda.deploy.aws import (
     Clients,
     DeploySettings,
     as_list,
     call,
-    code_of,
-    translate,
 )
 
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
@@ -55,17 +54,17 @@ def bucket_region(clients: Clients, bucket: str) -> str | None:
     try:
         response = clients.s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        code = code_of(exc)
-        if code in ("404", "NoSuchBucket", "NotFound"):
+        kind = kind_of(exc)
+        if kind in (Kind.NOT_FOUND, Kind.NO_SUCH_BUCKET):
             return None
-        if code in ("403", "AccessDenied", "Forbidden"):
+        if kind is Kind.DENIED:
             raise DeployError(
                 f"{what} exists but belongs to another AWS account (or your credentials lack "
                 "s3:ListBucket on it): choose another --bucket or use the owner's --profile"
             ) from exc
-        raise translate(exc, "s3:ListBucket", what) from exc
+        raise translate(exc, "deploy", action="s3:ListBucket", resource=what) from exc
     except BotoCoreError as exc:
-        raise translate(exc, "s3:ListBucket", what) from exc
+        raise translate(exc, "deploy", action="s3:ListBucket", resource=what) from exc
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     region = headers.get("x-amz-bucket-region") or response.get("BucketRegion")
     if not region:
@@ -92,8 +91,8 @@ def ensure_bucket(s: DeploySettings, c: Clients) -> Change:
     try:
         c.s3.create_bucket(**kw)
     except ClientError as exc:
-        if code_of(exc) != "BucketAlreadyOwnedByYou":
-            raise translate(exc, "s3:CreateBucket", what) from exc
+        if kind_of(exc) is not Kind.BUCKET_OWNED:
+            raise translate(exc, "deploy", action="s3:CreateBucket", resource=what) from exc
     return Change("created", what, f"in {c.region}")
 
 

@@ -26,13 +26,20 @@ from typing import Literal
 from dolambda._errors import DeployError
 from dolambda.deploy.aws import ARCHITECTURES, python_version, wheel_platforms
 
+# exactly what handler/lambda_function.py imports, transitively (the package's
+# dolambda/__init__.py imports nothing; the subpackages' __init__.py are empty)
 WORKER_MODULES = (
-    "_worker.py",
     "_errors.py",
+    "_aws/__init__.py",
+    "_aws/errors.py",
+    "_aws/worker.py",
+    "_core/__init__.py",
+    "_core/execute.py",
+    "_core/seeds.py",
     "_wire/__init__.py",
-    "_wire/models.py",
     "_wire/codec.py",
     "_wire/keys.py",
+    "_wire/models.py",
 )
 HANDLER_FILES = ("__init__.py", "lambda_function.py")
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # zipped bytes Lambda accepts in the request itself

@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+from dolambda._aws.errors import Kind, kind_of, translate
 from dolambda._errors import DeployError
 from dolambda.deploy.aws import (
     HANDLER,
@@ -19,10 +20,8 @@ from dolambda.deploy.aws import (
     DeploySettings,
     as_list,
     call,
-    code_of,
     normalize_policy,
     role_policy,
-    translate,
     trust_policy,
 )
 from dolambda.deploy.bucket import Change
@@ -239,10 +238,11 @@ def _create_function(
             )
             return out
         except ClientError as exc:
-            message = str(exc.response.get("Error", {}).get("Message", ""))
-            retry = code_of(exc) == "InvalidParameterValueException" and "assume" in message
+            retry = kind_of(exc) is Kind.ROLE_NOT_READY
             if not retry or time.monotonic() > deadline:
-                raise translate(exc, "lambda:CreateFunction", what) from exc
+                raise translate(
+                    exc, "deploy", action="lambda:CreateFunction", resource=what
+                ) from exc
             time.sleep(3.0)
 
 
@@ -299,11 +299,13 @@ def ensure_recursion_config(s: DeploySettings, c: Clients) -> Change:
         c.lam.put_function_recursion_config(FunctionName=s.function_name, RecursiveLoop="Terminate")
         return Change("updated", what, "Terminate")
     except ClientError as exc:
-        if code_of(exc) in ("404", "UnknownOperationException", "InvalidAction"):
+        if kind_of(exc) in (Kind.NOT_FOUND, Kind.UNSUPPORTED):
             return Change(
                 "skipped", what, "this endpoint does not support it (AWS default: Terminate)"
             )
-        raise translate(exc, "lambda:PutFunctionRecursionConfig", what) from exc
+        raise translate(
+            exc, "deploy", action="lambda:PutFunctionRecursionConfig", resource=what
+        ) from exc
 
 
 # --- trigger ----------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from urllib.parse import urlencode, urlsplit
 
 from dolambda._errors import BackendError, InvalidArgument
 from dolambda._wire import keys as _keys
-from dolambda._worker import signing_key_bytes
+from dolambda._wire.codec import signing_key_bytes
 from dolambda.emulator.events import API, s3_event
 
 __all__ = ["Emulator", "EmulatorStats", "launch_moto", "serve", "start"]

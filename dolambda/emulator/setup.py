@@ -16,6 +16,7 @@ import sys
 import zipfile
 from typing import Any
 
+from dolambda._aws.errors import Kind, kind_of
 from dolambda._wire import keys as _keys
 
 TRUST = {
@@ -34,17 +35,12 @@ PLACEHOLDER = (
 )
 
 
-def _code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
 def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     try:
         s3.head_bucket(Bucket=bucket)
         return
     except Exception as exc:
-        if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+        if kind_of(exc) not in (Kind.NOT_FOUND, Kind.NO_SUCH_BUCKET):
             raise
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
@@ -52,7 +48,7 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     try:
         s3.create_bucket(**kwargs)
     except Exception as exc:
-        if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        if kind_of(exc) not in (Kind.BUCKET_OWNED, Kind.BUCKET_TAKEN):
             raise
 
 
@@ -64,14 +60,14 @@ def ensure_function(
     try:
         return str(lam.get_function(FunctionName=function_name)["Configuration"]["FunctionArn"])
     except Exception as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if kind_of(exc) is not Kind.NO_SUCH_FUNCTION:
             raise
     iam = session.client("iam", endpoint_url=endpoint_url)
     role_name = f"{function_name}-emulator-role"
     try:
         role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
     except Exception as exc:
-        if _code(exc) != "NoSuchEntity":
+        if kind_of(exc) is not Kind.NO_SUCH_ENTITY:
             raise
         role_arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(TRUST))[
             "Role"
@@ -102,7 +98,7 @@ def ensure_permission(session: Any, endpoint_url: str, function_name: str, bucke
             if service == "s3.amazonaws.com":
                 return
     except Exception as exc:
-        if _code(exc) != "ResourceNotFoundException":
+        if kind_of(exc) is not Kind.NO_SUCH_FUNCTION:
             raise
     try:
         lam.add_permission(
@@ -113,7 +109,7 @@ def ensure_permission(session: Any, endpoint_url: str, function_name: str, bucke
             SourceArn=f"arn:aws:s3:::{bucket}",
         )
     except Exception as exc:
-        if _code(exc) != "ResourceConflictException":
+        if kind_of(exc) is not Kind.CONFLICT:
             raise
 
 

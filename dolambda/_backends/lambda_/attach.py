@@ -23,8 +23,8 @@ from dolambda._core.tasks import InnerDone, PlannedTask
 from dolambda._errors import InvalidArgument, InvalidArgumentType
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import manifest_context, plan_context, task_context
 from dolambda._wire.models import JobManifest, TaskSpec
-from dolambda._worker import manifest_context, plan_context, task_context
 
 
 def check_job_id(job_id: object) -> str:

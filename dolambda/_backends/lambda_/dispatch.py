@@ -18,7 +18,7 @@ from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._worker import plan_context
+from dolambda._wire.codec import plan_context
 
 INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
 
@@ -43,7 +43,7 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
             payload["task"] = base64.b64encode(blob).decode()
         else:
             await run.s3.put(key, blob)
-        await run.s3.invoke(payload)
+        await run.s3.invoker.invoke(payload)
     else:
         await run.s3.put(key, blob)
 

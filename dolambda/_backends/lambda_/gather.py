@@ -16,8 +16,8 @@ from dolambda._backends.sealing import decode_outcome
 from dolambda._errors import SignatureError
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskFailure, TaskOutcome
-from dolambda._worker import outcome_context
 
 # LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0

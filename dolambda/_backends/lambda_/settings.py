@@ -15,7 +15,7 @@ from typing import Literal
 
 from dolambda._config import ClientConfig, load_config
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType
-from dolambda._worker import signing_key_bytes
+from dolambda._wire.codec import signing_key_bytes
 
 GRACE = 30.0  # seconds past the function timeout before a task counts as lost
 

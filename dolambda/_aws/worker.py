@@ -1,0 +1,275 @@
+"""The boto3 side of the Lambda worker: events in, task objects read, results written.
+
+The handler (``handler/lambda_function.py``) hands each event to :func:`handle_event`:
+
+- an S3 ``ObjectCreated`` record or a direct invoke names a task under
+  ``<prefix>/queue/`` (:func:`task_records`); :func:`process_s3_task` reads it
+  (and, for a worker new to the job, the manifest and body), runs it through the
+  one execution path (:func:`dolambda._core.execute.run_task_blob`) and writes the
+  sealed outcome once (:func:`put_result`, ``If-None-Match: *``);
+- a record from the function's own on-failure destination (a task that timed out,
+  ran out of memory or crashed; :func:`failure_records`) becomes an error result
+  (:func:`write_failure`).
+
+``s3`` is the boto3 client the Lambda runtime ships (this module imports neither
+boto3 nor aioboto3: the deployment package stays small).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_plus
+
+from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
+from dolambda._core.execute import WorkerState, run_task_blob
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+from dolambda._wire.models import TaskFailure, TaskOutcome, TaskStats
+
+
+def process_s3_task(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    prefix: str,
+    signing_key: bytes,
+    state: WorkerState,
+    context: Any = None,
+    inline_task: bytes | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
+
+    ``s3`` is a boto3 S3 client (the one the Lambda runtime ships). Keys outside
+    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again.
+    A task object that is gone was cancelled. The result is written with
+    ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
+    ``"ignored"``, ``"gone"``, ``"done"`` or ``"duplicate"``; never raises for the body.
+    """
+    parsed = _keys.parse_task_key(prefix, key)
+    if parsed is None:
+        log(f"dolambda: ignoring s3://{bucket}/{key}: not a task under {prefix!r}/queue/")
+        return "ignored"
+    job_id, task_id = parsed
+    requests = 0
+
+    def get(object_key: str) -> bytes:
+        nonlocal requests
+        requests += 1
+        body: bytes = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
+        return body
+
+    if inline_task is not None:
+        blob = inline_task
+    else:
+        try:
+            blob = get(key)
+        except Exception as exc:
+            if kind_of(exc) in OBJECT_MISSING:
+                log(f"dolambda: task s3://{bucket}/{key} is gone (job cancelled or finished)")
+                return "gone"
+            raise
+    stats: dict[str, Any] = {}
+    if context is not None:
+        stats["request_id"] = str(getattr(context, "aws_request_id", ""))
+        stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
+    outcome = run_task_blob(
+        state,
+        blob,
+        key=signing_key,
+        job_id=job_id,
+        task_id=task_id,
+        fetch_job=lambda: (
+            get(_keys.manifest_key(prefix, job_id)),
+            get(_keys.body_key(prefix, job_id)),
+        ),
+        stats=stats,
+    )
+    outcome = outcome.model_copy(
+        update={"stats": outcome.stats.model_copy(update={"s3_requests": requests + 1})}
+    )
+    if outcome.failure is not None:
+        log(f"dolambda: task {job_id}/{task_id}: {outcome.failure.kind}: {outcome.failure.message}")
+    if not put_result(s3, bucket, prefix, signing_key, outcome):
+        return "duplicate"
+    return "done"
+
+
+def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
+    """Write a task's result once (``If-None-Match: *``); False when one already exists."""
+    job_id, task_id = outcome.job_id, outcome.task_id
+    data = codec.seal_model(
+        outcome, key=signing_key, context=codec.outcome_context(job_id, task_id)
+    )
+    try:
+        s3.put_object(
+            Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
+        )
+    except Exception as exc:
+        if kind_of(exc) is Kind.EXISTS:
+            return False
+        raise
+    return True
+
+
+def task_records(event: Any) -> list[tuple[str, str, bytes | None]]:
+    """``(bucket, key, inline task)`` for each task in an S3 event or a direct invoke.
+
+    S3 records carry URL-encoded keys (``queue%2Fjob%2F0000001.task``); a direct
+    invoke is ``{"bucket": ..., "key": ..., "task": <base64, optional>}``.
+    Anything else yields nothing.
+    """
+    out: list[tuple[str, str, bytes | None]] = []
+    if not isinstance(event, dict):
+        return out
+    records = event.get("Records")
+    if isinstance(records, list):
+        for record in records:
+            try:
+                s3 = record["s3"]
+                out.append(
+                    (str(s3["bucket"]["name"]), unquote_plus(str(s3["object"]["key"])), None)
+                )
+            except (KeyError, TypeError):
+                continue
+        return out
+    bucket, key = event.get("bucket"), event.get("key")
+    if isinstance(bucket, str) and isinstance(key, str):
+        inline = event.get("task")
+        try:
+            blob = base64.b64decode(inline, validate=True) if isinstance(inline, str) else None
+        except ValueError:
+            blob = None
+        out.append((bucket, key, blob))
+    return out
+
+
+def signing_key_from_env(value: str | None = None) -> bytes | None:
+    """The signing key from ``value`` or DOLAMBDA_SIGNING_KEY (hex if it parses as hex)."""
+    text = value if value is not None else os.environ.get("DOLAMBDA_SIGNING_KEY")
+    if not text:
+        return None
+    return codec.signing_key_bytes(text)
+
+
+# --------------------------------------------------------------------------- runtime failures
+
+
+def failure_records(event: Any) -> tuple[list[tuple[str, str, bytes | None]], str, str]:
+    """The tasks of a Lambda on-failure destination record, the failure kind and message.
+
+    Lambda sends an invocation that failed for good (timed out, ran out of memory,
+    crashed) to the function's on-failure destination, which dolambda deploy points
+    at the function itself: ``{"requestContext": {"condition": ...}, "requestPayload":
+    <original event>, "responsePayload": {"errorType", "errorMessage"}}``.
+    Returns ``([], "", "")`` for any other event.
+    """
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("requestContext"), dict)
+        and "requestPayload" in event
+    ):
+        return [], "", ""
+    response = event.get("responsePayload")
+    error_type = str(response.get("errorType", "")) if isinstance(response, dict) else ""
+    message = str(response.get("errorMessage", "")) if isinstance(response, dict) else ""
+    condition = str(event["requestContext"].get("condition", ""))
+    if error_type == "Sandbox.Timedout" or "timed out" in message.lower():
+        kind = "timeout"
+    elif error_type == "Runtime.OutOfMemory" or "out of memory" in message.lower():
+        kind = "memory"
+    else:
+        kind = "crashed"
+    text = message or error_type or condition or "the invocation failed"
+    return task_records(event["requestPayload"]), kind, text
+
+
+def write_failure(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    prefix: str,
+    signing_key: bytes,
+    kind: str,
+    message: str,
+    context: Any = None,
+) -> str:
+    """Write an error result for the task at ``key`` (unless a result already exists)."""
+    parsed = _keys.parse_task_key(prefix, key)
+    if parsed is None:
+        return "ignored"
+    job_id, task_id = parsed
+    limit = int(getattr(context, "memory_limit_in_mb", 0) or 0)
+    if kind == "memory":
+        text = f"the task ran out of memory (the function's limit is {limit} MB): {message}"
+    elif kind == "timeout":
+        text = f"the task ran past the function's timeout: {message}"
+    else:
+        text = f"the worker running the task crashed: {message}"
+    outcome = TaskOutcome(
+        job_id=job_id,
+        task_id=task_id,
+        failure=TaskFailure(kind=kind, message=text),  # type: ignore[arg-type]
+        stats=TaskStats(memory_limit_mb=limit, finished_at=time.time()),
+    )
+    if not put_result(s3, bucket, prefix, signing_key, outcome):
+        return "duplicate"
+    return "failure-recorded"
+
+
+def handle_event(
+    event: Any,
+    context: Any,
+    s3: Any,
+    *,
+    prefix: str,
+    signing_key: bytes | None,
+    state: WorkerState,
+    only_bucket: str | None = None,
+) -> dict[str, int]:
+    """Everything the Lambda handler does with one event; counts what happened to each task.
+
+    A task event runs its task; a record from our own on-failure destination (a task
+    that timed out, ran out of memory or crashed) writes an error result for it.
+    """
+    outcomes: dict[str, int] = {}
+    failed, kind, message = failure_records(event)
+    work: list[tuple[str, str, bytes | None, bool]] = [(b, k, None, True) for b, k, _ in failed]
+    work += [(b, k, inline, False) for b, k, inline in task_records(event)]
+    for bucket, object_key, inline, is_failure in work:
+        if only_bucket is not None and bucket != only_bucket:
+            print(f"dolambda: ignoring event from bucket {bucket!r} (serving {only_bucket!r})")
+            what = "ignored"
+        elif signing_key is None:
+            print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to run anything")
+            what = "no-key"
+        elif is_failure:
+            what = write_failure(
+                s3,
+                bucket,
+                object_key,
+                prefix=prefix,
+                signing_key=signing_key,
+                kind=kind,
+                message=message,
+                context=context,
+            )
+        else:
+            what = process_s3_task(
+                s3,
+                bucket,
+                object_key,
+                prefix=prefix,
+                signing_key=signing_key,
+                state=state,
+                context=context,
+                inline_task=inline,
+            )
+        outcomes[what] = outcomes.get(what, 0) + 1
+    return outcomes

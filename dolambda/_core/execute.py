@@ -1,0 +1,276 @@
+"""The one execution path: run a chunk of iterations of a loop body.
+
+Every backend ends here: the sequential backend calls :func:`run_iterations`
+directly; worker processes and the Lambda worker call :func:`run_task_blob`,
+which verifies and decodes a task, runs it through :func:`run_iterations` and
+encodes the outcome. Seeding, timing, capture of exceptions with their
+formatted traceback, and the worker's warm state (the loaded job) live here;
+bytes are made and read by :mod:`dolambda._wire.codec`. No boto3, no S3: the
+Lambda side of the worker is :mod:`dolambda._aws.worker`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import dill
+
+from dolambda._core.seeds import seeded
+from dolambda._errors import SignatureError, VersionMismatch
+from dolambda._wire import codec
+from dolambda._wire.models import (
+    WIRE_VERSION,
+    IterationError,
+    JobManifest,
+    TaskFailure,
+    TaskOutcome,
+    TaskSpec,
+    TaskStats,
+    pack_ticks,
+)
+
+
+@dataclass
+class ChunkRun:
+    """A chunk's outcome in memory, column by column: ``values[k]`` is iteration k's
+    result (its exception when ``k in errors``); it ran from ``ticks[k]`` to
+    ``ticks[k + 1]`` (seconds of ``time.perf_counter``)."""
+
+    values: list[Any] = field(default_factory=list)
+    ticks: list[float] = field(default_factory=list)
+    errors: dict[int, IterationError] = field(default_factory=dict)
+
+
+def binds_positionally(body: Callable[..., Any], names: Sequence[str]) -> bool:
+    """Whether ``body(*values)`` binds exactly as ``body(**dict(zip(names, values)))``:
+    its first parameters are ``names``, in order, each positional-or-keyword."""
+    try:
+        params = list(inspect.signature(body).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if len(params) < len(names):
+        return False
+    return all(
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.name == name
+        for p, name in zip(params, names, strict=False)
+    )
+
+
+def run_iterations(
+    body: Callable[..., Any],
+    names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    *,
+    first: int = 0,
+    paths: Sequence[tuple[int, ...]] | None = None,
+    seed: int | None = None,
+    positional: bool | None = None,
+) -> ChunkRun:
+    """Run ``body(**dict(zip(names, row)))`` for each row; never raises for the body.
+
+    Iteration ``k`` is seeded from its path (``paths[k]``, or ``(first + k,)``).
+    ``positional`` (see :func:`binds_positionally`; worked out when None) calls
+    ``body(*row)`` instead, the same binding without building a dict per call.
+    """
+    if positional is None:
+        positional = binds_positionally(body, names)
+    run = ChunkRun()
+    take = run.values.append
+    clock = time.perf_counter
+    ticks = run.ticks
+    tick = ticks.append
+    tick(clock())
+    for k, row in enumerate(rows):
+        try:
+            if seed is not None:
+                with seeded(seed, (first + k,) if paths is None else paths[k]):
+                    take(body(*row) if positional else body(**dict(zip(names, row, strict=True))))
+            elif positional:
+                take(body(*row))
+            else:
+                take(body(**dict(zip(names, row, strict=True))))
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # SystemExit included: it is the body's error
+            take(exc)
+            run.errors[k] = IterationError(
+                position=k,
+                error_type=type(exc).__qualname__,
+                error_message=_exception_text(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            )
+        tick(clock())
+    return run
+
+
+def _exception_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the body called sys.exit({exc.code!r})"
+    return str(exc)
+
+
+# --------------------------------------------------------------------------- tasks as bytes
+
+
+@dataclass
+class LoadedJob:
+    """A job as a worker holds it: its manifest and its unpickled body (cached per job)."""
+
+    manifest: JobManifest
+    body: Callable[..., Any]
+
+    @cached_property
+    def positional(self) -> bool:
+        return binds_positionally(self.body, self.manifest.variables)
+
+
+@dataclass
+class WorkerState:
+    """What a warm worker keeps between tasks."""
+
+    jobs: dict[str, LoadedJob] = field(default_factory=dict)
+    tasks_run: int = 0
+
+
+def check_versions(manifest: JobManifest) -> None:
+    """Raise VersionMismatch when this worker cannot faithfully run the job."""
+    here_py, here_dill = codec.python_version(), str(dill.__version__)
+    if manifest.wire_version != WIRE_VERSION:
+        raise VersionMismatch(
+            f"the client speaks wire version {manifest.wire_version} but this worker speaks "
+            f"{WIRE_VERSION}; deploy the same dolambda version as the client (dolambda deploy)"
+        )
+    if manifest.python != here_py or manifest.dill_version != here_dill:
+        raise VersionMismatch(
+            f"the client runs Python {manifest.python} with dill {manifest.dill_version} but the "
+            f"worker runs Python {here_py} with dill {here_dill}; functions pickled by one "
+            "cannot be trusted to load in the other. Use the same versions (dolambda deploy "
+            "picks the runtime matching your Python)."
+        )
+
+
+def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str) -> LoadedJob:
+    """Verify and decode a job's manifest and body (raises SignatureError/VersionMismatch)."""
+    manifest = codec.unseal_model(
+        JobManifest, manifest_blob, key=key, context=codec.manifest_context(job_id)
+    )
+    check_versions(manifest)
+    body_bytes = codec.unseal(body_blob, key=key, context=codec.body_context(job_id))
+    if codec.digest(body_bytes) != manifest.body_digest:
+        raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
+    return LoadedJob(manifest=manifest, body=codec.loads(body_bytes))
+
+
+def memory_used_mb() -> float:
+    """Peak resident memory of this process in MB (what Lambda reports as Max Memory Used)."""
+    try:
+        import resource  # POSIX only
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+    except Exception:  # pragma: no cover - non-POSIX
+        return 0.0
+
+
+def run_task_blob(
+    state: WorkerState,
+    task_blob: bytes,
+    *,
+    key: bytes,
+    job_id: str,
+    task_id: int,
+    fetch_job: Callable[[], tuple[bytes, bytes]],
+    stats: dict[str, Any] | None = None,
+) -> TaskOutcome:
+    """Verify, decode and run one task; always return an outcome (never raise for the body).
+
+    ``fetch_job`` returns the job's sealed manifest and body; it is called only
+    when this worker has not loaded the job yet (warm reuse) and the task does not
+    carry them (a small job travels with its tasks).
+    """
+    started = time.time()
+    t0 = time.perf_counter()
+    cold = state.tasks_run == 0
+    state.tasks_run += 1
+    extra = dict(stats or {})
+
+    def finish(
+        ticks: Sequence[float] = (),
+        errors: list[IterationError] | tuple[IterationError, ...] = (),
+        values: bytes = b"",
+        failure: TaskFailure | None = None,
+        attempt: int = 0,
+    ) -> TaskOutcome:
+        return TaskOutcome(
+            job_id=job_id,
+            task_id=task_id,
+            attempt=attempt,
+            ticks=pack_ticks(ticks),
+            errors=errors,  # type: ignore[arg-type]
+            values=values,
+            failure=failure,
+            stats=TaskStats(
+                worker=extra.get("worker", f"{platform.node()}:{os.getpid()}"),
+                request_id=extra.get("request_id", ""),
+                started_at=started,
+                finished_at=time.time(),
+                duration=time.perf_counter() - t0,
+                cold_start=extra.get("cold_start", cold),
+                memory_used_mb=memory_used_mb(),
+                memory_limit_mb=int(extra.get("memory_limit_mb", 0)),
+                s3_requests=int(extra.get("s3_requests", 0)),
+            ),
+        )
+
+    try:
+        context = codec.task_context(job_id, task_id)
+        task = codec.unseal_model(TaskSpec, task_blob, key=key, context=context)
+        if task.job_id != job_id or task.task_id != task_id:
+            raise SignatureError(
+                f"task object {context!r} holds task {task.job_id}/{task.task_id}; refusing it"
+            )
+        job = state.jobs.get(job_id)
+        if job is None:
+            if task.job_manifest is not None and task.job_body is not None:
+                manifest_blob, body_blob = task.job_manifest, task.job_body
+            else:
+                manifest_blob, body_blob = fetch_job()
+            job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
+            state.jobs = {job_id: job}  # keep only the current job: bodies may be large
+        rows: list[tuple[Any, ...]] = codec.loads(task.args)
+        if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
+            raise ValueError(
+                f"task {task_id} holds {len(rows)} argument rows and "
+                f"{'no' if task.paths is None else len(task.paths)} paths for {task.count} "
+                "iterations"
+            )
+        run = run_iterations(
+            job.body,
+            job.manifest.variables,
+            rows,
+            first=task.first,
+            paths=task.paths,
+            seed=job.manifest.seed,
+            positional=job.positional,
+        )
+        errors, values = codec.encode_run(run.values, run.errors)
+        return finish(run.ticks, errors, values, attempt=task.attempt)
+    except SignatureError as exc:
+        return finish(failure=TaskFailure(kind="signature", message=str(exc)))
+    except VersionMismatch as exc:
+        return finish(failure=TaskFailure(kind="version", message=str(exc)))
+    except Exception as exc:
+        return finish(
+            failure=TaskFailure(
+                kind="internal",
+                message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            )
+        )
