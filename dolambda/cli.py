@@ -1,40 +1,82 @@
-"""The ``dolambda`` command: demo, emulator, deploy, doctor, destroy, jobs, cleanup."""
+"""The ``dolambda`` command: every subcommand, one set of AWS options, one error style.
+
+``demo`` and ``emulator`` run the local Lambda emulator; ``deploy``, ``doctor`` and
+``destroy`` wrap :mod:`dolambda.deploy`; ``jobs`` and ``cleanup`` look into a queue
+bucket. The commands that talk to AWS take the same options (:func:`aws_options`:
+``--bucket``, ``--function``, ``--region``, ``--profile``, ``--prefix``,
+``--endpoint-url``), and a :class:`~dolambda._errors.DolambdaError` from any command
+ends it with click's one-line ``Error: ...`` and exit status 1.
+"""
 
 from __future__ import annotations
 
+import datetime
 import re
-import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from dolambda import _sync
-from dolambda._errors import DolambdaError
+from dolambda._errors import DeployError, DolambdaError
+from dolambda.deploy import DeploySettings, deploy, destroy, doctor, settings_from_config
+
+F = Callable[..., Any]
 
 
-def _backend(bucket: str | None, **kwargs: Any) -> Any:
+def aws_options(*, bucket_required: bool = False) -> Callable[[F], F]:
+    """The AWS options every command that talks to AWS takes, in one place."""
+    bucket_help = (
+        "S3 bucket used as the job queue."
+        if bucket_required
+        else "S3 bucket used as the job queue [from the client config]."
+    )
+    options = [
+        click.option("--bucket", required=bucket_required, default=None, help=bucket_help),
+        click.option(
+            "--function", "function_name", default=None, help="Lambda function name [dolambda]."
+        ),
+        click.option("--region", default=None, help="AWS region [the profile's / the config's]."),
+        click.option("--profile", default=None, help="AWS profile."),
+        click.option("--prefix", default=None, help="Key prefix in the bucket [dolambda]."),
+        click.option(
+            "--endpoint-url",
+            default=None,
+            help="S3/IAM/Lambda/STS endpoint (e.g. the local emulator or moto).",
+        ),
+    ]
+
+    def decorate(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+class Command(click.Command):
+    """A ``dolambda`` command: a dolambda error ends it with one line (``Error: ...``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DolambdaError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class _Group(click.Group):
+    command_class = Command
+
+
+def _backend(**options: Any) -> Any:
+    # imported on use, not at the top: `dolambda --help` need not load aioboto3
     from dolambda._backends.lambda_ import LambdaBackend
 
-    given = {k: v for k, v in kwargs.items() if v is not None}
-    return LambdaBackend(bucket=bucket, **given)
+    return LambdaBackend(**{k: v for k, v in options.items() if v is not None})
 
 
-_common = [
-    click.option("--bucket", help="the queue bucket (default: from `dolambda deploy`'s config)"),
-    click.option("--region", help="AWS region (default: AWS_DEFAULT_REGION / profile / config)"),
-    click.option("--profile", help="AWS profile"),
-    click.option("--prefix", help="key prefix in the bucket (default: dolambda)"),
-    click.option("--endpoint-url", help="S3/Lambda endpoint (e.g. the local emulator)"),
-]
-
-
-def common(fn: Any) -> Any:
-    for option in reversed(_common):
-        fn = option(fn)
-    return fn
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dolambda")
 def main() -> None:
     """dolambda: R's foreach for Python, with AWS Lambda (S3 as the job queue) as a backend.
@@ -44,6 +86,9 @@ def main() -> None:
       dolambda demo                      # a real job on the local Lambda emulator
       dolambda deploy --bucket my-queue  # set up AWS in one command
     """
+
+
+# --- the local emulator -----------------------------------------------------------------
 
 
 @main.command()
@@ -59,13 +104,12 @@ def demo(aws: bool, workers: int, iterations: int, samples: int) -> None:
       dolambda demo
       dolambda demo --aws      # after `dolambda deploy`
     """
+    from dolambda import emulator  # imported on use (as _backend)
     from dolambda._demo import run_demo
 
     if aws:
-        run_demo(_backend(None), iterations, samples)
+        run_demo(_backend(), iterations, samples)
         return
-    from dolambda import emulator
-
     with emulator.start(workers=workers) as backend:
         run_demo(backend, iterations, samples)
 
@@ -86,27 +130,166 @@ def emulator_command(
       dolambda emulator --workers 4
       # then, in Python: LambdaBackend(**settings printed above)
     """
-    from dolambda import emulator
+    from dolambda import emulator  # imported on use (as _backend)
 
     emulator.serve(
         workers=workers, bucket=bucket, timeout=timeout, memory_mb=memory, endpoint_url=endpoint_url
     )
 
 
+# --- the AWS setup ----------------------------------------------------------------------
+
+
+@main.command("deploy")
+@aws_options(bucket_required=True)
+@click.option(
+    "--memory",
+    "memory_mb",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Function memory, MB (128-10240).",
+)
+@click.option(
+    "--timeout", type=int, default=900, show_default=True, help="Function timeout, seconds (1-900)."
+)
+@click.option(
+    "--arch",
+    "architecture",
+    type=click.Choice(["x86_64", "arm64"]),
+    default="x86_64",
+    show_default=True,
+    help="Function architecture.",
+)
+@click.option(
+    "--requirements",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra requirements file to package for the worker.",
+)
+@click.option(
+    "--expire-days",
+    type=int,
+    default=7,
+    show_default=True,
+    help="Delete objects under the prefix after this many days.",
+)
+@click.option(
+    "--rotate-key",
+    is_flag=True,
+    default=False,
+    help="Replace the signing key in the function and the client config together.",
+)
+def deploy_command(**options: Any) -> None:
+    """Create or update the Lambda function, role, bucket and trigger (idempotent).
+
+    \b
+    Example:
+      dolambda deploy --bucket my-dolambda-queue --region eu-west-1 --memory 2048
+      dolambda deploy --bucket my-dolambda-queue --rotate-key   # new signing key
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    deploy(DeploySettings(**options), echo=click.echo)
+
+
+ROUND_TRIP_TIMEOUT = 45.0
+
+
+def round_trip_job(settings: DeploySettings) -> Callable[[], None]:
+    """``doctor``'s round trip: a tiny job on the deployed function."""
+
+    def run() -> None:
+        from dolambda._loop import foreach  # imported on use (as _backend)
+
+        backend = _backend(
+            bucket=settings.bucket,
+            function_name=settings.function_name,
+            region=settings.region,
+            profile=settings.profile,
+            endpoint_url=settings.endpoint_url,
+            prefix=settings.clean_prefix,
+            # a tiny job: if nothing answers within a minute the trigger is broken
+            task_timeout=ROUND_TRIP_TIMEOUT,
+            retries=0,
+        )
+        loop = foreach(x=range(3)).errorhandling("pass")
+        got = loop.do_lambda(lambda x: x * x, backend=backend, progress=False)
+        errors = [g for g in got if isinstance(g, BaseException)]
+        if errors:
+            raise DeployError(
+                f"the tiny job failed: {errors[0]}. If no result came back within "
+                f"{ROUND_TRIP_TIMEOUT:.0f} s, the function is not being triggered or fails "
+                "before writing results: check its CloudWatch logs"
+            )
+        if sum(got) != 5:
+            raise DeployError(f"the job returned {got!r} instead of [0, 1, 4]")
+
+    return run
+
+
+def make_doctor_command(
+    round_trip_factory: Callable[[DeploySettings], Callable[[], None]] = round_trip_job,
+) -> click.Command:
+    """A ``doctor`` command whose round trip (when enabled) comes from ``round_trip_factory``."""
+
+    @click.command("doctor", cls=Command)
+    @aws_options()
+    @click.option(
+        "--round-trip/--no-round-trip",
+        default=True,
+        show_default=True,
+        help="Run one tiny job on the function.",
+    )
+    def doctor_command(round_trip: bool, **options: Any) -> None:
+        """Check every piece of the deployed setup; exits non-zero if anything is wrong.
+
+        \b
+        Example:
+          dolambda doctor                       # the setup in the client config
+          dolambda doctor --bucket my-dolambda-queue --no-round-trip
+        """
+        settings = settings_from_config(**options)
+        results = doctor(settings, round_trip=round_trip_factory(settings) if round_trip else None)
+        for result in results:
+            click.echo(str(result))
+        if not all(r.ok for r in results):
+            raise SystemExit(1)
+
+    return doctor_command
+
+
+main.add_command(make_doctor_command())
+
+
+@main.command("destroy")
+@aws_options()
+@click.option("--delete-bucket", is_flag=True, help="Also delete the bucket and ALL its objects.")
+def destroy_command(delete_bucket: bool, **options: Any) -> None:
+    """Remove what `dolambda deploy` created; the bucket and others' objects stay.
+
+    \b
+    Example:
+      dolambda destroy --bucket my-dolambda-queue
+      dolambda destroy --bucket my-dolambda-queue --delete-bucket
+    """
+    destroy(settings_from_config(**options), delete_bucket=delete_bucket, echo=click.echo)
+
+
+# --- the queue bucket -------------------------------------------------------------------
+
+
 @main.command()
-@common
-def jobs(**kwargs: Any) -> None:
+@aws_options()
+def jobs(**options: Any) -> None:
     """List the jobs in the bucket with their progress.
 
     \b
     Example:
       dolambda jobs --bucket my-queue
     """
-    import datetime
+    from dolambda._admin import list_jobs  # imported on use (as _backend)
 
-    from dolambda._admin import list_jobs
-
-    backend = _backend(**kwargs)
+    backend = _backend(**options)
     infos = _sync.run_sync(list_jobs(backend))
     if not infos:
         click.echo(f"no jobs in s3://{backend.bucket}/{backend.prefix}/jobs/")
@@ -129,45 +312,27 @@ def _duration(text: str) -> float:
 
 
 @main.command()
-@common
+@aws_options()
 @click.option("--older-than", default="1d", show_default=True, help="age, e.g. 30m, 12h, 7d")
 @click.option("--dry-run", is_flag=True, help="only list what would be deleted")
-def cleanup(older_than: str, dry_run: bool, **kwargs: Any) -> None:
+def cleanup(older_than: str, dry_run: bool, **options: Any) -> None:
     """Delete the objects of jobs older than --older-than.
 
     \b
     Example:
       dolambda cleanup --bucket my-queue --older-than 12h
     """
-    from dolambda._admin import cleanup_jobs
+    from dolambda._admin import cleanup_jobs  # imported on use (as _backend)
 
-    backend = _backend(**kwargs)
+    backend = _backend(**options)
     removed = _sync.run_sync(cleanup_jobs(backend, _duration(older_than), dry_run=dry_run))
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {len(removed)} job(s)" + (": " + ", ".join(removed) if removed else ""))
 
 
-def _add_deploy_commands() -> None:
-    try:
-        from dolambda import deploy
-    except ImportError:  # deploy is optional at import time (e.g. a trimmed install)
-        return
-    for name in ("deploy_command", "doctor_command", "destroy_command"):
-        command = getattr(deploy, name, None)
-        if isinstance(command, click.Command):
-            main.add_command(command)
-
-
-_add_deploy_commands()
-
-
 def run() -> None:
-    """Entry point that turns dolambda errors into one-line messages."""
-    try:
-        main(standalone_mode=True)
-    except DolambdaError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    """The ``dolambda`` console script (``python -m dolambda`` too)."""
+    main()
 
 
 if __name__ == "__main__":

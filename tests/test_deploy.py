@@ -18,19 +18,16 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
+from dolambda import cli
 from dolambda import deploy as dep
 from dolambda._aws.errors import translate
 from dolambda._config import config_path, load_config
 from dolambda._errors import InvalidArgument
-from dolambda.deploy.aws import (
-    Clients,
-    call,
-    python_version,
-    validate_bucket_name,
-    wheel_platforms,
-)
+from dolambda._wire import keys
+from dolambda.deploy.aws import Clients, call
 from dolambda.deploy.bucket import bucket_region
-from dolambda.deploy.package import WORKER_MODULES
+from dolambda.deploy.package import WORKER_MODULES, python_version, wheel_platforms
+from dolambda.deploy.settings import validate_bucket_name
 from tests.moto_server import MotoServer, free_port
 
 BUCKET = "dl-test-queue"
@@ -263,6 +260,34 @@ def test_deploy_reuses_signing_key_from_function(url: str, small_package: dep.Pa
     changes = run_deploy(url, small_package)
     assert load_config().signing_key == key  # type: ignore[union-attr]
     assert actions(changes)["function dolambda"] == "unchanged"
+
+
+def test_deploy_installs_the_key_layout_of_keys_py(
+    url: str, small_package: dep.Package, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trigger filter and the policy's S3 resources come from keys.py: change the layout
+    there (another queue directory and task suffix) and deploy and doctor follow it."""
+    monkeypatch.setattr(keys, "TASK_SUFFIX", ".job")
+    monkeypatch.setattr(keys, "queue_root", lambda prefix: f"{keys.root(prefix)}inbox/")
+    prefix = "team-a/runs"
+    run_deploy(url, small_package, prefix=prefix)
+    c = clients(url)
+    config = c["s3"].get_bucket_notification_configuration(Bucket=BUCKET)
+    [entry] = config["LambdaFunctionConfigurations"]
+    rules = {r["Name"].lower(): r["Value"] for r in entry["Filter"]["Key"]["FilterRules"]}
+    assert (rules["prefix"], rules["suffix"]) == ("team-a/runs/inbox/", ".job")
+    assert (rules["prefix"], rules["suffix"]) == keys.trigger_filter(prefix)
+    doc = c["iam"].get_role_policy(
+        RoleName="dolambda-dolambda", PolicyName="dolambda-least-privilege"
+    )["PolicyDocument"]
+    resources = {st["Sid"]: st["Resource"] for st in doc["Statement"]}
+    objects = f"arn:aws:s3:::{BUCKET}/"
+    assert resources["ReadTasksAndJobs"] == [objects + g for g in keys.worker_read_globs(prefix)]
+    assert f"{objects}team-a/runs/inbox/*" in resources["ReadTasksAndJobs"]
+    assert resources["WriteResults"] == [objects + g for g in keys.worker_write_globs(prefix)]
+    results = dep.doctor(settings(url, prefix=prefix))
+    assert [str(r) for r in results if not r.ok] == []
+    assert "OK  notification (team-a/runs/inbox/*.job -> dolambda)" in [str(r) for r in results]
 
 
 # --- doctor -----------------------------------------------------------------------------
@@ -680,10 +705,10 @@ def test_requirements_that_do_not_resolve_show_pips_reason(tmp_path: Path) -> No
 
 
 def test_cli_help_shows_examples() -> None:
-    for command in (dep.deploy_command, dep.doctor_command, dep.destroy_command):
-        result = CliRunner().invoke(command, ["--help"])
+    for command in ("deploy", "doctor", "destroy"):
+        result = CliRunner().invoke(cli.main, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output
-        assert "dolambda " + command.name in result.output  # type: ignore[operator]
+        assert "dolambda " + command in result.output
 
 
 def test_cli_deploy_doctor_destroy(
@@ -693,22 +718,22 @@ def test_cli_deploy_doctor_destroy(
     monkeypatch.setattr(dep, "build_package", lambda **kw: prebuilt)
     runner = CliRunner()
     args = ["--bucket", BUCKET, "--region", "us-east-1", "--endpoint-url", url]
-    result = runner.invoke(dep.deploy_command, args)
+    result = runner.invoke(cli.main, ["deploy", *args])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any(ln.startswith("created   function dolambda") for ln in lines)
-    result = runner.invoke(dep.deploy_command, args)
+    result = runner.invoke(cli.main, ["deploy", *args])
     assert all(ln.split()[0] in ("unchanged", "skipped") for ln in result.output.splitlines())
-    result = runner.invoke(dep.doctor_command, ["--no-round-trip"])  # all from the config
+    result = runner.invoke(cli.main, ["doctor", "--no-round-trip"])  # all from the config
     assert result.exit_code == 0, result.output
     assert all(ln.startswith("OK  ") for ln in result.output.splitlines())
     _break_permission(url)
-    result = runner.invoke(dep.doctor_command, ["--no-round-trip"])
+    result = runner.invoke(cli.main, ["doctor", "--no-round-trip"])
     assert result.exit_code == 1
     assert "FAIL permission: " in result.output
-    result = runner.invoke(dep.deploy_command, [*args, "--memory", "99999"])
+    result = runner.invoke(cli.main, ["deploy", *args, "--memory", "99999"])
     assert result.exit_code != 0 and "memory 99999 MB is out of range" in result.output
-    result = runner.invoke(dep.destroy_command, [])
+    result = runner.invoke(cli.main, ["destroy"])
     assert result.exit_code == 0, result.output
     assert "deleted   function dolambda" in result.output
 
@@ -716,7 +741,7 @@ def test_cli_deploy_doctor_destroy(
 def test_doctor_round_trip_hook_from_cli(url: str, small_package: dep.Package) -> None:
     run_deploy(url, small_package)
     calls: list[str] = []
-    command = dep.make_doctor_command(lambda s: lambda: calls.append(s.bucket))
+    command = cli.make_doctor_command(lambda s: lambda: calls.append(s.bucket))
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 0, result.output
     assert calls == [BUCKET] and "OK  round trip" in result.output

@@ -12,8 +12,14 @@
     <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
     <prefix>/emulator.json               a local emulator polls this bucket for tasks
                                          (a plain S3 server has no notifications)
+    <prefix>/deploy/<function>-<hash>.zip  a deployment package too large to upload directly
 
 Task numbers are zero-padded so a LIST returns them in order.
+
+What follows from the layout lives here too, so that it cannot drift from it: the
+trigger filter (:func:`trigger_filter`: the bucket notification that ``dolambda deploy``
+and the emulator install), and the key globs of the worker's IAM policy
+(:func:`worker_read_globs`, :func:`worker_write_globs`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def _p(prefix: str) -> str:
     prefix = prefix.strip("/")
     return f"{prefix}/" if prefix else ""
+
+
+def root(prefix: str) -> str:
+    """Everything dolambda stores (the lifecycle rule and ``destroy`` cover this)."""
+    return _p(prefix)
 
 
 def emulator_key(prefix: str) -> str:
@@ -78,12 +89,36 @@ def task_key(prefix: str, job_id: str, task_id: int, *, invoke: bool = False) ->
     return f"{queue_dir(prefix, job_id)}{task_id:07d}{suffix}"
 
 
+def results_root(prefix: str) -> str:
+    return f"{_p(prefix)}results/"
+
+
 def results_dir(prefix: str, job_id: str) -> str:
-    return f"{_p(prefix)}results/{job_id}/"
+    return f"{results_root(prefix)}{job_id}/"
 
 
 def result_key(prefix: str, job_id: str, task_id: int) -> str:
     return f"{results_dir(prefix, job_id)}{task_id:07d}{RESULT_SUFFIX}"
+
+
+def deploy_package_key(prefix: str, function_name: str, package_name: str) -> str:
+    """Where ``dolambda deploy`` uploads a package too large to send with the request."""
+    return f"{_p(prefix)}deploy/{function_name}-{package_name}.zip"
+
+
+def trigger_filter(prefix: str) -> tuple[str, str]:
+    """``(prefix, suffix)`` of the bucket notification: exactly the task objects trigger."""
+    return queue_root(prefix), TASK_SUFFIX
+
+
+def worker_read_globs(prefix: str) -> list[str]:
+    """Key globs the worker reads (``s3:GetObject``): the queue's tasks and the jobs' objects."""
+    return [f"{queue_root(prefix)}*", f"{jobs_root(prefix)}*"]
+
+
+def worker_write_globs(prefix: str) -> list[str]:
+    """Key globs the worker writes (``s3:PutObject``): results only, never the queue."""
+    return [f"{results_root(prefix)}*"]
 
 
 def parse_task_key(prefix: str, key: str) -> tuple[str, int] | None:

@@ -1,20 +1,19 @@
 """The bucket side of ``dolambda deploy``: the bucket, its public access block, default
 encryption, lifecycle rule and notification, each merged with what the bucket already has.
+
+The notification's filter is :func:`dolambda._wire.keys.trigger_filter`, and the lifecycle
+rule covers :func:`dolambda._wire.keys.root`: both follow the key layout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from dolambda._aws.errors import Kind, kind_of, translate
 from dolambda._errors import DeployError
-from dolambda.deploy.aws import (
-    Clients,
-    DeploySettings,
-    as_list,
-    call,
-)
+from dolambda._wire import keys as _keys
+from dolambda.deploy.aws import Clients, as_list, call
+from dolambda.deploy.settings import Change, DeploySettings
 
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
 PUBLIC_ACCESS_BLOCK = {
@@ -29,18 +28,6 @@ NOTIFICATION_KINDS = (
     "LambdaFunctionConfigurations",
     "EventBridgeConfiguration",
 )
-
-
-@dataclass(frozen=True)
-class Change:
-    """One line of a deploy/destroy report: ``created``, ``updated``, ``unchanged``, ..."""
-
-    action: str
-    resource: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.action:<9} {self.resource}" + (f": {self.detail}" if self.detail else "")
 
 
 # --- bucket -----------------------------------------------------------------------------
@@ -146,7 +133,7 @@ def ensure_encryption(s: DeploySettings, c: Clients) -> Change:
 def lifecycle_rule(s: DeploySettings) -> dict[str, Any]:
     return {
         "ID": s.lifecycle_rule_id,
-        "Filter": {"Prefix": f"{s.clean_prefix}/"},
+        "Filter": {"Prefix": s.root},
         "Status": "Enabled",
         "Expiration": {"Days": s.expire_days},
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
@@ -184,12 +171,12 @@ def ensure_lifecycle(s: DeploySettings, c: Clients) -> Change:
     want = lifecycle_rule(s)
     ours = [r for r in rules if r.get("ID") == s.lifecycle_rule_id]
     if ours == [want]:
-        return Change("unchanged", what, f"expires {s.clean_prefix}/ after {s.expire_days} days")
+        return Change("unchanged", what, f"expires {s.root} after {s.expire_days} days")
     others = [r for r in rules if r.get("ID") != s.lifecycle_rule_id]
     put_lifecycle(s, c, [*others, want])
     kept = f"; {len(others)} other rule(s) kept" if others else ""
     action = "updated" if ours else "created"
-    return Change(action, what, f"expires {s.clean_prefix}/ after {s.expire_days} days{kept}")
+    return Change(action, what, f"expires {s.root} after {s.expire_days} days{kept}")
 
 
 # --- notification ------------------------------------------------------------------------
@@ -206,6 +193,7 @@ def notification_config(s: DeploySettings, c: Clients) -> dict[str, Any]:
 
 
 def our_notification(s: DeploySettings, function_arn: str) -> dict[str, Any]:
+    prefix, suffix = _keys.trigger_filter(s.prefix)
     return {
         "Id": s.notification_id,
         "LambdaFunctionArn": function_arn,
@@ -213,12 +201,18 @@ def our_notification(s: DeploySettings, function_arn: str) -> dict[str, Any]:
         "Filter": {
             "Key": {
                 "FilterRules": [
-                    {"Name": "prefix", "Value": f"{s.clean_prefix}/queue/"},
-                    {"Name": "suffix", "Value": ".task"},
+                    {"Name": "prefix", "Value": prefix},
+                    {"Name": "suffix", "Value": suffix},
                 ]
             }
         },
     }
+
+
+def trigger_glob(s: DeploySettings) -> str:
+    """The trigger filter as one glob, for messages (``dolambda/queue/*.task``)."""
+    prefix, suffix = _keys.trigger_filter(s.prefix)
+    return f"{prefix}*{suffix}"
 
 
 def notification_problem(entry: dict[str, Any] | None, s: DeploySettings, arn: str) -> str | None:
@@ -227,15 +221,16 @@ def notification_problem(entry: dict[str, Any] | None, s: DeploySettings, arn: s
         return f"no notification {s.notification_id} on bucket {s.bucket}"
     rules = (entry.get("Filter") or {}).get("Key", {}).get("FilterRules") or []
     got = {str(r.get("Name", "")).lower(): r.get("Value") for r in rules}
+    prefix, suffix = _keys.trigger_filter(s.prefix)
     problems = []
     if entry.get("LambdaFunctionArn") != arn:
         problems.append(f"targets {entry.get('LambdaFunctionArn')}, not {arn}")
     if sorted(as_list(entry.get("Events"))) != ["s3:ObjectCreated:*"]:
         problems.append(f"events are {entry.get('Events')}, not s3:ObjectCreated:*")
-    if got.get("prefix") != f"{s.clean_prefix}/queue/":
-        problems.append(f"prefix is {got.get('prefix')!r}, not {s.clean_prefix + '/queue/'!r}")
-    if got.get("suffix") != ".task":
-        problems.append(f"suffix is {got.get('suffix')!r}, not '.task'")
+    if got.get("prefix") != prefix:
+        problems.append(f"prefix is {got.get('prefix')!r}, not {prefix!r}")
+    if got.get("suffix") != suffix:
+        problems.append(f"suffix is {got.get('suffix')!r}, not {suffix!r}")
     return "; ".join(problems) or None
 
 
@@ -260,7 +255,7 @@ def ensure_notification(s: DeploySettings, c: Clients, function_arn: str) -> Cha
     what = f"notification {s.notification_id}"
     config = notification_config(s, c)
     entry = find_notification(config, s)
-    detail = f"s3:ObjectCreated:* {s.clean_prefix}/queue/*.task -> {s.function_name}"
+    detail = f"s3:ObjectCreated:* {trigger_glob(s)} -> {s.function_name}"
     if notification_problem(entry, s, function_arn) is None:
         return Change("unchanged", what, detail)
     others = [

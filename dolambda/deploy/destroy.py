@@ -12,15 +12,8 @@ from collections.abc import Callable
 
 from dolambda._config import config_path, load_config
 from dolambda._errors import DeployError, DolambdaError
-from dolambda.deploy.aws import (
-    PERMISSION_SID,
-    Clients,
-    DeploySettings,
-    call,
-    validate_bucket_name,
-)
+from dolambda.deploy.aws import Clients, call
 from dolambda.deploy.bucket import (
-    Change,
     bucket_region,
     find_notification,
     lifecycle_rules,
@@ -28,7 +21,8 @@ from dolambda.deploy.bucket import (
     put_lifecycle,
     put_notifications,
 )
-from dolambda.deploy.steps import get_function
+from dolambda.deploy.function import PERMISSION_SID, get_function
+from dolambda.deploy.settings import Change, DeploySettings, validate_bucket_name
 
 Echo = Callable[[str], None]
 
@@ -78,8 +72,8 @@ def destroy(
         step(Change("absent", f"function {s.function_name}"))
     step(_remove_role(s, c))
     if region is not None:
-        count = _delete_objects(s, c, prefix=f"{s.clean_prefix}/")
-        step(Change("deleted", f"objects under s3://{s.bucket}/{s.clean_prefix}/", f"{count}"))
+        count = _delete_objects(s, c, prefix=s.root)
+        step(Change("deleted", f"objects under s3://{s.bucket}/{s.root}", f"{count}"))
         if delete_bucket:
             count = _delete_objects(s, c, prefix="")
             call("s3:DeleteBucket", f"bucket {s.bucket}", c.s3.delete_bucket, Bucket=s.bucket)

@@ -6,21 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dolambda._config import load_config
 from dolambda._errors import DolambdaError
-from dolambda.deploy.aws import (
-    HANDLER,
-    MAX_EVENT_AGE,
-    MAX_RETRY_ATTEMPTS,
-    Clients,
-    DeploySettings,
-    as_list,
-    call,
-    fix_command,
-    normalize_policy,
-    python_version,
-    role_policy,
-    runtime_for,
-)
+from dolambda.deploy.aws import Clients, as_list, call
 from dolambda.deploy.bucket import (
     PUBLIC_ACCESS_BLOCK,
     bucket_region,
@@ -29,8 +17,19 @@ from dolambda.deploy.bucket import (
     lifecycle_rules,
     notification_config,
     notification_problem,
+    trigger_glob,
 )
-from dolambda.deploy.steps import get_function, permission_ok, permission_statement
+from dolambda.deploy.function import (
+    HANDLER,
+    MAX_EVENT_AGE,
+    MAX_RETRY_ATTEMPTS,
+    get_function,
+    permission_ok,
+    permission_statement,
+)
+from dolambda.deploy.package import python_version, runtime_for
+from dolambda.deploy.role import normalize_policy, role_policy
+from dolambda.deploy.settings import DeploySettings, fix_command
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ def _bucket_settings(s: DeploySettings, c: Clients) -> str:
     if not rules:
         problems.append(f"no lifecycle rule {s.lifecycle_rule_id}")
     elif rules[0].get("Filter") != want["Filter"] or rules[0].get("Status") != "Enabled":
-        problems.append(f"lifecycle rule {s.lifecycle_rule_id} does not expire {s.clean_prefix}/")
+        problems.append(f"lifecycle rule {s.lifecycle_rule_id} does not expire {s.root}")
     if problems:
         raise _Failed("; ".join(problems))
     return "public access blocked, encrypted, lifecycle rule"
@@ -256,7 +255,7 @@ def _notification(s: DeploySettings, c: Clients, arn: str) -> str:
     problem = notification_problem(find_notification(notification_config(s, c), s), s, arn)
     if problem:
         raise _Failed(problem)
-    return f"{s.clean_prefix}/queue/*.task -> {s.function_name}"
+    return f"{trigger_glob(s)} -> {s.function_name}"
 
 
 def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
@@ -301,8 +300,6 @@ def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
 
 def _signing_key(s: DeploySettings, fn: dict[str, Any], key: str | None) -> str:
     if key is None:
-        from dolambda._config import load_config
-
         config = load_config()
         if config is None or config.bucket != s.bucket or config.function_name != s.function_name:
             raise _Failed(f"no client config for bucket {s.bucket} and function {s.function_name}")

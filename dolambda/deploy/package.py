@@ -23,8 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from dolambda._errors import DeployError
-from dolambda.deploy.aws import ARCHITECTURES, python_version, wheel_platforms
+from dolambda._errors import DeployError, InvalidArgument
 
 # exactly what handler/lambda_function.py imports, transitively (the package's
 # dolambda/__init__.py imports nothing; the subpackages' __init__.py are empty)
@@ -65,6 +64,44 @@ class Package:
 
     def read(self) -> bytes:
         return self.path.read_bytes()
+
+
+# The Python versions AWS Lambda has a managed runtime for (``python3.X``). The one list.
+LAMBDA_PYTHONS: tuple[str, ...] = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
+ARCHITECTURES: dict[str, str] = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda -> wheel tag
+# The glibc of each runtime's OS: Amazon Linux 2 (2.26) up to 3.11, Amazon Linux 2023 (2.34) after.
+LAMBDA_GLIBC: dict[str, int] = {
+    "3.9": 26,
+    "3.10": 26,
+    "3.11": 26,
+    "3.12": 34,
+    "3.13": 34,
+    "3.14": 34,
+}
+
+
+def python_version() -> str:
+    """The client's own ``major.minor``: the deployed runtime must match it (dill)."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def wheel_platforms(version: str, architecture: str) -> list[str]:
+    """pip ``--platform`` tags whose wheels run on the Lambda runtime ``python<version>``."""
+    arch = ARCHITECTURES[architecture]
+    newest = LAMBDA_GLIBC.get(version, 26)
+    return [f"manylinux2014_{arch}", *(f"manylinux_2_{m}_{arch}" for m in range(17, newest + 1))]
+
+
+def runtime_for(version: str) -> str:
+    """``python3.X`` for ``version``, or an error explaining that Lambda has no such runtime."""
+    if version not in LAMBDA_PYTHONS:
+        raise InvalidArgument(
+            f"AWS Lambda has no python{version} runtime (it has "
+            f"{', '.join('python' + v for v in LAMBDA_PYTHONS)}). The function must run the "
+            "client's own Python minor version, because dill pickles are not portable across "
+            f"versions: run dolambda from Python {LAMBDA_PYTHONS[-3]} or another supported version"
+        )
+    return f"python{version}"
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,7 @@
 """S3 event records in AWS's exact shape, and the wire between the patched moto and the emulator.
 
-Pure functions with no moto import: the moto launcher (:mod:`dolambda.emulator.moto`)
-and the emulator's polling discovery (:mod:`dolambda.emulator`) build records here.
+Pure functions with no moto import: the patched moto server (:mod:`dolambda.emulator.moto`)
+and the emulator's polling discovery (:mod:`dolambda.emulator.intake`) build records here.
 See https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html
 """
 

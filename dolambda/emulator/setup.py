@@ -4,7 +4,7 @@ This is deliberately small: ``dolambda deploy`` is the real, complete setup
 (least-privilege policy, async-invoke config, lifecycle...). Here: the bucket,
 an IAM role, the function (a placeholder zip: the emulator runs the real
 handler from this checkout), the S3 invoke permission and the bucket
-notification (``<prefix>/queue/`` + ``.task`` -> the function).
+notification (the trigger filter of :mod:`dolambda._wire.keys` -> the function).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
 import zipfile
 from typing import Any
@@ -33,6 +34,22 @@ PLACEHOLDER = (
     "# placeholder: the dolambda emulator runs handler/lambda_function.py itself\n"
     "def lambda_handler(event, context):\n    return None\n"
 )
+
+
+def session(region: str) -> Any:
+    """A boto3 session for the emulator's own calls (any credentials work on its server)."""
+    import boto3  # here, not at the top: worker processes import this package and need none
+
+    return boto3.session.Session(
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        region_name=region,
+    )
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
@@ -123,6 +140,7 @@ def ensure_notification(s3: Any, bucket: str, function_arn: str, prefix: str) ->
         arn = str(entry.get("LambdaFunctionArn", ""))
         if arn == function_arn or (arn.count(":") >= 6 and arn.split(":")[6] == name):
             return
+    prefix_rule, suffix_rule = _keys.trigger_filter(prefix)
     lambdas.append(
         {
             "Id": "dolambda-queue",
@@ -131,8 +149,8 @@ def ensure_notification(s3: Any, bucket: str, function_arn: str, prefix: str) ->
             "Filter": {
                 "Key": {
                     "FilterRules": [
-                        {"Name": "prefix", "Value": _keys.queue_root(prefix)},
-                        {"Name": "suffix", "Value": _keys.TASK_SUFFIX},
+                        {"Name": "prefix", "Value": prefix_rule},
+                        {"Name": "suffix", "Value": suffix_rule},
                     ]
                 }
             },

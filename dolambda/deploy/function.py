@@ -1,5 +1,9 @@
-"""The IAM and Lambda steps of ``dolambda deploy``: each compares, changes only what differs,
-and reports one :class:`~dolambda._deploy_bucket.Change`.
+"""The Lambda function and what hangs on it: code and configuration, signing key,
+async-invoke config (Lambda's retries off, failures to itself), recursion detection,
+and the permission that lets the bucket invoke it.
+
+Each ``ensure_*`` compares, changes only what differs, and reports one
+:class:`~dolambda.deploy.settings.Change`.
 """
 
 from __future__ import annotations
@@ -10,78 +14,24 @@ import time
 from typing import Any
 
 from dolambda._aws.errors import Kind, kind_of, translate
+from dolambda._config import load_config
 from dolambda._errors import DeployError
-from dolambda.deploy.aws import (
-    HANDLER,
-    MAX_EVENT_AGE,
-    MAX_RETRY_ATTEMPTS,
-    PERMISSION_SID,
-    Clients,
-    DeploySettings,
-    as_list,
-    call,
-    normalize_policy,
-    role_policy,
-    trust_policy,
-)
-from dolambda.deploy.bucket import Change
+from dolambda._wire import keys as _keys
+from dolambda.deploy.aws import Clients, as_list, call
 from dolambda.deploy.package import DIRECT_UPLOAD_LIMIT, Package
+from dolambda.deploy.settings import Change, DeploySettings
 
-# --- IAM --------------------------------------------------------------------------------
-
-
-def ensure_role(s: DeploySettings, c: Clients) -> tuple[Change, str]:
-    what = f"role {s.role_name}"
-    got = call("iam:GetRole", what, c.iam.get_role, missing=True, RoleName=s.role_name)
-    trust = trust_policy()
-    if got is None:
-        created = call(
-            "iam:CreateRole",
-            what,
-            c.iam.create_role,
-            RoleName=s.role_name,
-            AssumeRolePolicyDocument=json.dumps(trust),
-            Description=f"dolambda worker for function {s.function_name}",
-        )
-        return Change("created", what), str(created["Role"]["Arn"])
-    role = got["Role"]
-    if normalize_policy(role.get("AssumeRolePolicyDocument")) != normalize_policy(trust):
-        call(
-            "iam:UpdateAssumeRolePolicy",
-            what,
-            c.iam.update_assume_role_policy,
-            RoleName=s.role_name,
-            PolicyDocument=json.dumps(trust),
-        )
-        return Change("updated", what, "trust policy (lambda.amazonaws.com)"), str(role["Arn"])
-    return Change("unchanged", what), str(role["Arn"])
+HANDLER = "handler.lambda_function.lambda_handler"
+MAX_EVENT_AGE = 6 * 3600  # seconds an async event may wait before Lambda drops it
+MAX_RETRY_ATTEMPTS = 2
+PERMISSION_SID = "dolambda-s3-invoke"
 
 
-def ensure_role_policy(s: DeploySettings, c: Clients) -> Change:
-    what = f"role policy {s.role_name}/{s.role_policy_name}"
-    want = role_policy(s, c)
-    got = call(
-        "iam:GetRolePolicy",
-        what,
-        c.iam.get_role_policy,
-        missing=True,
-        RoleName=s.role_name,
-        PolicyName=s.role_policy_name,
+def function_arn(settings: DeploySettings, clients: Clients) -> str:
+    return (
+        f"arn:{clients.partition}:lambda:{clients.region}:{clients.account}:"
+        f"function:{settings.function_name}"
     )
-    if got is not None and normalize_policy(got["PolicyDocument"]) == normalize_policy(want):
-        return Change("unchanged", what, "least privilege")
-    call(
-        "iam:PutRolePolicy",
-        what,
-        c.iam.put_role_policy,
-        RoleName=s.role_name,
-        PolicyName=s.role_policy_name,
-        PolicyDocument=json.dumps(want),
-    )
-    return Change("updated" if got else "created", what, "least privilege")
-
-
-# --- function ---------------------------------------------------------------------------
 
 
 def get_function(s: DeploySettings, c: Clients) -> dict[str, Any] | None:
@@ -97,8 +47,6 @@ def get_function(s: DeploySettings, c: Clients) -> dict[str, Any] | None:
 
 def signing_key(s: DeploySettings, function: dict[str, Any] | None) -> str:
     """The key already deployed, else the client config's, else 32 fresh random bytes (hex)."""
-    from dolambda._config import load_config
-
     if s.rotate_key:
         return secrets.token_hex(32)
     env = ((function or {}).get("Environment") or {}).get("Variables") or {}
@@ -121,7 +69,7 @@ def signing_key(s: DeploySettings, function: dict[str, Any] | None) -> str:
 def _code(s: DeploySettings, c: Clients, package: Package, limit: int) -> dict[str, Any]:
     if package.size <= limit:
         return {"ZipFile": package.read()}
-    key = f"{s.deploy_prefix}{s.function_name}-{package.path.stem}.zip"
+    key = _keys.deploy_package_key(s.prefix, s.function_name, package.path.stem)
     with package.path.open("rb") as body:
         call(
             "s3:PutObject",
@@ -255,8 +203,6 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
         missing=True,
         FunctionName=s.function_name,
     )
-    from dolambda.deploy.aws import function_arn
-
     want: dict[str, Any] = {
         "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
         "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
@@ -306,9 +252,6 @@ def ensure_recursion_config(s: DeploySettings, c: Clients) -> Change:
         raise translate(
             exc, "deploy", action="lambda:PutFunctionRecursionConfig", resource=what
         ) from exc
-
-
-# --- trigger ----------------------------------------------------------------------------
 
 
 def permission_statement(s: DeploySettings, c: Clients) -> dict[str, Any] | None:

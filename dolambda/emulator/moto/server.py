@@ -1,7 +1,7 @@
 """A moto server whose Lambda hands events to the dolambda emulator instead of Docker.
 
-Run as ``python -m dolambda.emulator.moto --port 0`` (the emulator does this);
-it prints ``DOLAMBDA-MOTO-READY <port>`` once it listens on 127.0.0.1.
+Run as ``python -m dolambda.emulator.moto --port 0`` (:func:`~dolambda.emulator.moto.launch_moto`
+does this); it prints ``DOLAMBDA-MOTO-READY <port>`` once it listens on 127.0.0.1.
 
 Two patches on moto, both at the point where moto would run a function:
 
@@ -40,8 +40,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from dolambda.emulator.events import API, s3_record
+from dolambda.emulator.moto import READY
 
-READY = "DOLAMBDA-MOTO-READY"
 ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
 
 StartResponse = Callable[..., Any]
@@ -260,7 +260,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{READY} {port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,141 @@
+"""The function's IAM role: trust (Lambda only) and its one least-privilege inline policy.
+
+The policy lets the worker read the queue and the jobs, write results, write its own
+logs and invoke its own function (the on-failure destination); the S3 resources are
+the key globs of :mod:`dolambda._wire.keys`, so they follow the key layout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from dolambda._wire import keys as _keys
+from dolambda.deploy.aws import Clients, call
+from dolambda.deploy.function import function_arn
+from dolambda.deploy.settings import Change, DeploySettings
+
+
+def trust_policy() -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+
+
+def log_group_arn(settings: DeploySettings, clients: Clients) -> str:
+    return (
+        f"arn:{clients.partition}:logs:{clients.region}:{clients.account}:"
+        f"log-group:/aws/lambda/{settings.function_name}"
+    )
+
+
+def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
+    """The function's only permissions: read tasks and jobs, write results, its own logs,
+    and invoke itself as its on-failure destination (to report a timed-out or
+    out-of-memory task as an error result)."""
+    objects = f"arn:{clients.partition}:s3:::{settings.bucket}/"
+    logs = log_group_arn(settings, clients)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadTasksAndJobs",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [objects + g for g in _keys.worker_read_globs(settings.prefix)],
+            },
+            {
+                "Sid": "WriteResults",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [objects + g for g in _keys.worker_write_globs(settings.prefix)],
+            },
+            {
+                "Sid": "OwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [logs, f"{logs}:*"],
+            },
+            {
+                "Sid": "ReportFailuresToItself",
+                "Effect": "Allow",
+                "Action": ["lambda:InvokeFunction"],
+                "Resource": [function_arn(settings, clients)],
+            },
+        ],
+    }
+
+
+def normalize_policy(doc: Any) -> Any:
+    """A policy document in a canonical form (decoded, lists sorted) for comparison."""
+    if isinstance(doc, str):
+        doc = json.loads(doc if doc.lstrip().startswith("{") else unquote(doc))
+    return _canonical(doc)
+
+
+def _canonical(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _canonical(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        items = [_canonical(v) for v in doc]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    return doc
+
+
+def ensure_role(s: DeploySettings, c: Clients) -> tuple[Change, str]:
+    what = f"role {s.role_name}"
+    got = call("iam:GetRole", what, c.iam.get_role, missing=True, RoleName=s.role_name)
+    trust = trust_policy()
+    if got is None:
+        created = call(
+            "iam:CreateRole",
+            what,
+            c.iam.create_role,
+            RoleName=s.role_name,
+            AssumeRolePolicyDocument=json.dumps(trust),
+            Description=f"dolambda worker for function {s.function_name}",
+        )
+        return Change("created", what), str(created["Role"]["Arn"])
+    role = got["Role"]
+    if normalize_policy(role.get("AssumeRolePolicyDocument")) != normalize_policy(trust):
+        call(
+            "iam:UpdateAssumeRolePolicy",
+            what,
+            c.iam.update_assume_role_policy,
+            RoleName=s.role_name,
+            PolicyDocument=json.dumps(trust),
+        )
+        return Change("updated", what, "trust policy (lambda.amazonaws.com)"), str(role["Arn"])
+    return Change("unchanged", what), str(role["Arn"])
+
+
+def ensure_role_policy(s: DeploySettings, c: Clients) -> Change:
+    what = f"role policy {s.role_name}/{s.role_policy_name}"
+    want = role_policy(s, c)
+    got = call(
+        "iam:GetRolePolicy",
+        what,
+        c.iam.get_role_policy,
+        missing=True,
+        RoleName=s.role_name,
+        PolicyName=s.role_policy_name,
+    )
+    if got is not None and normalize_policy(got["PolicyDocument"]) == normalize_policy(want):
+        return Change("unchanged", what, "least privilege")
+    call(
+        "iam:PutRolePolicy",
+        what,
+        c.iam.put_role_policy,
+        RoleName=s.role_name,
+        PolicyName=s.role_policy_name,
+        PolicyDocument=json.dumps(want),
+    )
+    return Change("updated" if got else "created", what, "least privilege")

@@ -1,0 +1,192 @@
+"""Dispatch: the pending heap, the choice of worker, and what happens after a failure.
+
+Invocations wait in a heap ordered by due time (the intake may delay them). The
+dispatch loop starts the next due one when a slot is idle, at most ``workers`` at
+once, on the warmest idle slot (the one that served last; cold slots go to the
+back), each on its own thread. When an asynchronous invocation fails (an error, a
+timeout, a kill) it is queued again up to ``retries`` times, as Lambda's
+async-invoke config does; when it has failed for good and ``on_failure`` is set,
+Lambda's on-failure destination record for it is queued for the function itself
+(the deployed setup sends failures there, and the worker writes an error result).
+A synchronous ``Invoke`` gets its answer through ``reply``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dolambda.emulator.config import EmulatorConfig, EmulatorStats
+from dolambda.emulator.runtime import Answer, Runtime, Slot
+
+log = logging.getLogger("dolambda.emulator")
+
+#: answer a synchronous Invoke: ``reply(reply_id, payload_text, is_error)``
+Reply = Callable[[str, str, bool], None]
+
+
+@dataclass
+class Invocation:
+    """One event on its way to the handler."""
+
+    event: Any
+    source: str  # "s3" | "invoke" | "poll" | "destination"
+    reply_id: str | None = None  # a RequestResponse Invoke waiting in moto
+    attempt: int = 0
+    error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
+
+
+def destination_record(invocation: Invocation, function_arn: str) -> Invocation:
+    """The on-failure destination record Lambda sends for a failed async invocation."""
+    error_type, message = invocation.error or ("Runtime.Unknown", "")
+    record = {
+        "version": "1.0",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"{function_arn}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": invocation.attempt + 1,
+        },
+        "requestPayload": invocation.event,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {"errorType": error_type, "errorMessage": message},
+    }
+    return Invocation(event=record, source="destination")
+
+
+class Dispatcher:
+    """The pending heap and the slots' threads; every field is guarded by ``cond``."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        runtime: Runtime,
+        *,
+        stats: EmulatorStats,
+        cond: threading.Condition,
+        stopping: threading.Event,
+        reply: Reply,
+    ) -> None:
+        self._retries = config.retries
+        self._on_failure = config.on_failure
+        self._runtime = runtime
+        self._stats = stats
+        self._cond = cond
+        self._stopping = stopping
+        self._reply = reply
+        self._pending: list[tuple[float, int, Invocation]] = []
+        self._seq = itertools.count()
+        self._idle: list[Slot] = list(reversed(runtime.slots))  # pop() takes the warmest
+        self._busy = 0
+        self._running: set[threading.Thread] = set()
+
+    def queue(self, invocation: Invocation, delay: float) -> None:
+        """Push onto the pending heap; the caller holds ``cond``."""
+        heapq.heappush(self._pending, (time.monotonic() + delay, next(self._seq), invocation))
+        self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is pending or running."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def join_running(self, deadline: float) -> None:
+        """Wait (until ``deadline`` on the monotonic clock) for the running calls to end."""
+        for thread in list(self._running):
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def loop(self) -> None:
+        """Start each due invocation on the warmest idle slot, until the emulator stops."""
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping.is_set():
+                        return
+                    now = time.monotonic()
+                    wait: float | None = None
+                    if self._pending:
+                        due = self._pending[0][0]
+                        if due <= now and self._idle:
+                            break
+                        if due > now:
+                            wait = due - now
+                    self._cond.wait(wait if wait is not None else 1.0)
+                _, _, invocation = heapq.heappop(self._pending)
+                slot = self._idle.pop()
+                self._busy += 1
+                self._stats.max_concurrency = max(self._stats.max_concurrency, self._busy)
+                thread = threading.Thread(
+                    target=self._run,
+                    args=(slot, invocation),
+                    name=f"dolambda-emulator-slot{slot.index}",
+                    daemon=True,
+                )
+                self._running.add(thread)
+            thread.start()
+
+    def _run(self, slot: Slot, invocation: Invocation) -> None:
+        ok = False
+        try:
+            answer = self._runtime.invoke(slot, invocation.event)
+            if answer is not None:
+                self._answer(invocation, answer)
+                ok = answer.ok
+        except Exception:
+            log.exception("emulator: internal error while invoking the function")
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if slot.process is None:
+                    self._idle.insert(0, slot)  # cold slots last: reuse warm ones first
+                else:
+                    self._idle.append(slot)
+                if (
+                    not ok
+                    and invocation.reply_id is None
+                    and invocation.attempt < self._retries
+                    and not self._stopping.is_set()
+                ):
+                    self._stats.retried += 1
+                    self.queue(replace(invocation, attempt=invocation.attempt + 1), 1.0)
+                elif (
+                    not ok
+                    and invocation.reply_id is None
+                    and self._on_failure
+                    and invocation.source != "destination"
+                    and invocation.error is not None
+                    and not self._stopping.is_set()
+                ):
+                    self.queue(destination_record(invocation, self._runtime.function_arn), 0.0)
+                self._running.discard(threading.current_thread())
+                self._cond.notify_all()
+
+    def _answer(self, invocation: Invocation, answer: Answer) -> None:
+        """Record a failure; answer a synchronous Invoke (asynchronous ones have nobody waiting)."""
+        if answer.error_type is not None:
+            invocation.error = (answer.error_type, answer.text)
+        if invocation.reply_id is None:
+            return
+        if answer.error_type is None:
+            self._reply(invocation.reply_id, answer.text, False)
+        else:
+            payload = json.dumps({"errorType": answer.error_type, "errorMessage": answer.text})
+            self._reply(invocation.reply_id, payload, True)

@@ -1,0 +1,368 @@
+"""The function's execution environments: worker processes, slots, warm reuse, limits.
+
+One :class:`Slot` per unit of concurrency holds at most one :class:`WorkerProcess`
+(``python -m dolambda.emulator.worker``), which imports the handler once (a cold
+start) and then serves one invocation at a time (warm reuse). :meth:`Runtime.invoke`
+runs one handler call on a slot and says how it ended, as Lambda would: the
+handler's payload, its error, or ``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` /
+``Runtime.ExitError`` when the process was killed at the timeout, killed for
+passing ``memory_mb`` (:meth:`Runtime.memory_loop`) or died on its own. A dead
+process is replaced on the slot's next invocation. Each call logs Lambda's
+``START`` and ``REPORT`` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from dolambda.emulator.config import EmulatorConfig, EmulatorStats
+
+log = logging.getLogger("dolambda.emulator")
+
+TIMEOUT = object()  # a worker gave no answer in time
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one invocation ended: ``error_type`` None and the payload's JSON text, or an error."""
+
+    error_type: str | None
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+class WorkerProcess:
+    """One execution environment: a worker process and the threads reading it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, tag: str) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the emulator, not the workers
+        )
+        self.pid = self.proc.pid
+        self.tag = f"{tag}[{self.pid}]"
+        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.logs: deque[str] = deque(maxlen=50)
+        self.kill_reason: str | None = None
+        self.kill_detail = ""
+        self.served = 0
+        self.init_ms = 0.0
+        threading.Thread(target=self._read_messages, name=f"{self.tag}-out", daemon=True).start()
+        threading.Thread(target=self._read_logs, name=f"{self.tag}-log", daemon=True).start()
+
+    def _read_messages(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for raw in self.proc.stdout:
+                with contextlib.suppress(ValueError):
+                    self.messages.put(json.loads(raw))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.messages.put(None)
+
+    def _read_logs(self) -> None:
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            for raw in self.proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                self.logs.append(line)
+                log.info("%s %s", self.tag, line)
+
+    def wait(self, timeout: float) -> Any:
+        """The next message, None when the process is gone, or TIMEOUT."""
+        try:
+            return self.messages.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return TIMEOUT
+
+    def send(self, message: dict[str, Any]) -> bool:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+    def kill(self, reason: str, detail: str = "") -> None:
+        if self.kill_reason is None:
+            self.kill_reason, self.kill_detail = reason, detail
+        with contextlib.suppress(ProcessLookupError, OSError):
+            self.proc.kill()
+
+    def close(self) -> None:
+        """Stop the process and reap it (stdin EOF first, then SIGKILL)."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill("stopped")
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+
+class Slot:
+    """One unit of concurrency; holds a warm process between invocations."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: WorkerProcess | None = None
+
+
+class Runtime:
+    """The function's slots and the handler calls on them.
+
+    ``stats`` is updated under ``lock`` (the emulator's one condition); ``stopping``
+    is the emulator's stop flag: no new call starts once it is set.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        *,
+        endpoint_url: str,
+        function_arn: str,
+        stats: EmulatorStats,
+        lock: threading.Condition,
+        stopping: threading.Event,
+    ) -> None:
+        self.config = config
+        self.endpoint_url = endpoint_url
+        self.function_arn = function_arn
+        self.slots = [Slot(i) for i in range(config.workers)]
+        self._stats = stats
+        self._lock = lock
+        self._stopping = stopping
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return [s.process.pid for s in self.slots if s.process is not None]
+
+    def kill_all(self) -> None:
+        """Kill every worker at once (the emulator is stopping)."""
+        for slot in self.slots:
+            process = slot.process
+            if process is not None:
+                process.kill("stopped")
+
+    def close_all(self) -> None:
+        """Reap every worker process."""
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.close()
+                slot.process = None
+
+    def _spawn(self, slot: Slot) -> WorkerProcess | None:
+        process = WorkerProcess(
+            [sys.executable, "-m", "dolambda.emulator.worker"],
+            self.worker_env(),
+            self.config.task_root,
+            f"{self.config.function_name}#{slot.index}",
+        )
+        slot.process = process
+        if self._stopping.is_set():
+            process.kill("stopped")
+        message = process.wait(max(30.0, self.config.timeout))
+        if isinstance(message, dict) and message.get("type") == "ready":
+            process.init_ms = float(message.get("init_ms", 0.0))
+            return process
+        if message is TIMEOUT:
+            process.kill("init timeout")
+        detail = (
+            f"{message.get('errorType')}: {message.get('errorMessage')}"
+            if isinstance(message, dict)
+            else "\n".join(process.logs)
+        )
+        log.error("emulator: worker init failed (Runtime.ImportModuleError?): %s", detail)
+        process.close()
+        slot.process = None
+        return None
+
+    def invoke(self, slot: Slot, event: Any) -> Answer | None:
+        """One handler call on the slot's process; None when the emulator is stopping."""
+        if self._stopping.is_set():
+            return None
+        timeout = self.config.timeout
+        process = slot.process
+        if process is None or process.kill_reason is not None or process.proc.poll() is not None:
+            if process is not None:
+                process.close()
+            process = self._spawn(slot)
+            if process is None:
+                with self._lock:
+                    self._stats.errors += 1
+                return Answer("Runtime.InitError", "the handler failed to import")
+        request_id = str(uuid.uuid4())
+        cold = process.served == 0
+        process.served += 1
+        with self._lock:
+            self._stats.invocations += 1
+            if cold:
+                self._stats.cold_starts += 1
+        deadline_ms = int((time.time() + timeout) * 1000)
+        log.info("%s START RequestId: %s Version: $LATEST", process.tag, request_id)
+        started = time.perf_counter()
+        sent = process.send(
+            {
+                "request_id": request_id,
+                "event": event,
+                "deadline_ms": deadline_ms,
+                "invoked_function_arn": self.function_arn,
+            }
+        )
+        answer: Any = None
+        while sent:
+            answer = process.wait(timeout - (time.perf_counter() - started))
+            if not isinstance(answer, dict) or answer.get("request_id") == request_id:
+                break
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if answer is TIMEOUT:
+            process.kill("timeout")
+            answer = None
+        if isinstance(answer, dict) and answer.get("request_id") == request_id:
+            with self._lock:
+                if answer.get("ok"):
+                    self._stats.completed += 1
+                else:
+                    self._stats.errors += 1
+            self._report(
+                process,
+                request_id,
+                float(answer.get("duration_ms", elapsed_ms)),
+                float(answer.get("max_rss_mb", 0.0)),
+                cold,
+            )
+            if answer.get("ok"):
+                return Answer(None, str(answer.get("payload", "null")))
+            return Answer(str(answer.get("errorType")), str(answer.get("errorMessage")))
+        # the process is gone: killed by us (timeout, memory) or crashed
+        process.proc.wait()
+        reason = process.kill_reason
+        with self._lock:
+            if reason == "timeout":
+                self._stats.timeouts += 1
+            elif reason == "memory":
+                self._stats.killed += 1
+            elif reason != "stopped":
+                self._stats.crashed += 1
+        if reason == "timeout":
+            message = f"Task timed out after {timeout:.2f} seconds"
+            log.warning("%s %s %s", process.tag, request_id, message)
+            error_type = "Sandbox.Timedout"
+        elif reason == "memory":
+            message = (
+                f"Runtime exited with error: signal: killed (out of memory: {process.kill_detail})"
+            )
+            log.warning("%s %s killed for memory: %s", process.tag, request_id, process.kill_detail)
+            error_type = "Runtime.OutOfMemory"
+        else:
+            message = f"Runtime exited with error: exit status {process.proc.returncode}"
+            log.warning("%s %s %s", process.tag, request_id, message)
+            error_type = "Runtime.ExitError"
+        self._report(process, request_id, elapsed_ms, process.rss_mb(), cold)
+        process.close()
+        slot.process = None
+        return Answer(error_type, message)
+
+    def _report(
+        self, process: WorkerProcess, request_id: str, duration_ms: float, rss_mb: float, cold: bool
+    ) -> None:
+        init = f"\tInit Duration: {process.init_ms:.2f} ms" if cold else ""
+        log.info(
+            "%s REPORT RequestId: %s\tDuration: %.2f ms\tBilled Duration: %d ms\t"
+            "Memory Size: %d MB\tMax Memory Used: %d MB%s",
+            process.tag,
+            request_id,
+            duration_ms,
+            math.ceil(duration_ms),
+            self.config.memory_mb,
+            math.ceil(rss_mb),
+            init,
+        )
+
+    def memory_loop(self) -> None:
+        """Kill a worker whose resident memory passes ``memory_mb`` (Lambda's OOM kill)."""
+        limit = self.config.memory_mb
+        while not self._stopping.wait(0.02):
+            for slot in self.slots:
+                process = slot.process
+                if process is None or process.kill_reason is not None:
+                    continue
+                rss = process.rss_mb()
+                if rss > limit:
+                    process.kill("memory", f"RSS {rss:.0f} MB > limit {limit} MB")
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment Lambda sets for the function, pointed at this emulator's S3."""
+        c = self.config
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DOLAMBDA_"))}
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stream = time.strftime("%Y/%m/%d") + f"/[$LATEST]{secrets.token_hex(16)}"
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+                "AWS_DEFAULT_REGION": c.region,
+                "AWS_REGION": c.region,
+                "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+                "AWS_ENDPOINT_URL": self.endpoint_url,  # no AWS service is reachable from here
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_python{minor}",
+                "AWS_LAMBDA_FUNCTION_NAME": c.function_name,
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(c.memory_mb),
+                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(math.ceil(c.timeout)),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.function_name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "LAMBDA_TASK_ROOT": c.task_root,
+                "_HANDLER": c.handler,
+                "DOLAMBDA_SIGNING_KEY": c.signing_key,
+                "DOLAMBDA_PREFIX": c.prefix,
+                "DOLAMBDA_BUCKET": c.bucket,
+                "DOLAMBDA_EMULATOR_RLIMIT_AS_MB": str(c.memory_mb * 2 + 2048),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (c.pythonpath, os.environ.get("PYTHONPATH")) if p
+                ),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
