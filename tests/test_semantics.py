@@ -1,5 +1,6 @@
-"""DESIGN §2, case by case, on ``.do`` and ``.do_parallel(workers=2)``: iteration,
-laziness, nesting, seeds, the verbs (decorator, run, arun, submit), immutability."""
+"""DESIGN §2, case by case, on every backend (the ``backend`` fixture: sequential, 2 local
+worker processes, the emulator's Lambda): iteration, nesting, seeds, the verbs (decorator,
+run, arun, submit, cancel), immutability; and what only ``.do`` promises (laziness)."""
 
 from __future__ import annotations
 
@@ -255,6 +256,12 @@ def test_seeded_results_identical_everywhere(workers: int, chunk: Any) -> None:
     assert loop.do(_draws) == expected
 
 
+@pytest.mark.parametrize("chunk", [1, 7, "auto"])
+def test_seeded_results_identical_on_every_backend(backend: Backend, chunk: Any) -> None:
+    loop = foreach(i=range(20)).seed(1234).chunk_size(chunk)
+    assert loop.run(_draws, backend=backend) == _reference(20)
+
+
 def test_seeded_streams_match_the_documented_construction() -> None:
     result = foreach(i=range(3)).seed(99).do(lambda i: float(rng().random()))
     expected = [
@@ -309,8 +316,14 @@ def test_decorator_verbs() -> None:
     assert len(record) == 1
 
 
-async def test_decorator_await_and_arun() -> None:
-    register(LOCAL2)
+def test_decorator_run_on_a_backend(backend: Backend) -> None:
+    assert squares.combine(sum).run(backend=backend) == 30
+    assert squares.when(lambda x: x % 2 == 0).run(backend=backend) == [0, 4, 16]
+    assert squares.submit(backend=backend).result(timeout=60) == [0, 1, 4, 9, 16]
+
+
+async def test_decorator_await_and_arun(backend: Backend) -> None:
+    register(backend)
     assert await squares.combine(sum) == 30
     assert await foreach(x=range(5)).combine(sum).arun(square) == 30
     assert await squares.when(lambda x: x > 2).arun() == [9, 16]
@@ -378,9 +391,8 @@ def test_register_rejects_garbage() -> None:
 # ------------------------------------------------------------------ submit / Job
 
 
-def test_submit_result_and_progress() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(6)).combine(sum).submit(square)
+def test_submit_result_and_progress(backend: Backend) -> None:
+    job = foreach(x=range(6)).combine(sum).submit(square, backend=backend)
     assert isinstance(job, Job)
     assert job.result(timeout=60) == 55
     assert job.done()
@@ -390,24 +402,21 @@ def test_submit_result_and_progress() -> None:
     assert job.id
 
 
-async def test_submit_await_and_as_completed() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(8)).chunk_size(1).submit(square)
+async def test_submit_await_and_as_completed(backend: Backend) -> None:
+    job = foreach(x=range(8)).chunk_size(1).submit(square, backend=backend)
     seen = [item async for item in job.as_completed()]
     assert sorted(seen) == [(x, x * x) for x in range(8)]
     assert await job == [x * x for x in range(8)]
 
 
-async def test_as_completed_raises_the_jobs_error() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(4)).submit(lambda x: 1 // (x - 2))
+async def test_as_completed_raises_the_jobs_error(backend: Backend) -> None:
+    job = foreach(x=range(4)).submit(lambda x: 1 // (x - 2), backend=backend)
     with pytest.raises(TaskError):
         async for _ in job.as_completed():
             pass
 
 
-def test_cancel_then_result_raises() -> None:
-    register(LOCAL2)
+def test_cancel_then_result_raises(backend: Backend) -> None:
 
     def body(x: int) -> int:
         import time
@@ -415,7 +424,7 @@ def test_cancel_then_result_raises() -> None:
         time.sleep(0.05)
         return x
 
-    job = foreach(x=range(400)).chunk_size(1).submit(body)
+    job = foreach(x=range(400)).chunk_size(1).submit(body, backend=backend)
     # wait (bounded) until something has finished, then cancel
     next(_first_progress(job))
     job.cancel()
@@ -434,9 +443,9 @@ def _first_progress(job: Job) -> Iterator[int]:
     yield asyncio.run(first())
 
 
-async def test_cancel_from_async() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(400)).chunk_size(1).submit(lambda x: __import__("time").sleep(0.05))
+async def test_cancel_from_async(backend: Backend) -> None:
+    loop = foreach(x=range(400)).chunk_size(1)
+    job = loop.submit(lambda x: __import__("time").sleep(0.05), backend=backend)
     async for _ in job.as_completed():
         break
     job.cancel()
@@ -453,18 +462,19 @@ def test_submit_sequential_without_backend_warns() -> None:
 # ------------------------------------------------------------------ sync verbs in a running loop
 
 
-async def test_sync_verbs_inside_running_event_loop() -> None:
+async def test_sync_verbs_inside_running_event_loop(backend: Backend) -> None:
     assert foreach(x=range(4)).combine(sum).do_parallel(square, workers=2) == 14
     assert foreach(x=range(4)).do(square) == [0, 1, 4, 9]
     with pytest.warns(RuntimeWarning):
         assert foreach(x=range(4)).combine(sum).run(square) == 14
-    register(LOCAL2)
+    assert foreach(x=range(4)).combine(sum).run(square, backend=backend) == 14
+    register(backend)
     assert foreach(x=range(4)).combine(sum).run(square) == 14
     # the event loop keeps running meanwhile
     assert await asyncio.sleep(0, result="alive") == "alive"
 
 
-async def test_arun_does_not_block_the_event_loop() -> None:
+async def test_arun_does_not_block_the_event_loop(backend: Backend) -> None:
     ticks = 0
     stop = asyncio.Event()
 
@@ -475,7 +485,7 @@ async def test_arun_does_not_block_the_event_loop() -> None:
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(ticker())
-    register("sequential")
+    register(backend)  # a registered sequential backend runs the body on a thread here
     result = await foreach(x=range(6)).arun(slow_early)
     stop.set()
     await task
@@ -509,9 +519,10 @@ def test_every_builder_returns_a_new_unchanged_spec() -> None:
         base.seed_value = 5  # frozen
 
 
-def test_spec_reusable_across_runs_and_backends() -> None:
+def test_spec_reusable_across_runs_and_backends(backend: Backend) -> None:
     loop = foreach(x=range(5)).combine("+").seed(1)
-    assert loop.do(square) == loop.do_parallel(square, workers=2) == loop.do(square) == 30
+    assert loop.do(square) == loop.run(square, backend=backend) == loop.do(square) == 30
+    assert loop.run(square, backend=backend) == loop.do_parallel(square, workers=2) == 30
 
 
 def test_inner_loop_unchanged_by_nesting() -> None:
