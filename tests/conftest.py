@@ -46,6 +46,14 @@ def lambda_emulator(moto_url: str) -> Iterator[Emulator]:
         yield emu
 
 
+@pytest.fixture(scope="session")
+def lambda_backend(lambda_emulator: Emulator) -> LambdaBackend:
+    """One LambdaBackend on the session's emulator, as a user registers one and keeps it:
+    its warm clients on the portal's loop live until the portal closes them at exit
+    (a backend dropped mid-session leaves them to the garbage collector)."""
+    return LambdaBackend(**lambda_emulator.backend_settings())
+
+
 #: the backends every semantics case runs on (the ids of the ``backend`` fixture)
 BACKEND_NAMES = ("sequential", "local", "lambda")
 
@@ -60,8 +68,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return SequentialBackend()
     if request.param == "local":
         return LOCAL2
-    emu: Emulator = request.getfixturevalue("lambda_emulator")
-    return LambdaBackend(**emu.backend_settings())
+    lambda_backend: LambdaBackend = request.getfixturevalue("lambda_backend")
+    return lambda_backend
 
 
 @pytest.fixture(autouse=True)
