@@ -1,64 +1,102 @@
-"""A moto server on 127.0.0.1 at a free port, as a separate process (aiobotocore's pattern)."""
+"""A plain moto server on 127.0.0.1, in its own process, on a port the OS picks.
+
+The server binds port 0 and prints the port it got (aiobotocore's
+``ThreadedMotoServer(port=0)`` then ``get_host_and_port()``, run in a child
+process so that moto's state and threads stay out of the test process), so no
+other process can take the port between choosing and binding it. It exits when
+its stdin closes, so it never outlives the test run.
+
+``python -m tests.moto_server`` is the child's entry point.
+"""
 
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from pathlib import Path
+
+READY = "MOTO-SERVER-READY"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A port nothing listens on right now: only for a dead endpoint that must refuse
+    connections, never for a server to bind later (that is a race)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 class MotoServer:
-    """``with MotoServer() as url:`` runs ``python -m moto.server`` until the block ends."""
+    """``with MotoServer() as url:`` runs a plain moto server until the block ends."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
 
-    def start(self) -> str:
+    def start(self, timeout: float = 30.0) -> str:
         env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "tests.moto_server"],
+            cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with code {self.proc.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).close()
-                return self.url
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("moto server did not start within 30 s")
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            line = self.proc.stdout.readline() if selector.select(timeout) else ""
+        if not line.startswith(READY):
+            self.stop()
+            raise RuntimeError(f"moto server did not start within {timeout:g} s: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.url
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
         urllib.request.urlopen(req, timeout=10).close()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()  # the server's cue to shut down
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
     def __enter__(self) -> str:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve() -> None:
+    """The child: bind port 0, print ``MOTO-SERVER-READY <port>``, serve until stdin closes."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    print(READY, server.get_host_and_port()[1], flush=True)
+    sys.stdin.read()
+    # no server.stop(): it waits out serve_forever's poll; the daemon thread ends with us
+
+
+if __name__ == "__main__":
+    serve()

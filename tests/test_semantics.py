@@ -1,5 +1,6 @@
-"""DESIGN §2, case by case, on ``.do`` and ``.do_parallel(workers=2)``: iteration,
-laziness, nesting, seeds, the verbs (decorator, run, arun, submit), immutability."""
+"""DESIGN §2, case by case, on every backend (the ``backend`` fixture: sequential, 2 local
+worker processes, the emulator's Lambda): iteration, nesting, seeds, the verbs (decorator,
+run, arun, submit, cancel), immutability; and what only ``.do`` promises (laziness)."""
 
 from __future__ import annotations
 
@@ -14,86 +15,76 @@ import numpy as np
 import pytest
 
 import dolambda
-from dolambda import DolambdaError, Job, TaskError, foreach, register, rng, times
+from dolambda import Backend, DolambdaError, Job, TaskError, foreach, register, rng, times
 from dolambda._errors import JobCancelled
-from tests.helpers import LOCAL2, as_str, both, identity, run, slow_early, square
+from tests.helpers import LOCAL2, as_str, identity, slow_early, square
 
 # ------------------------------------------------------------------ iteration
 
 
-@both
-def test_no_combine_gives_list_in_order_keeping_none(how: str) -> None:
-    result = run(foreach(x=range(6)), lambda x: None if x % 2 else x, how)
+def test_no_combine_gives_list_in_order_keeping_none(backend: Backend) -> None:
+    result = foreach(x=range(6)).run(lambda x: None if x % 2 else x, backend=backend)
     assert result == [0, None, 2, None, 4, None]
 
 
-@both
-def test_variables_advance_in_lockstep_and_stop_at_shortest(how: str) -> None:
-    result = run(
-        foreach(x=range(10), y="abc", z=[1.5, 2.5, 3.5, 4.5]), lambda x, y, z: (x, y, z), how
-    )
+def test_variables_advance_in_lockstep_and_stop_at_shortest(backend: Backend) -> None:
+    loop = foreach(x=range(10), y="abc", z=[1.5, 2.5, 3.5, 4.5])
+    result = loop.run(lambda x, y, z: (x, y, z), backend=backend)
     assert result == [(0, "a", 1.5), (1, "b", 2.5), (2, "c", 3.5)]
-    assert run(foreach(x=range(5), y=[]), lambda x, y: x, how) == []
+    assert foreach(x=range(5), y=[]).run(lambda x, y: x, backend=backend) == []
 
 
-@both
-def test_infinite_generator_zipped_with_finite(how: str) -> None:
-    result = run(foreach(x=itertools.count(), y=range(4)), lambda x, y: x * y, how)
+def test_infinite_generator_zipped_with_finite(backend: Backend) -> None:
+    result = foreach(x=itertools.count(), y=range(4)).run(lambda x, y: x * y, backend=backend)
     assert result == [0, 1, 4, 9]
 
 
-@both
-def test_single_iteration_and_empty(how: str) -> None:
-    assert run(foreach(x=["only"]), identity, how) == ["only"]
-    assert run(foreach(x=iter(())), identity, how) == []
+def test_single_iteration_and_empty(backend: Backend) -> None:
+    assert foreach(x=["only"]).run(identity, backend=backend) == ["only"]
+    assert foreach(x=iter(())).run(identity, backend=backend) == []
 
 
-@both
-def test_times(how: str) -> None:
-    assert run(times(3), lambda: "hi", how) == ["hi", "hi", "hi"]
-    assert run(times(0), lambda: "hi", how) == []
-    assert run(times(4).combine("+"), lambda: 2, how) == 8
+def test_times(backend: Backend) -> None:
+    assert times(3).run(lambda: "hi", backend=backend) == ["hi", "hi", "hi"]
+    assert times(0).run(lambda: "hi", backend=backend) == []
+    assert times(4).combine("+").run(lambda: 2, backend=backend) == 8
 
 
-@both
-def test_when_filters(how: str) -> None:
+def test_when_filters(backend: Backend) -> None:
     loop = foreach(x=range(10), y=range(10, 20)).when(lambda x, y: x % 3 == 0)
-    assert run(loop, lambda x, y: x + y, how) == [10, 16, 22, 28]
-    assert run(loop.when(lambda x, y: False), lambda x, y: 1, how) == []
+    assert loop.run(lambda x, y: x + y, backend=backend) == [10, 16, 22, 28]
+    assert loop.when(lambda x, y: False).run(lambda x, y: 1, backend=backend) == []
 
 
-@both
-def test_closures_and_lambdas(how: str) -> None:
+def test_closures_and_lambdas(backend: Backend) -> None:
     offset = 1000
     table = {i: chr(97 + i) for i in range(5)}
 
     def body(x: int) -> str:
         return f"{table[x]}{x + offset}"
 
-    assert run(foreach(x=range(3)), body, how) == ["a1000", "b1001", "c1002"]
-    assert run(foreach(x=range(3)), lambda x: table[x] * (offset // 500), how) == [
+    assert foreach(x=range(3)).run(body, backend=backend) == ["a1000", "b1001", "c1002"]
+    assert foreach(x=range(3)).run(lambda x: table[x] * (offset // 500), backend=backend) == [
         "aa",
         "bb",
         "cc",
     ]
 
 
-@both
-def test_body_taking_kwargs(how: str) -> None:
-    assert run(foreach(x=range(2), y="ab"), lambda **kw: sorted(kw.items()), how) == [
+def test_body_taking_kwargs(backend: Backend) -> None:
+    assert foreach(x=range(2), y="ab").run(lambda **kw: sorted(kw.items()), backend=backend) == [
         [("x", 0), ("y", "a")],
         [("x", 1), ("y", "b")],
     ]
 
 
-@both
-def test_body_that_prints(how: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_body_that_prints(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     def noisy(x: int) -> int:
         print(f"iteration {x} says hello")
         return x
 
-    assert run(foreach(x=range(3)), noisy, how) == [0, 1, 2]
-    if how == "do":
+    assert foreach(x=range(3)).run(noisy, backend=backend) == [0, 1, 2]
+    if backend.name == "sequential":
         assert "iteration 2 says hello" in capsys.readouterr().out
 
 
@@ -153,48 +144,52 @@ def _pair(i: int, j: int) -> tuple[int, int]:
     return (i, j)
 
 
-@both
-def test_nest_with_callable_inner_iterable(how: str) -> None:
+def test_nest_with_callable_inner_iterable(backend: Backend) -> None:
     loop = foreach(i=range(4)).nest(foreach(j=lambda i: range(i)))
-    assert run(loop, _pair, how) == [[], [(1, 0)], [(2, 0), (2, 1)], [(3, 0), (3, 1), (3, 2)]]
+    assert loop.run(_pair, backend=backend) == [
+        [],
+        [(1, 0)],
+        [(2, 0), (2, 1)],
+        [(3, 0), (3, 1), (3, 2)],
+    ]
 
 
-@both
-def test_nest_when_at_both_levels(how: str) -> None:
+def test_nest_when_at_both_levels(backend: Backend) -> None:
     loop = (
         foreach(i=range(5))
         .when(lambda i: i % 2 == 0)
         .nest(foreach(j=lambda i: range(i + 1)).when(lambda i, j: j != 1))
     )
-    assert run(loop, _pair, how) == [[(0, 0)], [(2, 0), (2, 2)], [(4, 0), (4, 2), (4, 3), (4, 4)]]
+    assert loop.run(_pair, backend=backend) == [
+        [(0, 0)],
+        [(2, 0), (2, 2)],
+        [(4, 0), (4, 2), (4, 3), (4, 4)],
+    ]
 
 
-@both
-def test_nest_inner_combine_and_final_per_outer_value(how: str) -> None:
+def test_nest_inner_combine_and_final_per_outer_value(backend: Backend) -> None:
     inner = foreach(j=lambda i: range(i + 1)).combine("+", final=lambda s: ("sum", s))
-    result = run(foreach(i=range(4)).nest(inner), lambda i, j: j, how)
+    result = foreach(i=range(4)).nest(inner).run(lambda i, j: j, backend=backend)
     assert result == [("sum", 0), ("sum", 1), ("sum", 3), ("sum", 6)]
     outer = foreach(i=range(4)).combine(lambda a, b: [*a, b[1]], init=[]).nest(inner)
-    assert run(outer, lambda i, j: j, how) == [0, 1, 3, 6]
+    assert outer.run(lambda i, j: j, backend=backend) == [0, 1, 3, 6]
 
 
-@both
-def test_nest_three_levels_and_zero_inner(how: str) -> None:
+def test_nest_three_levels_and_zero_inner(backend: Backend) -> None:
     loop = (
         foreach(a=range(2))
         .nest(foreach(b=lambda a: range(a + 1)).combine("c"))
         .nest(foreach(c=lambda a, b: ["x"] * b))
     )
-    result = run(loop, lambda a, b, c: f"{a}{b}{c}", how)
+    result = loop.run(lambda a, b, c: f"{a}{b}{c}", backend=backend)
     # a=0: one level-2 result ([] from an empty level 3) and no init -> that value as is;
     # a=1: level 2 splices its level-3 lists [] and ["11x"] with "c"
     assert result == [[], ["11x"]]
 
 
-@both
-def test_nest_inner_sees_outer_values_and_uses_times(how: str) -> None:
+def test_nest_inner_sees_outer_values_and_uses_times(backend: Backend) -> None:
     loop = foreach(i=range(3)).nest(times(2))
-    assert run(loop, lambda i: i * 10, how) == [[0, 0], [10, 10], [20, 20]]
+    assert loop.run(lambda i: i * 10, backend=backend) == [[0, 0], [10, 10], [20, 20]]
 
 
 def _fail_j1(i: int, j: int) -> int:
@@ -203,18 +198,16 @@ def _fail_j1(i: int, j: int) -> int:
     return i * 10 + j
 
 
-@both
-def test_nest_leaf_failure_uses_inner_errorhandling(how: str) -> None:
+def test_nest_leaf_failure_uses_inner_errorhandling(backend: Backend) -> None:
     loop = foreach(i=range(3)).nest(foreach(j=range(3)).errorhandling("remove"))
-    assert run(loop, _fail_j1, how) == [[0, 2], [10, 12], [20, 22]]
+    assert loop.run(_fail_j1, backend=backend) == [[0, 2], [10, 12], [20, 22]]
 
 
-@both
-def test_nest_outer_explicit_errorhandling_wins(how: str) -> None:
+def test_nest_outer_explicit_errorhandling_wins(backend: Backend) -> None:
     loop = (
         foreach(i=range(2)).errorhandling("pass").nest(foreach(j=range(3)).errorhandling("remove"))
     )
-    result = run(loop, _fail_j1, how)
+    result = loop.run(_fail_j1, backend=backend)
     assert [r[0] for r in result] == [0, 10]
     assert [r[2] for r in result] == [2, 12]
     assert all(isinstance(r[1], ValueError) for r in result)
@@ -222,14 +215,13 @@ def test_nest_outer_explicit_errorhandling_wins(how: str) -> None:
 
     stop = foreach(i=range(2)).errorhandling("stop").nest(foreach(j=range(3)).errorhandling("pass"))
     with pytest.raises(TaskError) as info:
-        run(stop, _fail_j1, how)
+        stop.run(_fail_j1, backend=backend)
     assert info.value.path[1] == 1
 
 
-@both
-def test_nest_default_is_stop_with_path(how: str) -> None:
+def test_nest_default_is_stop_with_path(backend: Backend) -> None:
     with pytest.raises(TaskError) as info:
-        run(foreach(i=range(1, 2)).nest(foreach(j=range(3))), _fail_j1, how)
+        foreach(i=range(1, 2)).nest(foreach(j=range(3))).run(_fail_j1, backend=backend)
     err = info.value
     assert err.index == 0  # the outer index, 0-based
     assert err.path == (0, 1)
@@ -239,10 +231,9 @@ def test_nest_default_is_stop_with_path(how: str) -> None:
     assert "leaf 1,1" in str(err)
 
 
-@both
-def test_nest_outer_remove_drops_leaves_only(how: str) -> None:
+def test_nest_outer_remove_drops_leaves_only(backend: Backend) -> None:
     loop = foreach(i=range(2)).errorhandling("remove").nest(foreach(j=range(3)))
-    assert run(loop, _fail_j1, how) == [[0, 2], [10, 12]]
+    assert loop.run(_fail_j1, backend=backend) == [[0, 2], [10, 12]]
 
 
 # ------------------------------------------------------------------ seeds
@@ -265,6 +256,12 @@ def test_seeded_results_identical_everywhere(workers: int, chunk: Any) -> None:
     assert loop.do(_draws) == expected
 
 
+@pytest.mark.parametrize("chunk", [1, 7, "auto"])
+def test_seeded_results_identical_on_every_backend(backend: Backend, chunk: Any) -> None:
+    loop = foreach(i=range(20)).seed(1234).chunk_size(chunk)
+    assert loop.run(_draws, backend=backend) == _reference(20)
+
+
 def test_seeded_streams_match_the_documented_construction() -> None:
     result = foreach(i=range(3)).seed(99).do(lambda i: float(rng().random()))
     expected = [
@@ -274,32 +271,28 @@ def test_seeded_streams_match_the_documented_construction() -> None:
     assert result == expected
 
 
-@both
-def test_seeded_streams_differ_per_iteration_and_seed(how: str) -> None:
-    a = run(foreach(i=range(5)).seed(1), _draws, how)
-    b = run(foreach(i=range(5)).seed(2), _draws, how)
+def test_seeded_streams_differ_per_iteration_and_seed(backend: Backend) -> None:
+    a = foreach(i=range(5)).seed(1).run(_draws, backend=backend)
+    b = foreach(i=range(5)).seed(2).run(_draws, backend=backend)
     assert len({r[0] for r in a}) == 5
     assert a != b
 
 
-@both
-def test_shorter_seeded_loop_is_prefix(how: str) -> None:
+def test_shorter_seeded_loop_is_prefix(backend: Backend) -> None:
     long = _reference(15, seed=7)
-    assert run(foreach(i=range(6)).seed(7), _draws, how) == long[:6]
+    assert foreach(i=range(6)).seed(7).run(_draws, backend=backend) == long[:6]
 
 
-@both
-def test_seed_streams_follow_index_not_filter(how: str) -> None:
+def test_seed_streams_follow_index_not_filter(backend: Backend) -> None:
     full = _reference(10, seed=5)
-    kept = run(foreach(i=range(10)).seed(5).when(lambda i: i % 3 == 0), _draws, how)
+    kept = foreach(i=range(10)).seed(5).when(lambda i: i % 3 == 0).run(_draws, backend=backend)
     assert kept == [full[i] for i in range(0, 10, 3)]
 
 
-@both
-def test_seeded_nested_loops(how: str) -> None:
+def test_seeded_nested_loops(backend: Backend) -> None:
     loop = foreach(i=range(3)).nest(foreach(j=lambda i: range(i + 1))).seed(11)
     body = lambda i, j: float(rng().random())  # noqa: E731
-    assert run(loop, body, how) == loop.do(body)
+    assert loop.run(body, backend=backend) == loop.do(body)
 
 
 def test_rng_outside_a_loop_is_a_generator() -> None:
@@ -323,8 +316,14 @@ def test_decorator_verbs() -> None:
     assert len(record) == 1
 
 
-async def test_decorator_await_and_arun() -> None:
-    register(LOCAL2)
+def test_decorator_run_on_a_backend(backend: Backend) -> None:
+    assert squares.combine(sum).run(backend=backend) == 30
+    assert squares.when(lambda x: x % 2 == 0).run(backend=backend) == [0, 4, 16]
+    assert squares.submit(backend=backend).result(timeout=60) == [0, 1, 4, 9, 16]
+
+
+async def test_decorator_await_and_arun(backend: Backend) -> None:
+    register(backend)
     assert await squares.combine(sum) == 30
     assert await foreach(x=range(5)).combine(sum).arun(square) == 30
     assert await squares.when(lambda x: x > 2).arun() == [9, 16]
@@ -392,9 +391,8 @@ def test_register_rejects_garbage() -> None:
 # ------------------------------------------------------------------ submit / Job
 
 
-def test_submit_result_and_progress() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(6)).combine(sum).submit(square)
+def test_submit_result_and_progress(backend: Backend) -> None:
+    job = foreach(x=range(6)).combine(sum).submit(square, backend=backend)
     assert isinstance(job, Job)
     assert job.result(timeout=60) == 55
     assert job.done()
@@ -404,24 +402,21 @@ def test_submit_result_and_progress() -> None:
     assert job.id
 
 
-async def test_submit_await_and_as_completed() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(8)).chunk_size(1).submit(square)
+async def test_submit_await_and_as_completed(backend: Backend) -> None:
+    job = foreach(x=range(8)).chunk_size(1).submit(square, backend=backend)
     seen = [item async for item in job.as_completed()]
     assert sorted(seen) == [(x, x * x) for x in range(8)]
     assert await job == [x * x for x in range(8)]
 
 
-async def test_as_completed_raises_the_jobs_error() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(4)).submit(lambda x: 1 // (x - 2))
+async def test_as_completed_raises_the_jobs_error(backend: Backend) -> None:
+    job = foreach(x=range(4)).submit(lambda x: 1 // (x - 2), backend=backend)
     with pytest.raises(TaskError):
         async for _ in job.as_completed():
             pass
 
 
-def test_cancel_then_result_raises() -> None:
-    register(LOCAL2)
+def test_cancel_then_result_raises(backend: Backend) -> None:
 
     def body(x: int) -> int:
         import time
@@ -429,7 +424,7 @@ def test_cancel_then_result_raises() -> None:
         time.sleep(0.05)
         return x
 
-    job = foreach(x=range(400)).chunk_size(1).submit(body)
+    job = foreach(x=range(400)).chunk_size(1).submit(body, backend=backend)
     # wait (bounded) until something has finished, then cancel
     next(_first_progress(job))
     job.cancel()
@@ -448,9 +443,9 @@ def _first_progress(job: Job) -> Iterator[int]:
     yield asyncio.run(first())
 
 
-async def test_cancel_from_async() -> None:
-    register(LOCAL2)
-    job = foreach(x=range(400)).chunk_size(1).submit(lambda x: __import__("time").sleep(0.05))
+async def test_cancel_from_async(backend: Backend) -> None:
+    loop = foreach(x=range(400)).chunk_size(1)
+    job = loop.submit(lambda x: __import__("time").sleep(0.05), backend=backend)
     async for _ in job.as_completed():
         break
     job.cancel()
@@ -467,18 +462,19 @@ def test_submit_sequential_without_backend_warns() -> None:
 # ------------------------------------------------------------------ sync verbs in a running loop
 
 
-async def test_sync_verbs_inside_running_event_loop() -> None:
+async def test_sync_verbs_inside_running_event_loop(backend: Backend) -> None:
     assert foreach(x=range(4)).combine(sum).do_parallel(square, workers=2) == 14
     assert foreach(x=range(4)).do(square) == [0, 1, 4, 9]
     with pytest.warns(RuntimeWarning):
         assert foreach(x=range(4)).combine(sum).run(square) == 14
-    register(LOCAL2)
+    assert foreach(x=range(4)).combine(sum).run(square, backend=backend) == 14
+    register(backend)
     assert foreach(x=range(4)).combine(sum).run(square) == 14
     # the event loop keeps running meanwhile
     assert await asyncio.sleep(0, result="alive") == "alive"
 
 
-async def test_arun_does_not_block_the_event_loop() -> None:
+async def test_arun_does_not_block_the_event_loop(backend: Backend) -> None:
     ticks = 0
     stop = asyncio.Event()
 
@@ -489,7 +485,7 @@ async def test_arun_does_not_block_the_event_loop() -> None:
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(ticker())
-    register("sequential")
+    register(backend)  # a registered sequential backend runs the body on a thread here
     result = await foreach(x=range(6)).arun(slow_early)
     stop.set()
     await task
@@ -523,9 +519,10 @@ def test_every_builder_returns_a_new_unchanged_spec() -> None:
         base.seed_value = 5  # frozen
 
 
-def test_spec_reusable_across_runs_and_backends() -> None:
+def test_spec_reusable_across_runs_and_backends(backend: Backend) -> None:
     loop = foreach(x=range(5)).combine("+").seed(1)
-    assert loop.do(square) == loop.do_parallel(square, workers=2) == loop.do(square) == 30
+    assert loop.do(square) == loop.run(square, backend=backend) == loop.do(square) == 30
+    assert loop.run(square, backend=backend) == loop.do_parallel(square, workers=2) == 30
 
 
 def test_inner_loop_unchanged_by_nesting() -> None:
@@ -535,7 +532,6 @@ def test_inner_loop_unchanged_by_nesting() -> None:
     assert outer.do(lambda i, j: j) == [1, 1]
 
 
-@both
-def test_strings_and_results_of_any_type(how: str) -> None:
-    assert run(foreach(x="ab"), lambda x: {x: [x]}, how) == [{"a": ["a"]}, {"b": ["b"]}]
-    assert run(foreach(x=range(3)), as_str, how) == ["0", "1", "2"]
+def test_strings_and_results_of_any_type(backend: Backend) -> None:
+    assert foreach(x="ab").run(lambda x: {x: [x]}, backend=backend) == [{"a": ["a"]}, {"b": ["b"]}]
+    assert foreach(x=range(3)).run(as_str, backend=backend) == ["0", "1", "2"]
