@@ -214,7 +214,9 @@ def _generic(op: pickletools.OpcodeInfo, stack: list[Any], pop: Any, pop_mark: A
 
 
 @dataclass(frozen=True)
-class _Import:
+class SourceImport:
+    """One import found in a module's source."""
+
     module: str  # absolute dotted name
     maybe_submodule: bool  # from X import name: X.name may be a module or an attribute
     optional: bool
@@ -238,12 +240,12 @@ def _catches_import_error(node: ast.Try) -> bool:
     return False
 
 
-def source_imports(source: bytes | str, module: str, *, is_package: bool) -> list[_Import]:
+def source_imports(source: bytes | str, module: str, *, is_package: bool) -> list[SourceImport]:
     """The imports in one module's source, as absolute dotted names (relative imports
     resolved against ``module``). Raises SyntaxError when the source does not parse."""
     tree = ast.parse(source)
     package = module if is_package else module.rpartition(".")[0]
-    found: list[_Import] = []
+    found: list[SourceImport] = []
 
     def visit(node: ast.AST, optional: bool) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
@@ -259,13 +261,13 @@ def source_imports(source: bytes | str, module: str, *, is_package: bool) -> lis
                     visit(sub, optional)
             return
         if isinstance(node, ast.Import):
-            found.extend(_Import(alias.name, False, optional) for alias in node.names)
+            found.extend(SourceImport(alias.name, False, optional) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _resolve_from(node, package)
             if base:
-                found.append(_Import(base, False, optional))
+                found.append(SourceImport(base, False, optional))
                 found.extend(
-                    _Import(f"{base}.{alias.name}", True, optional)
+                    SourceImport(f"{base}.{alias.name}", True, optional)
                     for alias in node.names
                     if alias.name != "*"
                 )
