@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dolambda._errors import ConfigError
+from dolambda._errors import BackendError, ConfigError
 from dolambda.emulator.runtime_api import (
     FunctionError,
     InitError,
@@ -142,6 +142,8 @@ def test_environment_holds_nothing_of_the_parent(
     tmp = Path(env["TMPDIR"])
     box.close()
     assert not tmp.exists()  # the environment's temp dir goes with it
+    with pytest.raises(BackendError, match="closed"):
+        box.invoke(b"{}", 1.0)
 
 
 def test_reserved_keys_are_refused(make_sandbox: MakeSandbox, tmp_path: Path) -> None:
@@ -249,10 +251,26 @@ def test_import_failure_is_an_init_error_not_a_hang(
     assert not box.alive  # awslambdaric exits after posting the init error
     assert any("Runtime.ImportModuleError" in line for line in lines)
 
-    missing = make_sandbox(task_root=task, handler="lambda_function.no_such_function")
+    good = write_handler(tmp_path / "good", "def lambda_handler(event, context):\n    pass\n")
+    missing = make_sandbox(task_root=good, handler="lambda_function.no_such_function")
     outcome = missing.invoke(b"{}", 60.0)
     assert isinstance(outcome, InitError)
-    assert outcome.error_type == "Runtime.ImportModuleError"
+    assert outcome.error_type == "Runtime.HandlerNotFound"
+
+
+def test_a_response_over_6_mb_fails_the_invocation(
+    make_sandbox: MakeSandbox, tmp_path: Path
+) -> None:
+    task = write_handler(
+        tmp_path / "task",
+        """
+        def lambda_handler(event, context):
+            return "x" * (7 * 1024 * 1024)
+        """,
+    )
+    outcome = make_sandbox(task_root=task).invoke(b"{}", 30.0)
+    assert isinstance(outcome, FunctionError)
+    assert outcome.error_type == "Function.ResponseSizeTooLarge"
 
 
 def test_a_handler_past_its_timeout_is_killed(make_sandbox: MakeSandbox, tmp_path: Path) -> None:

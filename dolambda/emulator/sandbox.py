@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from dolambda._errors import ConfigError
+from dolambda._errors import BackendError, ConfigError
 from dolambda.emulator.runtime_api import FunctionError, InitError, Invocation, Response, RuntimeAPI
 
 __all__ = [
@@ -332,7 +332,7 @@ main(["awslambdaric", os.environ["_HANDLER"]])
 # Keys Lambda sets and refuses in a function's configuration ("reserved"), per
 # https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime
 RESERVED = frozenset(
-    {
+    [
         "_HANDLER",
         "_X_AMZN_TRACE_ID",
         "AWS_DEFAULT_REGION",
@@ -351,7 +351,7 @@ RESERVED = frozenset(
         "AWS_LAMBDA_RUNTIME_API",
         "LAMBDA_TASK_ROOT",
         "LAMBDA_RUNTIME_DIR",
-    }
+    ]
 )
 
 
@@ -457,6 +457,7 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
         self._lock = threading.Lock()
+        self._closed = False
         self._threads: list[threading.Thread] = []
         base_bin = Path(sys.base_prefix) / "bin"
         task, rt = str(self.task_root), str(self.runtime)
@@ -500,6 +501,8 @@ class Sandbox:
     def start(self) -> None:
         """Start the runtime process (the init phase runs while the caller goes on)."""
         with self._lock:
+            if self._closed:
+                raise BackendError("this execution environment is closed: make a new Sandbox")
             if self._proc is not None:
                 return
             self._started = time.monotonic()
@@ -626,6 +629,8 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill the processes, stop the Runtime API, remove the environment's temp dir."""
+        with self._lock:
+            self._closed = True
         self.kill()
         self._api.close()
         for thread in self._threads:
