@@ -14,7 +14,8 @@ from dolambda import LocalBackend, Loop
 #: one warm 2-worker backend shared by the tests that register a backend
 LOCAL2 = LocalBackend(2)
 
-#: the executors every semantic case is checked on
+#: the executors test_combine and test_errors check on (test_semantics takes every backend,
+#: the emulator's included, from conftest's ``backend`` fixture)
 BACKENDS = ("do", "do_parallel")
 
 

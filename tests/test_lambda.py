@@ -432,6 +432,7 @@ def test_attach_after_client_dies(emu: Any, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     backend = backend_for(emu, task_timeout=30.0)
     job = dolambda.Job.attach(job_id, backend)
     assert job.id == job_id

@@ -201,7 +201,7 @@ class LocalBackend(Backend):
     def _discard(self, proc: _Proc | None = None) -> None:
         """A process died or was killed: free its place in the budget."""
         if proc is not None:
-            proc.close()
+            proc.kill()  # reaped too: one that lost only its task pipe may still run
         with self._lock:
             if self._hand_over(None):
                 return

@@ -68,8 +68,7 @@ def kill_when_running(proc: Any) -> str:
     finally:
         proc.kill()  # SIGKILL: no finally block, no cleanup, no cancel marker
         proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        proc.stdout.close()
 
 
 def test_client_killed_mid_gather_then_attach(
