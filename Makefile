@@ -36,6 +36,7 @@ demo: $(STAMP_RUN)
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check dolambda handler tests
 	$(VENV)/bin/ruff format --check dolambda handler tests
+	$(VENV)/bin/lint-imports
 
 types: $(STAMP_DEV)
 	$(VENV)/bin/mypy

@@ -12,7 +12,7 @@
     ├── VersionMismatch                         client and worker disagree on Python/dill/wire
     └── BackendError                            the backend itself failed
         ├── ConfigError                         missing region, key, bucket setting...
-        ├── StorageError                        S3 said no (translated in ``dolambda._aws.s3``)
+        ├── StorageError                        S3 said no (translated in ``dolambda._aws.errors``)
         └── DeployError                         deploy, doctor or destroy could not finish
 """
 
