@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -261,18 +262,40 @@ def make_doctor_command(
 main.add_command(make_doctor_command())
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a question on this terminal."""
+    return sys.stdin.isatty()
+
+
 @main.command("destroy")
 @aws_options()
 @click.option("--delete-bucket", is_flag=True, help="Also delete the bucket and ALL its objects.")
-def destroy_command(delete_bucket: bool, **options: Any) -> None:
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
+def destroy_command(delete_bucket: bool, yes: bool, **options: Any) -> None:
     """Remove what `dolambda deploy` created; the bucket and others' objects stay.
+
+    Asks before it deletes anything when run on a terminal; elsewhere (scripts, CI)
+    it needs --yes, as terraform, sam and apt do.
 
     \b
     Example:
       dolambda destroy --bucket my-dolambda-queue
-      dolambda destroy --bucket my-dolambda-queue --delete-bucket
+      dolambda destroy --bucket my-dolambda-queue --delete-bucket --yes
     """
-    destroy(settings_from_config(**options), delete_bucket=delete_bucket, echo=click.echo)
+    settings = settings_from_config(**options)
+    what = (
+        f"the bucket {settings.bucket} with EVERY object in it"
+        if delete_bucket
+        else f"the function {settings.function_name}, its role, its log group and the "
+        f"objects under s3://{settings.bucket}/{settings.root}"
+    )
+    if not yes:
+        if not _interactive():
+            raise click.UsageError(
+                f"destroy would delete {what}; pass --yes to confirm (no terminal to ask on)"
+            )
+        click.confirm(f"Delete {what}?", abort=True)
+    destroy(settings, delete_bucket=delete_bucket, echo=click.echo)
 
 
 # --- the queue bucket -------------------------------------------------------------------

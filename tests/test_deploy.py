@@ -428,7 +428,15 @@ def test_destroy_removes_ours_and_keeps_the_users(url: str, small_package: dep.P
     run_deploy(url, small_package)
     s3.put_object(Bucket=BUCKET, Key="data/users-file.csv", Body=b"1,2,3")
     s3.put_object(Bucket=BUCKET, Key="dolambda/results/j/0000000.out", Body=b"x")
+    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=url)
+    logs.create_log_group(logGroupName="/aws/lambda/dolambda")  # Lambda makes it on first run
+    logs.create_log_group(logGroupName="/aws/lambda/dolambda-users-other")
     changes = dep.destroy(settings(url))
+    assert ("deleted", "log group /aws/lambda/dolambda") in [
+        (c.action, c.resource) for c in changes
+    ]
+    left = [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]
+    assert left == ["/aws/lambda/dolambda-users-other"]
     assert {c.action for c in changes} <= {"deleted", "kept"}
     c = clients(url)
     with pytest.raises(ClientError):
@@ -733,9 +741,105 @@ def test_cli_deploy_doctor_destroy(
     assert "FAIL permission: " in result.output
     result = runner.invoke(cli.main, ["deploy", *args, "--memory", "99999"])
     assert result.exit_code != 0 and "memory 99999 MB is out of range" in result.output
-    result = runner.invoke(cli.main, ["destroy"])
+    result = runner.invoke(cli.main, ["destroy"])  # no terminal and no --yes: refused
+    assert result.exit_code == 2 and "pass --yes to confirm" in result.output
+    assert "deleted" not in result.output
+    result = runner.invoke(cli.main, ["destroy", "--yes"])
     assert result.exit_code == 0, result.output
     assert "deleted   function dolambda" in result.output
+
+
+def test_cli_destroy_asks_on_a_terminal(
+    url: str, small_package: dep.Package, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_deploy(url, small_package)
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    runner = CliRunner()
+    args = ["destroy", "--bucket", BUCKET, "--region", "us-east-1", "--endpoint-url", url]
+    said_no = runner.invoke(cli.main, [*args, "--delete-bucket"], input="n\n")
+    assert said_no.exit_code == 1 and "EVERY object" in said_no.output
+    assert bucket_region(Clients(settings(url)), BUCKET) == "us-east-1"  # nothing deleted
+    said_yes = runner.invoke(cli.main, args, input="y\n")
+    assert said_yes.exit_code == 0, said_yes.output
+    assert "deleted   function dolambda" in said_yes.output
+
+
+class _Lambda:
+    """A Lambda client whose calls fail with the given errors, then succeed: IAM's eventual
+    consistency and an identity's missing permissions cannot be produced by moto."""
+
+    def __init__(self, errors: dict[str, list[ClientError]]) -> None:
+        self.errors = errors
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def op(**kw: Any) -> Any:
+            self.calls.append(name)
+            pending = self.errors.get(name, [])
+            if pending:
+                raise pending.pop(0)
+            return {}
+
+        return op
+
+
+def _error(code: str, message: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "Op",
+    )
+
+
+def test_event_invoke_config_is_retried_while_the_role_settles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dolambda.deploy import function
+
+    monkeypatch.setattr(function, "ROLE_SETTLE_PAUSE", 0.0)
+    invalid = "The destination ARN arn:aws:lambda:us-east-1:1:function:dolambda is invalid."
+    lam = _Lambda(
+        {
+            "put_function_event_invoke_config": [
+                _error("InvalidParameterValueException", invalid),
+                _error("InvalidParameterValueException", invalid),
+            ],
+            "get_function_event_invoke_config": [_error("ResourceNotFoundException", "no", 404)],
+        }
+    )
+
+    class FakeClients:
+        region, account, partition = "us-east-1", "1", "aws"
+
+    fake = FakeClients()
+    fake.lam = lam  # type: ignore[attr-defined]
+    change = function.ensure_event_invoke_config(dep.DeploySettings(bucket=BUCKET), fake)  # type: ignore[arg-type]
+    assert change.action == "created"
+    assert lam.calls.count("put_function_event_invoke_config") == 3
+    # any other invalid parameter is not retried
+    lam.errors["put_function_event_invoke_config"] = [
+        _error("InvalidParameterValueException", "MaximumRetryAttempts must be at most 2")
+    ]
+    lam.errors["get_function_event_invoke_config"] = [_error("ResourceNotFoundException", "", 404)]
+    with pytest.raises(dep.DeployError, match="PutFunctionEventInvokeConfig"):
+        function.ensure_event_invoke_config(dep.DeploySettings(bucket=BUCKET), fake)  # type: ignore[arg-type]
+
+
+def test_recursion_config_access_denied_is_skipped_not_fatal() -> None:
+    from dolambda.deploy import function
+
+    denied = "User: arn:aws:iam::1:user/u is not authorized to perform: lambda:Get*"
+    lam = _Lambda({"get_function_recursion_config": [_error("AccessDeniedException", denied, 403)]})
+
+    class FakeClients:
+        pass
+
+    fake = FakeClients()
+    fake.lam = lam  # type: ignore[attr-defined]
+    change = function.ensure_recursion_config(dep.DeploySettings(bucket=BUCKET), fake)  # type: ignore[arg-type]
+    assert change.action == "skipped" and "may not" in change.detail
 
 
 def test_doctor_round_trip_hook_from_cli(url: str, small_package: dep.Package) -> None:

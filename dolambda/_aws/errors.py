@@ -72,6 +72,7 @@ class Kind(enum.Enum):
     BAD_BUCKET_NAME = "bad bucket name"
     RUNTIME_REFUSED = "runtime refused"
     ROLE_NOT_READY = "role not ready"  # a new IAM role Lambda cannot assume yet
+    DESTINATION_NOT_READY = "destination not ready"  # ... or whose policy it cannot see yet
     NOTIFICATIONS_OVERLAP = "notifications overlap"
     UNSUPPORTED = "unsupported"  # the endpoint does not know the operation
     FAILED = "failed"  # anything else
@@ -203,7 +204,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         Kind.NO_REGION,
         classes=("NoRegionError",),
-        deploy="no AWS region: pass --region (or set AWS_REGION)",
+        deploy="no AWS region: pass --region (or set AWS_DEFAULT_REGION or a profile region)",
     ),
     Rule(
         Kind.WRONG_REGION,
@@ -239,6 +240,11 @@ RULES: tuple[Rule, ...] = (
         deploy="{resource} is not a valid S3 bucket name{said}",
     ),
     Rule(Kind.ROLE_NOT_READY, codes=("InvalidParameterValueException",), says="assume"),
+    Rule(
+        Kind.DESTINATION_NOT_READY,
+        codes=("InvalidParameterValueException",),
+        says="destination",
+    ),
     Rule(
         Kind.RUNTIME_REFUSED,
         says="runtime",

@@ -18,7 +18,7 @@ from dolambda.deploy.settings import DeploySettings
 
 
 class Clients:
-    """boto3 clients for s3, iam, lambda and sts built from (region, profile, endpoint_url)."""
+    """boto3 clients (s3, iam, lambda, sts, logs) built from (region, profile, endpoint_url)."""
 
     def __init__(self, settings: DeploySettings) -> None:
         import boto3
@@ -35,7 +35,8 @@ class Clients:
         region = settings.region or session.region_name
         if not region:
             raise DeployError(
-                "no AWS region: pass --region (or set AWS_REGION / a region in your AWS profile)"
+                "no AWS region: pass --region (or set AWS_DEFAULT_REGION, or a region in your "
+                "AWS profile)"
             )
         self.region: str = region
         config = Config(retries={"max_attempts": 5, "mode": "standard"})
@@ -46,6 +47,7 @@ class Clients:
         self.iam: Any = session.client("iam", **kw)
         self.lam: Any = session.client("lambda", **kw)
         self.sts: Any = session.client("sts", **kw)
+        self.logs: Any = session.client("logs", **kw)
         self._identity: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``dolambda destroy``: remove what ``dolambda deploy`` made, and nothing else.
 
 Our notification entry and lifecycle rule are taken out of the bucket's configuration
-(the user's entries stay), the function (with its permission and async-invoke config)
-and our role with its inline policy are deleted, and so are the objects under
+(the user's entries stay), the function (with its permission and async-invoke config),
+our role with its inline policy and the function's log group are deleted, and so are
+the objects (every version) under
 ``<prefix>/``. The bucket and every other object stay unless ``delete_bucket``.
 """
 
@@ -71,6 +72,7 @@ def destroy(
     else:
         step(Change("absent", f"function {s.function_name}"))
     step(_remove_role(s, c))
+    step(_remove_log_group(s, c))
     if region is not None:
         count = _delete_objects(s, c, prefix=s.root)
         step(Change("deleted", f"objects under s3://{s.bucket}/{s.root}", f"{count}"))
@@ -139,6 +141,23 @@ def _remove_role(s: DeploySettings, c: Clients) -> Change:
         return Change("kept", what, f"dolambda's policy removed; it also has {', '.join(others)}")
     call("iam:DeleteRole", what, c.iam.delete_role, RoleName=s.role_name)
     return Change("deleted", what, "and its inline policy")
+
+
+def _remove_log_group(s: DeploySettings, c: Clients) -> Change:
+    """Lambda creates ``/aws/lambda/<function>`` on the first invocation (the role may
+    create it); it outlives the function unless deleted."""
+    name = f"/aws/lambda/{s.function_name}"
+    what = f"log group {name}"
+    found = call(
+        "logs:DescribeLogGroups",
+        what,
+        c.logs.describe_log_groups,
+        logGroupNamePrefix=name,
+    )
+    if not any(g.get("logGroupName") == name for g in found.get("logGroups", [])):
+        return Change("absent", what)
+    call("logs:DeleteLogGroup", what, c.logs.delete_log_group, missing=True, logGroupName=name)
+    return Change("deleted", what)
 
 
 def _delete_objects(s: DeploySettings, c: Clients, *, prefix: str) -> int:
