@@ -118,11 +118,14 @@ def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:
 
 def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
     """Turn a verified wire outcome into a TaskResult (values unpickled)."""
+    values, undecodable = decode_values(outcome)
     return TaskResult(
         task_id=outcome.task_id,
-        values=decode_values(outcome),
+        values=values,
         ticks=unpack_ticks(outcome.ticks),
-        errors={e.position: e for e in outcome.errors},
+        # the body's own error (with its traceback) wins over "its exception cannot be
+        # unpickled here"
+        errors={**undecodable, **{e.position: e for e in outcome.errors}},
         failure=outcome.failure,
         stats=outcome.stats,
         attempts=attempts,

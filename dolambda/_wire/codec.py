@@ -28,8 +28,8 @@ import pickle
 import sys
 import types
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import dill
 from pydantic import BaseModel, ValidationError
@@ -208,28 +208,112 @@ def encode_run(
     return [found[k] for k in sorted(found)], _PER_VALUE + dumps(blobs)
 
 
-def decode_values(outcome: TaskOutcome) -> list[Any]:
-    """The values of a verified outcome, one for each iteration that ran."""
+def decode_values(outcome: TaskOutcome) -> tuple[list[Any], dict[int, IterationError]]:
+    """The values of a verified outcome, one for each iteration that ran, and an error for
+    each value this process cannot unpickle (a class it cannot import, another numpy):
+    such an iteration failed here, it is never a ``None`` result."""
     count = outcome.ran
     if not outcome.values:
-        return [None] * count
+        return [None] * count, {}
     kind, data = outcome.values[:1], outcome.values[1:]
     if kind == _ALL_VALUES:
         try:
-            return list(loads(data))
-        except Exception:  # e.g. a class that cannot be rebuilt here
-            return [None] * count
+            return list(loads(data)), {}
+        except Exception as exc:
+            # one pickle for the whole chunk: read it again with stand-ins for what cannot
+            # be imported here, so only the iterations that hold one fail
+            return _decode_around(data, count, exc)
     blobs: list[bytes | None] = loads(data)
     values: list[Any] = []
-    for blob in blobs:
+    errors: dict[int, IterationError] = {}
+    for k, blob in enumerate(blobs):
         if blob is None:
             values.append(None)
             continue
         try:
             values.append(loads(blob))
-        except Exception:  # e.g. an exception class that cannot be rebuilt here
+        except Exception as exc:
             values.append(None)
-    return values
+            errors[k] = _undecodable(_said(exc), k)
+    return values, errors
+
+
+class _Missing:
+    """Stands in, while a chunk's values are read again, for a class or function this
+    process cannot import; an iteration whose value holds one failed."""
+
+    missing: ClassVar[str] = ""
+    error: ClassVar[str] = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _StandInUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return type(name, (_Missing,), {"missing": f"{module}.{name}", "error": _said(exc)})
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _stand_in(value: Any, budget: list[int]) -> _Missing | type[_Missing] | None:
+    """The first stand-in inside ``value`` (containers searched, at most ``budget`` items)."""
+    if isinstance(value, _Missing) or (isinstance(value, type) and issubclass(value, _Missing)):
+        return value
+    budget[0] -= 1
+    if budget[0] < 0:
+        return None
+    items: Iterable[Any] = ()
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    elif hasattr(value, "__dict__") and isinstance(value.__dict__, dict):
+        items = value.__dict__.values()
+    for item in items:
+        found = _stand_in(item, budget)
+        if found is not None:
+            return found
+    return None
+
+
+def _decode_around(
+    data: bytes, count: int, first: BaseException
+) -> tuple[list[Any], dict[int, IterationError]]:
+    try:
+        values = list(_StandInUnpickler(io.BytesIO(data)).load())
+    except Exception:  # not even with stand-ins: every iteration of the chunk failed
+        error = _undecodable(_said(first))
+        return [None] * count, {k: error.model_copy(update={"position": k}) for k in range(count)}
+    errors: dict[int, IterationError] = {}
+    for k, value in enumerate(values):
+        found = _stand_in(value, [10_000])
+        if found is not None:
+            errors[k] = _undecodable(f"{found.error} (needed for {found.missing})", k)
+            values[k] = None
+    if not errors:  # the stand-ins were not what failed
+        error = _undecodable(_said(first))
+        return [None] * count, {k: error.model_copy(update={"position": k}) for k in range(count)}
+    return values, errors
+
+
+def _undecodable(said: BaseException | str, position: int = 0) -> IterationError:
+    return IterationError(
+        position=position,
+        error_type="SerializationError",
+        error_message=(
+            f"its result cannot be unpickled in the client: {said} (the client needs every "
+            "module and class the result refers to, in the versions the function has)"
+        ),
+    )
 
 
 def digest(data: bytes) -> str:
