@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import stat
@@ -849,3 +850,18 @@ def test_doctor_round_trip_hook_from_cli(url: str, small_package: dep.Package) -
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 0, result.output
     assert calls == [BUCKET] and "OK  round trip" in result.output
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "cn-north-1", "us-gov-west-1"])
+def test_doctor_knows_every_partitions_regions(region: str) -> None:
+    doctor = importlib.import_module("dolambda.deploy.doctor")  # the facade's doctor() shadows it
+
+    class FakeClients:
+        pass
+
+    fake = FakeClients()
+    fake.region = region  # type: ignore[attr-defined]
+    assert doctor._region(dep.DeploySettings(bucket=BUCKET), fake) == region  # type: ignore[arg-type]
+    fake.region = "mars-north-1"  # type: ignore[attr-defined]
+    with pytest.raises(doctor._Failed, match="not a region with AWS Lambda"):
+        doctor._region(dep.DeploySettings(bucket=BUCKET), fake)  # type: ignore[arg-type]

@@ -139,7 +139,13 @@ def _region(s: DeploySettings, c: Clients) -> str:
         return f"{c.region} (endpoint {s.endpoint_url})"
     import boto3
 
-    known = boto3.Session().get_available_regions("lambda")
+    # every partition's regions (aws, aws-cn, aws-us-gov, ...), not only the default's
+    session = boto3.Session()
+    known = {
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("lambda", partition_name=partition)
+    }
     if known and c.region not in known:
         raise _Failed(f"{c.region} is not a region with AWS Lambda", "pass --region REGION")
     return c.region
