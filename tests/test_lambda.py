@@ -536,11 +536,12 @@ def test_duplicate_events_give_one_result_per_task() -> None:
 
 
 def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
-    emu: Any,
+    emu: Any, tmp_path: Path
 ) -> None:
     import socket
 
     backend = backend_for(emu, task_timeout=30.0)
+    go = str(tmp_path / "go")  # the job runs until the test has tried to attach
     with socket.socket() as sock:
 
         def add(a: int, b: int) -> int:
@@ -548,7 +549,9 @@ def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
             return a + b
 
         def slow(x: int) -> int:
-            time.sleep(0.2)
+            deadline = time.monotonic() + 25
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.01)
             return x
 
         job = (
@@ -563,6 +566,7 @@ def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
             time.sleep(0.02)
         with pytest.raises(DolambdaError, match="could not be pickled"):
             dolambda.Job.attach(job.id, backend)
+        Path(go).touch()
         assert job.result(timeout=60) == sum(range(8))  # attach did not cancel it
 
 
