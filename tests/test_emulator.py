@@ -323,7 +323,7 @@ def test_drop_fraction_drops_events(emulator: Emulator) -> None:
     assert len(result_ids(s3, emulator, job)) == 10 - stats.dropped
 
 
-@emulator_args(workers=1, timeout=1.0)
+@emulator_args(workers=1, timeout=3.0)
 def test_timeout_kills_the_worker_and_a_fresh_one_runs_the_next_task(
     emulator: Emulator,
 ) -> None:
@@ -348,7 +348,7 @@ def test_timeout_kills_the_worker_and_a_fresh_one_runs_the_next_task(
     # which wrote an error result naming the timeout
     failure = results[0].failure
     assert failure is not None and failure.kind == "timeout"
-    assert "Task timed out after 1.00 seconds" in failure.message
+    assert "Task timed out after 3.00 seconds" in failure.message
     assert emulator.wait_idle(10)
     stats = emulator.stats
     assert stats.timeouts == 1 and stats.cold_starts == 2

@@ -514,7 +514,7 @@ def test_memory_limit_is_a_distinct_error_naming_the_limit() -> None:
 
 
 def test_dropped_events_are_recovered_by_retries() -> None:
-    with emulator.Emulator(workers=2, timeout=2.0, drop_fraction=0.3, seed=3) as lossy:
+    with emulator.Emulator(workers=2, timeout=5.0, drop_fraction=0.3, seed=3) as lossy:
         backend = LambdaBackend(**{**lossy.backend_settings(), "retries": 4})
         job = (
             foreach(x=range(20))
