@@ -93,7 +93,15 @@ class LoopSpec(BaseModel):
         return self.model_copy(update={"error_mode": mode})
 
     def seed(self, seed: int) -> Self:
-        """Reproducible random streams: iteration k uses ``SeedSequence(seed, spawn_key=(k,))``."""
+        """Reproducible random streams, the same on every backend and for any chunk size.
+
+        Before iteration k's body runs (path ``(k,)``; ``(i, j)`` in a nest), three
+        generators are seeded, each from its own stream so their draws are independent:
+        :func:`dolambda.rng` is ``default_rng(SeedSequence(seed, spawn_key=(k,)))``,
+        Python's ``random`` is seeded from ``SeedSequence(seed, spawn_key=(k, 0))`` and
+        numpy's global generator (``np.random.random()``) from
+        ``SeedSequence(seed, spawn_key=(k, 1))``. Other generators are not touched.
+        """
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidArgumentType(f"seed: expected a non-negative integer, got {seed!r}")
         if seed < 0:
