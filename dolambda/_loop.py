@@ -124,13 +124,18 @@ class Loop(LoopSpec):
         return self.arun().__await__()
 
 
-def foreach(**variables: Any) -> Loop:
+def foreach(*unnamed: Any, **variables: Any) -> Loop:
     """Start a loop over the keyword variables, advanced in lockstep (like ``zip``).
+
+    Each variable is named, as in R's ``foreach(x = 1:3)``; an unnamed one is an error
+    that says so.
 
     >>> from dolambda import foreach
     >>> foreach(x=range(3), y="abc").do(lambda x, y: y * x)
     ['', 'b', 'cc']
     """
+    if unnamed:
+        raise InvalidArgumentType(_name_the_variables(unnamed))
     if not variables:
         raise InvalidArgument(
             "foreach() needs at least one iteration variable as a keyword, e.g. "
@@ -143,6 +148,19 @@ def foreach(**variables: Any) -> Loop:
                 f"{value!r}); pass a list, range, generator or other iterable"
             )
     return Loop(variables=tuple(variables.items()))
+
+
+def _name_the_variables(unnamed: tuple[Any, ...]) -> str:
+    """The message for ``foreach(range(3))``: name the variable, with the user's own values."""
+    shown = [repr(value) for value in unnamed]
+    if any(len(text) > 40 for text in shown):
+        shown = ["..."] * len(shown)
+    names = ("x", "y", "z") if len(shown) <= 3 else tuple(f"x{i}" for i in range(len(shown)))
+    example = ", ".join(f"{name}={text}" for name, text in zip(names, shown, strict=False))
+    return (
+        f"foreach takes its iteration variables as keywords: name each one, e.g. "
+        f"foreach({example}); the body then receives them by those names"
+    )
 
 
 def times(n: int) -> Loop:

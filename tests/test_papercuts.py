@@ -5,11 +5,14 @@ shapes, job-level failures and where the output goes."""
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import numpy as np
+import pytest
 
-from dolambda import Backend, foreach, rng
+from dolambda import Backend, InvalidArgumentType, foreach, register, rng
+from tests.helpers import identity
 
 # ------------------------------------------------------------------ seeds (#3)
 
@@ -43,3 +46,30 @@ def test_seeded_random_and_numpy_global_streams_are_independent(backend: Backend
     for own, python, legacy in result:
         assert len({*own, *python, *legacy}) == 9  # no two generators share a draw
     assert result == [_documented_streams(7, k) for k in range(4)]
+
+
+# ------------------------------------------------------------------ messages (#16, #20)
+
+
+def test_unnamed_foreach_variable_says_to_name_it() -> None:
+    with pytest.raises(InvalidArgumentType, match=r"name each one, e\.g\. foreach\(x=range"):
+        foreach(range(3))
+    with pytest.raises(TypeError, match=r"foreach\(x=\[1, 2\], y='ab'\)"):
+        foreach([1, 2], "ab")
+
+
+def test_run_without_a_backend_warns_once_per_process() -> None:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")  # count every warning given, not pytest's dedup
+        assert foreach(x=range(3)).run(identity) == [0, 1, 2]
+        assert foreach(x=range(2)).combine(sum).run(identity) == 1
+        foreach(x=range(2)).submit(identity).result(timeout=60)
+    assert [str(w.message).split(":")[0] for w in record] == ["no parallel backend registered"]
+    register("sequential")  # registering the sequential backend is not "none registered"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert foreach(x=range(2)).run(identity) == [0, 1]
+    assert record == []
+    register(None)  # back to a fresh process's state: the warning is armed again
+    with pytest.warns(RuntimeWarning, match="no parallel backend registered"):
+        foreach(x=range(2)).run(identity)
