@@ -11,8 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dolambda import Backend, InvalidArgumentType, foreach, register, rng
-from tests.helpers import identity
+from dolambda import (
+    Backend,
+    InvalidArgumentType,
+    JobCancelled,
+    TaskError,
+    foreach,
+    register,
+    rng,
+)
+from tests.helpers import LOCAL2, identity, square
 
 # ------------------------------------------------------------------ seeds (#3)
 
@@ -73,3 +81,30 @@ def test_run_without_a_backend_warns_once_per_process() -> None:
     register(None)  # back to a fresh process's state: the warning is armed again
     with pytest.warns(RuntimeWarning, match="no parallel backend registered"):
         foreach(x=range(2)).run(identity)
+
+
+# ------------------------------------------------------------------ as_completed (#13)
+
+
+def test_as_completed_works_with_a_plain_for(backend: Backend) -> None:
+    job = foreach(x=range(8)).chunk_size(1).submit(square, backend=backend)
+    seen = [item for item in job.as_completed()]
+    assert sorted(seen) == [(x, x * x) for x in range(8)]
+    assert job.done()
+    assert sorted(job.as_completed()) == sorted(seen)  # again, once finished: the same items
+    assert job.result(timeout=60) == [x * x for x in range(8)]
+
+
+def test_plain_for_over_as_completed_raises_the_jobs_error(backend: Backend) -> None:
+    job = foreach(x=range(4)).submit(lambda x: 1 // (x - 2), backend=backend)
+    with pytest.raises(TaskError, match="iteration 2"):
+        for _ in job.as_completed():
+            pass
+
+
+def test_plain_for_over_a_job_cancelled_before_it_ran_ends() -> None:
+    job = foreach(x=range(100)).chunk_size(1).submit(square, backend=LOCAL2)
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        for _ in job.as_completed():
+            pass
