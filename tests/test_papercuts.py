@@ -15,7 +15,9 @@ from dolambda import (
     Backend,
     InvalidArgumentType,
     JobCancelled,
+    SerializationError,
     TaskError,
+    VersionMismatch,
     foreach,
     register,
     rng,
@@ -108,3 +110,49 @@ def test_plain_for_over_a_job_cancelled_before_it_ran_ends() -> None:
     with pytest.raises(JobCancelled):
         for _ in job.as_completed():
             pass
+
+
+# ------------------------------------------------------------------ job-level failures (#2)
+
+
+class OpensAFileWhenUnpickled:
+    """Captured by a body, it pickles fine here and fails to unpickle on any worker."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, ("/nonexistent-dolambda-dir/data.csv",))
+
+
+REMOTE = pytest.mark.parametrize("remote", ["local", "lambda"])
+
+
+def _remote(name: str, request: pytest.FixtureRequest) -> Backend:
+    if name == "local":
+        return LOCAL2
+    backend: Backend = request.getfixturevalue("lambda_backend")
+    return backend
+
+
+@REMOTE
+@pytest.mark.parametrize("mode", ["stop", "remove", "pass"])
+def test_a_body_that_cannot_be_unpickled_is_a_job_error(
+    remote: str, mode: str, request: pytest.FixtureRequest
+) -> None:
+    captured = OpensAFileWhenUnpickled()
+    loop = foreach(x=range(6)).chunk_size(2).errorhandling(mode).combine("+")
+    with pytest.raises(SerializationError) as info:
+        loop.run(lambda x: x + len(str(captured)), backend=_remote(remote, request))
+    text = str(info.value)
+    assert not isinstance(info.value, TaskError)
+    assert "cannot be unpickled on the worker" in text and "FileNotFoundError" in text
+    assert "no iteration of this job can run" in text and "inside the body" in text  # the fix
+
+
+@REMOTE
+def test_a_version_mismatch_is_a_job_error_even_when_removing(
+    remote: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a client on another Python than its workers: its manifest says so
+    monkeypatch.setattr("dolambda._backends.sealing.python_version", lambda: "3.1")
+    loop = foreach(x=range(4)).errorhandling("remove")
+    with pytest.raises(VersionMismatch, match=r"cannot run on the .* Python 3\.1"):
+        loop.run(identity, backend=_remote(remote, request))

@@ -29,10 +29,17 @@ from dolambda._core.combine import Accumulator
 from dolambda._core.plan import plan_tasks
 from dolambda._core.spec import LoopSpec, all_variables, levels
 from dolambda._core.tasks import InnerDone, Leaf, PlannedTask
-from dolambda._errors import DolambdaError, JobCancelled, TaskError
+from dolambda._errors import (
+    DolambdaError,
+    JobCancelled,
+    SerializationError,
+    SignatureError,
+    TaskError,
+    VersionMismatch,
+)
 from dolambda._stats import JobStats
 from dolambda._wire import codec
-from dolambda._wire.models import IterationError, TaskFailure
+from dolambda._wire.models import JOB_FAILURES, IterationError, TaskFailure
 
 #: called with the top-level (indexes, values) of each batch as it is combined
 OnTop = Callable[[Sequence[int], list[Any]], None]
@@ -191,6 +198,22 @@ def failure_error(leaf: Leaf, failure: TaskFailure) -> TaskError:
         path=leaf.path,
         variables=leaf.kwargs,
         error_type=failure.kind,
+    )
+
+
+#: the error a job-level failure raises, by TaskFailure kind (see JOB_FAILURES)
+_JOB_ERRORS: dict[str, type[DolambdaError]] = {
+    "signature": SignatureError,
+    "version": VersionMismatch,
+    "load": SerializationError,
+}
+
+
+def job_failure_error(job_id: str, backend: str, failure: TaskFailure) -> DolambdaError:
+    """The error for a failure no task of the job can escape: nothing ran, whatever the
+    errorhandling (so ``"remove"`` does not turn it into an empty success)."""
+    return _JOB_ERRORS[failure.kind](
+        f"job {job_id} cannot run on the {backend} backend: {failure.message}"
     )
 
 
@@ -374,6 +397,8 @@ class JobRun:
             self.stats.tasks.append(result.stats)
         self.stats.retries += max(0, result.attempts - 1)
         if result.failure is not None:
+            if result.failure.kind in JOB_FAILURES:
+                raise job_failure_error(self.job_id, self.backend.name, result.failure)
             self._fail_all(task, range(len(task)), result.failure)
             return
         values, errors = result.values, result.errors
