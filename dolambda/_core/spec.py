@@ -69,9 +69,21 @@ class LoopSpec(BaseModel):
         ``"max"``, ``"min"``, ``"cbind"``, ``"rbind"``), a 2-argument function (a fold),
         a 1-argument reducer such as ``sum`` (called on lists), or a ``*args`` function.
 
+        ``"rbind"`` gives one row per result: a DataFrame for ``pd.Series`` and dict
+        results (a dict is a row of its values where pandas is not installed), a 2-D
+        numpy array for arrays, else a list of rows.
+
         >>> from dolambda import foreach
         >>> foreach(x=range(4)).combine(sum).do(lambda x: x)
         6
+
+        With zero iterations the combine is never called: the result is ``init`` if
+        given, else ``None`` (R's ``NULL``), not ``sum([]) == 0``:
+
+        >>> foreach(x=range(0)).combine(sum).do(lambda x: x) is None
+        True
+        >>> foreach(x=range(0)).combine(sum, init=0).do(lambda x: x)
+        0
         """
         spec = CombineSpec(
             fn=fn,
