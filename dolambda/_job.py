@@ -73,7 +73,7 @@ class Job:
             loop,
             body,
             backend,
-            progress=backend.progress_default if progress is None else progress,
+            progress=progress,  # None: tqdm's rule (a terminal or Jupyter), on every backend
             on_top=self._on_top,
             plan=plan,
             seed=seed,

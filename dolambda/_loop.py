@@ -5,6 +5,11 @@ The builders (``when``, ``combine``, ``errorhandling``, ``seed``, ``chunk_size``
 ``nest``, the decorator) live on :class:`~dolambda._core.spec.LoopSpec` and return
 a new ``Loop``; nothing runs until a verb (``do``, ``do_parallel``, ``do_lambda``,
 ``run``, ``arun``, ``submit``, ``await``).
+
+Every verb takes ``progress``: ``None`` (the default, on every backend) draws a tqdm bar
+on stderr when stderr is a terminal or in Jupyter, and none otherwise (tqdm's own rule);
+``True`` or ``False`` force it. A Lambda job with a bar ends with a one-line summary of
+its stats and cost, on stderr too.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class Loop(LoopSpec):
         fn: Callable[..., Any] | None = None,
         workers: int | None = None,
         *,
-        progress: bool | None = False,
+        progress: bool | None = None,
     ) -> Any:
         """Run on local worker processes (doParallel); ``workers`` defaults to the CPU count."""
         return self._wait(self._job(fn, lambda: local_backend(workers), progress))

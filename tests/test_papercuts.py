@@ -4,7 +4,9 @@ shapes, job-level failures and where the output goes."""
 
 from __future__ import annotations
 
+import io
 import random
+import sys
 import warnings
 from typing import Any
 
@@ -156,3 +158,53 @@ def test_a_version_mismatch_is_a_job_error_even_when_removing(
     loop = foreach(x=range(4)).errorhandling("remove")
     with pytest.raises(VersionMismatch, match=r"cannot run on the .* Python 3\.1"):
         loop.run(identity, backend=_remote(remote, request))
+
+
+# ------------------------------------------------------------------ quiet output (#6)
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as a shell's is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_bar_and_no_summary_when_stderr_is_not_a_terminal(
+    backend: Backend, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert foreach(x=range(4)).combine(sum).run(square, backend=backend) == 14
+    out, err = capfd.readouterr()
+    assert "dolambda" not in out and "dolambda" not in err
+
+
+def test_on_a_terminal_every_backend_draws_a_bar_and_the_summary_goes_to_stderr(
+    backend: Backend, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert foreach(x=range(4)).combine(sum).run(square, backend=backend) == 14
+    assert f"dolambda[{backend.name}]" in terminal.getvalue()
+    assert "4/4" in terminal.getvalue()
+    if backend.prints_summary:  # the cost line, once, after the bar
+        assert terminal.getvalue().count("dolambda: 4 iterations") == 1
+    out, _ = capfd.readouterr()
+    assert "dolambda" not in out  # the program's stdout is its own
+    terminal.truncate(0)
+    assert foreach(x=range(4)).run(square, backend=backend, progress=False) == [0, 1, 4, 9]
+    assert terminal.getvalue() == ""
+
+
+def test_do_parallel_and_do_lambda_default_alike(
+    lambda_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    loop = foreach(x=range(3))
+    assert loop.do_parallel(square, workers=2) == [0, 1, 4]
+    assert "dolambda[local]" in terminal.getvalue()
+    assert loop.do_lambda(square, backend=lambda_backend) == [0, 1, 4]
+    assert "dolambda[lambda]" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: neither draws
+    assert loop.do_parallel(square, workers=2) == loop.do_lambda(square, backend=lambda_backend)
+    assert sys.stderr.getvalue() == ""

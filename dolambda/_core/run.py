@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -217,12 +218,30 @@ def job_failure_error(job_id: str, backend: str, failure: TaskFailure) -> Dolamb
     )
 
 
-def _progress_bar(show: bool, total: int | None, backend: str) -> Any:
-    if not show:
+def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
+    """A tqdm bar on stderr, or None. ``show=None`` follows tqdm's own rule on every
+    backend: a bar in Jupyter or when stderr is a terminal, none otherwise (a CI log
+    does not fill with ``\\r`` frames); True and False force it on or off."""
+    if show is False:
         return None
-    from tqdm.auto import tqdm  # an optional dependency, imported only when a bar shows
+    stream = sys.stderr
+    in_jupyter = "ipykernel" in sys.modules
+    if show is None and not in_jupyter and not (stream is not None and stream.isatty()):
+        return None  # what tqdm(disable=None) decides, without importing it
+    from tqdm.auto import tqdm  # an optional dependency, imported only when a bar may show
 
-    return tqdm(total=total, desc=f"dolambda[{backend}]", unit="it", leave=True)
+    bar = tqdm(
+        total=total,
+        desc=f"dolambda[{backend}]",
+        unit="it",
+        leave=True,
+        file=stream,
+        disable=None if show is None else False,
+    )
+    if bar.disable:
+        bar.close()
+        return None
+    return bar
 
 
 # --------------------------------------------------------------------------- the engine
@@ -243,7 +262,7 @@ class JobRun:
         body: Callable[..., Any],
         backend: Backend,
         *,
-        progress: bool,
+        progress: bool | None,
         on_top: OnTop,
         plan: list[PlannedTask | InnerDone] | None = None,
         seed: int | None = None,
@@ -283,7 +302,8 @@ class JobRun:
                 self._count(started)
                 from tqdm.auto import tqdm  # optional, as for the bar
 
-                tqdm.write(f"dolambda: {self.stats.summary()}")
+                # stderr, with the bar: the program's stdout stays its own output
+                tqdm.write(f"dolambda: {self.stats.summary()}", file=sys.stderr)
             return result
         except asyncio.CancelledError:
             if self.cancel_requested:
