@@ -140,8 +140,9 @@ class Job:
             loop.call_soon_threadsafe(ctx.cancelled.set)
         if task is not None and loop is not None:
             loop.call_soon_threadsafe(task.cancel)
-        elif self._future is not None:
-            self._future.cancel()
+        # else the job has not started on the portal yet: the engine sees cancel_requested
+        # when it starts and ends with JobCancelled (cancelling the portal's future here
+        # would make result() raise a bare CancelledError and leave that error unread)
 
     def as_completed(self) -> Completed:
         """``(index, value)`` for each top-level iteration as it is combined, in
