@@ -27,13 +27,46 @@ from dolambda._job import Job
 from dolambda._registry import local_backend, resolve_remote_backend, resolve_run_backend
 
 
-class Loop(LoopSpec):
+def _dolambda_names(cls: type) -> list[str]:
+    """The attributes dolambda's own classes in ``cls``'s MRO define, without pydantic's
+    machinery (``model_*``, ``__pydantic_*__``) and private helpers: what ``dir()`` and
+    ``help()`` show of a loop."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] != "dolambda":
+            continue
+        for name in vars(klass):
+            if name.startswith("model_"):
+                continue
+            if name.startswith("_") and name not in _SHOWN_DUNDERS:
+                continue
+            names.add(name)
+    return sorted(names)
+
+
+#: the special methods of a loop a user calls: the decorator form and ``await loop``
+_SHOWN_DUNDERS = frozenset({"__call__", "__await__"})
+
+
+class _LoopType(type(LoopSpec)):  # type: ignore[misc]  # pydantic's ModelMetaclass
+    """Keeps ``help(Loop)`` and ``dir(Loop)`` to dolambda's own methods: the spec is a
+    frozen pydantic model (validated, immutable, picklable), but ``model_dump``, ``json``,
+    ``copy`` and the rest of pydantic's API are not part of dolambda's."""
+
+    def __dir__(cls) -> list[str]:
+        return _dolambda_names(cls)
+
+
+class Loop(LoopSpec, metaclass=_LoopType):
     """A foreach loop spec. Build one with :func:`foreach` or :func:`times`.
 
     >>> from dolambda import foreach
     >>> foreach(x=range(5)).when(lambda x: x % 2 == 0).combine("+").do(lambda x: x * 10)
     60
     """
+
+    def __dir__(self) -> list[str]:
+        return _dolambda_names(type(self))
 
     # ------------------------------------------------------------------ verbs
 

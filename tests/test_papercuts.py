@@ -5,6 +5,8 @@ shapes, job-level failures and where the output goes."""
 from __future__ import annotations
 
 import io
+import pickle
+import pydoc
 import random
 import sys
 import warnings
@@ -12,11 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from dolambda import (
     Backend,
     InvalidArgumentType,
+    Job,
     JobCancelled,
+    Loop,
     SerializationError,
     TaskError,
     VersionMismatch,
@@ -107,6 +112,17 @@ def test_plain_for_over_as_completed_raises_the_jobs_error(backend: Backend) -> 
 
 
 def test_plain_for_over_a_job_cancelled_before_it_ran_ends() -> None:
+    # cancelled before it reached the portal's loop (deterministically: before start),
+    # and right after submit (either side of the start): JobCancelled, never a hang or a
+    # bare concurrent.futures.CancelledError
+    early = Job(foreach(x=range(100)), square, LOCAL2)
+    early.cancel()
+    early.start_on_portal()
+    with pytest.raises(JobCancelled):
+        for _ in early.as_completed():
+            pass
+    with pytest.raises(JobCancelled):
+        early.result(timeout=60)
     job = foreach(x=range(100)).chunk_size(1).submit(square, backend=LOCAL2)
     job.cancel()
     with pytest.raises(JobCancelled):
@@ -208,3 +224,34 @@ def test_do_parallel_and_do_lambda_default_alike(
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: neither draws
     assert loop.do_parallel(square, workers=2) == loop.do_lambda(square, backend=lambda_backend)
     assert sys.stderr.getvalue() == ""
+
+
+# ------------------------------------------------------------------ help(Loop) (#15)
+
+
+def test_help_and_dir_of_a_loop_show_dolambdas_methods_only() -> None:
+    text = pydoc.render_doc(Loop, renderer=pydoc.plaintext)
+    for verb in ("do", "do_parallel", "do_lambda", "run", "arun", "submit", "seed", "nest"):
+        assert f"\n |  {verb}(self" in text or f"\n |  async {verb}(self" in text, verb
+    for pydantics in (
+        "model_dump",
+        "model_copy",
+        "json(",
+        "copy(",
+        "dict(",
+        "schema",
+        "BaseModel:",
+    ):
+        assert pydantics not in text, pydantics
+    loop = foreach(x=range(3)).combine("+")
+    assert not [name for name in dir(loop) if name.startswith("model_") or name == "json"]
+    assert {"do", "run", "submit", "when", "combine", "__call__", "__await__"} <= set(dir(Loop))
+
+
+def test_a_loop_is_still_an_immutable_picklable_spec() -> None:
+    loop = foreach(x=range(4)).combine("+").seed(3)
+    with pytest.raises(ValidationError):
+        loop.seed_value = 5  # type: ignore[misc]
+    copy = pickle.loads(pickle.dumps(loop))
+    assert type(copy) is Loop and copy.do(square) == loop.do(square) == 14
+    assert type(loop.when(lambda x: True)) is Loop  # every builder keeps the public type
