@@ -17,8 +17,18 @@ if _TYPE_CHECKING:  # for type checkers only: at run time the table below is use
     from dolambda._backends.lambda_ import LambdaBackend as LambdaBackend
     from dolambda._backends.local import LocalBackend as LocalBackend
     from dolambda._core.seeds import rng as rng
+    from dolambda._errors import BackendError as BackendError
+    from dolambda._errors import ConfigError as ConfigError
+    from dolambda._errors import DeployError as DeployError
     from dolambda._errors import DolambdaError as DolambdaError
+    from dolambda._errors import InvalidArgument as InvalidArgument
+    from dolambda._errors import InvalidArgumentType as InvalidArgumentType
+    from dolambda._errors import JobCancelled as JobCancelled
+    from dolambda._errors import SerializationError as SerializationError
+    from dolambda._errors import SignatureError as SignatureError
+    from dolambda._errors import StorageError as StorageError
     from dolambda._errors import TaskError as TaskError
+    from dolambda._errors import VersionMismatch as VersionMismatch
     from dolambda._executor import Executor as Executor
     from dolambda._job import Job as Job
     from dolambda._loop import Loop as Loop
@@ -32,14 +42,26 @@ __version__ = "0.1.0"
 #: every public name and the module it is imported from on first use: the one table
 #: that drives both the lazy imports and ``__all__``
 _WHERE = {
-    "Backend": "dolambda._backends.base",
+    # the whole exception tree (drawn in dolambda/_errors.py)
+    "BackendError": "dolambda._errors",
+    "ConfigError": "dolambda._errors",
+    "DeployError": "dolambda._errors",
     "DolambdaError": "dolambda._errors",
+    "InvalidArgument": "dolambda._errors",
+    "InvalidArgumentType": "dolambda._errors",
+    "JobCancelled": "dolambda._errors",
+    "SerializationError": "dolambda._errors",
+    "SignatureError": "dolambda._errors",
+    "StorageError": "dolambda._errors",
+    "TaskError": "dolambda._errors",
+    "VersionMismatch": "dolambda._errors",
+    # everything else
+    "Backend": "dolambda._backends.base",
     "Executor": "dolambda._executor",
     "Job": "dolambda._job",
     "LambdaBackend": "dolambda._backends.lambda_",
     "LocalBackend": "dolambda._backends.local",
     "Loop": "dolambda._loop",
-    "TaskError": "dolambda._errors",
     "foreach": "dolambda._loop",
     "register": "dolambda._registry",
     "registered": "dolambda._registry",

@@ -14,7 +14,7 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,7 @@ class Job:
             loop,
             body,
             backend,
-            progress=backend.progress_default if progress is None else progress,
+            progress=progress,  # None: tqdm's rule (a terminal or Jupyter), on every backend
             on_top=self._on_top,
             plan=plan,
             seed=seed,
@@ -82,6 +82,8 @@ class Job:
         self._events: list[tuple[Sequence[int], list[Any]]] = []
         self._event_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._events_lock = threading.Lock()
+        # for a thread iterating ``for ... in job.as_completed()``; shares the lock
+        self._events_changed = threading.Condition(self._events_lock)
         self._finished = False
         self._task: asyncio.Task[Any] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
@@ -138,11 +140,23 @@ class Job:
             loop.call_soon_threadsafe(ctx.cancelled.set)
         if task is not None and loop is not None:
             loop.call_soon_threadsafe(task.cancel)
-        elif self._future is not None:
-            self._future.cancel()
+        # else the job has not started on the portal yet: the engine sees cancel_requested
+        # when it starts and ends with JobCancelled (cancelling the portal's future here
+        # would make result() raise a bare CancelledError and leave that error unread)
 
-    async def as_completed(self) -> AsyncIterator[tuple[int, Any]]:
-        """Yield ``(index, value)`` for each top-level iteration as it is combined."""
+    def as_completed(self) -> Completed:
+        """``(index, value)`` for each top-level iteration as it is combined, in
+        completion order; then the job's error, if it failed. Works with ``for``
+        (blocking this thread) and with ``async for`` (from any event loop).
+
+        >>> from dolambda import foreach
+        >>> job = foreach(x=range(3)).submit(lambda x: x * x)
+        >>> sorted(item for item in job.as_completed())
+        [(0, 0), (1, 1), (2, 4)]
+        """
+        return Completed(self)
+
+    async def _completed_async(self) -> AsyncIterator[tuple[int, Any]]:
         seen = 0
         event = asyncio.Event()
         entry = (asyncio.get_running_loop(), event)
@@ -170,6 +184,25 @@ class Job:
                 self._event_waiters.remove(entry)
         await self._await()  # the job has finished: surface its error, if any
 
+    def _completed_sync(self) -> Iterator[tuple[int, Any]]:
+        seen = 0
+        try:
+            while True:
+                with self._events_changed:
+                    while not self._finished and seen >= len(self._events):
+                        self._events_changed.wait()
+                    batch = self._events[seen:]
+                    finished = self._finished
+                seen += len(batch)
+                for indexes, values in batch:
+                    yield from zip(indexes, values, strict=True)
+                if finished and not batch:
+                    break
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        self.result()  # the job has finished: surface its error, if any
+
     @classmethod
     def attach(cls, job_id: str, backend: Backend | None = None) -> Job:
         """Resume gathering a job after the client that submitted it died."""
@@ -191,6 +224,8 @@ class Job:
         """Run the job on the helper thread's loop: ``result()`` may then block anywhere
         and ``await job`` works from any event loop."""
         self._future = _sync.submit_to_portal(self._run_here())
+        # a job cancelled before it started never runs _run's cleanup: end the waits here
+        self._future.add_done_callback(lambda _: self._mark_finished())
         return self
 
     async def _run_here(self) -> Any:
@@ -203,13 +238,18 @@ class Job:
         try:
             return await self._engine.run()
         finally:
-            with self._events_lock:
-                self._finished = True
-            self._notify()
+            self._mark_finished()
 
     # ------------------------------------------------------------------ events
 
+    def _mark_finished(self) -> None:
+        with self._events_lock:
+            self._finished = True
+        self._notify()
+
     def _notify(self) -> None:
+        with self._events_changed:
+            self._events_changed.notify_all()
         for loop, event in list(self._event_waiters):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
@@ -217,8 +257,20 @@ class Job:
     def _on_top(self, indexes: Sequence[int], values: list[Any]) -> None:
         with self._events_lock:
             self._events.append((indexes, values))
-        if self._event_waiters:
-            self._notify()
+        self._notify()
+
+
+class Completed:
+    """What :meth:`Job.as_completed` returns: iterate it with ``for`` or ``async for``."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return self._job._completed_sync()
+
+    def __aiter__(self) -> AsyncIterator[tuple[int, Any]]:
+        return self._job._completed_async()
 
 
 def _attached_body(**kwargs: Any) -> Any:  # pragma: no cover - never called: the body is in S3

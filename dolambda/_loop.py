@@ -5,6 +5,11 @@ The builders (``when``, ``combine``, ``errorhandling``, ``seed``, ``chunk_size``
 ``nest``, the decorator) live on :class:`~dolambda._core.spec.LoopSpec` and return
 a new ``Loop``; nothing runs until a verb (``do``, ``do_parallel``, ``do_lambda``,
 ``run``, ``arun``, ``submit``, ``await``).
+
+Every verb takes ``progress``: ``None`` (the default, on every backend) draws a tqdm bar
+on stderr when stderr is a terminal or in Jupyter, and none otherwise (tqdm's own rule);
+``True`` or ``False`` force it. A Lambda job with a bar ends with a one-line summary of
+its stats and cost, on stderr too.
 """
 
 from __future__ import annotations
@@ -22,13 +27,46 @@ from dolambda._job import Job
 from dolambda._registry import local_backend, resolve_remote_backend, resolve_run_backend
 
 
-class Loop(LoopSpec):
+def _dolambda_names(cls: type) -> list[str]:
+    """The attributes dolambda's own classes in ``cls``'s MRO define, without pydantic's
+    machinery (``model_*``, ``__pydantic_*__``) and private helpers: what ``dir()`` and
+    ``help()`` show of a loop."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] != "dolambda":
+            continue
+        for name in vars(klass):
+            if name.startswith("model_"):
+                continue
+            if name.startswith("_") and name not in _SHOWN_DUNDERS:
+                continue
+            names.add(name)
+    return sorted(names)
+
+
+#: the special methods of a loop a user calls: the decorator form and ``await loop``
+_SHOWN_DUNDERS = frozenset({"__call__", "__await__"})
+
+
+class _LoopType(type(LoopSpec)):  # type: ignore[misc]  # pydantic's ModelMetaclass
+    """Keeps ``help(Loop)`` and ``dir(Loop)`` to dolambda's own methods: the spec is a
+    frozen pydantic model (validated, immutable, picklable), but ``model_dump``, ``json``,
+    ``copy`` and the rest of pydantic's API are not part of dolambda's."""
+
+    def __dir__(cls) -> list[str]:
+        return _dolambda_names(cls)
+
+
+class Loop(LoopSpec, metaclass=_LoopType):
     """A foreach loop spec. Build one with :func:`foreach` or :func:`times`.
 
     >>> from dolambda import foreach
     >>> foreach(x=range(5)).when(lambda x: x % 2 == 0).combine("+").do(lambda x: x * 10)
     60
     """
+
+    def __dir__(self) -> list[str]:
+        return _dolambda_names(type(self))
 
     # ------------------------------------------------------------------ verbs
 
@@ -66,7 +104,7 @@ class Loop(LoopSpec):
         fn: Callable[..., Any] | None = None,
         workers: int | None = None,
         *,
-        progress: bool | None = False,
+        progress: bool | None = None,
     ) -> Any:
         """Run on local worker processes (doParallel); ``workers`` defaults to the CPU count."""
         return self._wait(self._job(fn, lambda: local_backend(workers), progress))
@@ -124,13 +162,18 @@ class Loop(LoopSpec):
         return self.arun().__await__()
 
 
-def foreach(**variables: Any) -> Loop:
+def foreach(*unnamed: Any, **variables: Any) -> Loop:
     """Start a loop over the keyword variables, advanced in lockstep (like ``zip``).
+
+    Each variable is named, as in R's ``foreach(x = 1:3)``; an unnamed one is an error
+    that says so.
 
     >>> from dolambda import foreach
     >>> foreach(x=range(3), y="abc").do(lambda x, y: y * x)
     ['', 'b', 'cc']
     """
+    if unnamed:
+        raise InvalidArgumentType(_name_the_variables(unnamed))
     if not variables:
         raise InvalidArgument(
             "foreach() needs at least one iteration variable as a keyword, e.g. "
@@ -143,6 +186,19 @@ def foreach(**variables: Any) -> Loop:
                 f"{value!r}); pass a list, range, generator or other iterable"
             )
     return Loop(variables=tuple(variables.items()))
+
+
+def _name_the_variables(unnamed: tuple[Any, ...]) -> str:
+    """The message for ``foreach(range(3))``: name the variable, with the user's own values."""
+    shown = [repr(value) for value in unnamed]
+    if any(len(text) > 40 for text in shown):
+        shown = ["..."] * len(shown)
+    names = ("x", "y", "z") if len(shown) <= 3 else tuple(f"x{i}" for i in range(len(shown)))
+    example = ", ".join(f"{name}={text}" for name, text in zip(names, shown, strict=False))
+    return (
+        f"foreach takes its iteration variables as keywords: name each one, e.g. "
+        f"foreach({example}); the body then receives them by those names"
+    )
 
 
 def times(n: int) -> Loop:

@@ -15,20 +15,24 @@ from dolambda._errors import ConfigError, InvalidArgumentType
 _lock = threading.Lock()
 _registered: Backend | None = None
 _local_by_workers: dict[int | None, LocalBackend] = {}
+#: R's foreach warns once per session that %dopar% runs sequentially; so do we, once per
+#: process (and once more after ``register(None)``, which returns to a fresh process's state)
+_warned_sequential = False
 
 
 def register(backend: Backend | str | None) -> None:
     """Register the backend that ``.run()``, ``.arun()`` and ``.submit()`` use.
 
     Accepts a backend object, ``"sequential"``, ``"local"``, or ``None`` to
-    unregister.
+    unregister. With none registered, ``.run()`` runs sequentially and warns once
+    per process, as R's foreach does (``register(None)`` re-arms the warning).
 
     >>> from dolambda import register, registered, LocalBackend
     >>> register(LocalBackend(workers=2)); registered()
     ('local', 2)
     >>> register("sequential")
     """
-    global _registered
+    global _registered, _warned_sequential
     if isinstance(backend, str):
         if backend == "sequential":
             backend = SequentialBackend()
@@ -46,6 +50,8 @@ def register(backend: Backend | str | None) -> None:
         )
     with _lock:
         _registered = backend
+        if backend is None:
+            _warned_sequential = False
 
 
 def registered() -> tuple[str, int]:
@@ -83,14 +89,19 @@ def resolve_run_backend(backend: Any, *, offload: bool) -> Backend:
                 f"backend: expected a backend object, got {type(backend).__name__}"
             )
         return backend
+    global _warned_sequential
     chosen = _registered
     if chosen is None:
-        warnings.warn(
-            "no parallel backend registered: running sequentially. Register one with "
-            "dolambda.register(LocalBackend()) or register(LambdaBackend(...)).",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        with _lock:
+            warn, _warned_sequential = not _warned_sequential, True
+        if warn:
+            warnings.warn(
+                "no parallel backend registered: running sequentially (this warning is "
+                "given once). Register one with dolambda.register(LocalBackend()) or "
+                "register(LambdaBackend(...)).",
+                RuntimeWarning,
+                stacklevel=5,
+            )
         return SequentialBackend(offload=offload)
     if isinstance(chosen, SequentialBackend) and offload and not chosen.offload:
         return SequentialBackend(offload=True)

@@ -71,8 +71,8 @@ API: list[Case] = [
     Case(
         "foreach: positional argument",
         "foreach(range(3))",
-        "TypeError",
-        "positional",
+        "InvalidArgumentType",
+        "name each one, e.g. foreach(x=range(0, 3))",
         lambda c: foreach(range(3)),
     ),  # type: ignore[misc]
     Case(

@@ -188,6 +188,52 @@ def test_bind_with_empty_init_ignores_it(form: str, how: str) -> None:
     )
 
 
+def _series(x: int) -> Any:
+    import pandas as pd
+
+    return pd.Series({"a": x, "b": x * 10})
+
+
+def _named_series(x: int) -> Any:
+    import pandas as pd
+
+    return pd.Series({"a": x, "b": x * 10}, name=f"r{x}")
+
+
+def _record(x: int) -> dict[str, int]:
+    return {"a": x, "b": x * 10}
+
+
+@both
+@pytest.mark.parametrize("maxcombine", [None, 2])
+def test_rbind_of_series_and_dicts_gives_one_row_per_result(how: str, maxcombine: Any) -> None:
+    # R's rbind of named vectors gives rows (it was one long Series, and dicts gave a list
+    # of one-element lists); the same rows whatever the batches
+    pd = pytest.importorskip("pandas")
+    loop = foreach(x=range(5)).combine("rbind", maxcombine=maxcombine)
+    expected = pd.DataFrame({"a": range(5), "b": range(0, 50, 10)})
+    for body in (_series, _record):
+        frame = run(loop, body, how)
+        assert isinstance(frame, pd.DataFrame)
+        pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+    named = run(loop, _named_series, how)
+    assert list(named.index) == [f"r{x}" for x in range(5)]
+    assert named.loc["r3", "b"] == 30
+
+
+def test_rbind_of_dicts_without_pandas_gives_rows_of_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # import pandas fails
+    assert foreach(x=range(3)).combine("rbind").do(_record) == [[0, 0], [1, 10], [2, 20]]
+
+
+def test_a_reducer_over_zero_iterations_gives_none_unless_init() -> None:
+    # as documented next to the combine(sum) example: R's NULL, not sum([]) == 0
+    assert foreach(x=range(0)).combine(sum).do(identity) is None
+    assert foreach(x=range(0)).combine(sum, init=0).do(identity) == 0
+
+
 @both
 def test_rbind_and_cbind_numpy(how: str) -> None:
     loop = foreach(x=range(3))

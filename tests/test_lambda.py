@@ -21,7 +21,13 @@ import pytest
 
 import dolambda
 from dolambda import DolambdaError, LambdaBackend, TaskError, foreach, rng, times
-from dolambda._errors import ConfigError, JobCancelled, SerializationError, StorageError
+from dolambda._errors import (
+    ConfigError,
+    JobCancelled,
+    SerializationError,
+    StorageError,
+    VersionMismatch,
+)
 
 emulator = pytest.importorskip("dolambda.emulator")
 
@@ -392,7 +398,7 @@ def test_version_mismatch_is_an_error_naming_both(
 
     monkeypatch.setattr(sealing, "python_version", lambda: "3.99")
     backend = backend_for(emu)
-    with pytest.raises(TaskError) as info:
+    with pytest.raises(VersionMismatch) as info:  # a job error, not iteration 0's (#15.2)
         foreach(x=range(2)).do_lambda(noisy, backend=backend, progress=False)
     assert "3.99" in str(info.value)
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in str(info.value)

@@ -83,7 +83,18 @@ def _is_pandas(v: Any) -> bool:
     return type(v).__module__.startswith("pandas") and type(v).__name__ in ("DataFrame", "Series")
 
 
+def _pandas_if_installed() -> Any:
+    """pandas, or None where it is not installed (the combine runs in the client)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return None
+    return pd
+
+
 def _as_rows(v: Any) -> list[list[Any]]:
+    if isinstance(v, dict):  # no pandas here: a dict is the row of its values
+        return [list(v.values())]
     if isinstance(v, (list, tuple)):
         if v and all(isinstance(r, (list, tuple)) for r in v):
             return [list(r) for r in v]
@@ -100,14 +111,42 @@ def _is_empty(v: Any) -> bool:
     return _is_array(v) and v.size == 0
 
 
+def _rbind_pandas(pd: Any, values: list[Any]) -> Any:
+    """R's rbind of named vectors: each Series or dict is one row (a Series' name, when it
+    has one, is the row label); DataFrames keep their rows and labels."""
+    rows_without_label = False
+    labelled = False
+    pieces = []
+    for v in values:
+        if isinstance(v, pd.Series):
+            rows_without_label = rows_without_label or v.name is None
+            labelled = labelled or v.name is not None
+            pieces.append(v.to_frame().T)
+        elif isinstance(v, dict):
+            rows_without_label = True
+            pieces.append(pd.DataFrame([v]))
+        else:
+            labelled = labelled or not isinstance(v.index, pd.RangeIndex)
+            pieces.append(v)
+    # rows without labels (and an accumulator built from them): number them 0..n-1, the
+    # same whatever the batches were
+    return pd.concat(pieces, axis=0, ignore_index=rows_without_label and not labelled)
+
+
 def _bind(values: list[Any], *, by_row: bool) -> Any:
     values = [v for v in values if not _is_empty(v)]
     if not values:
         return []
+    if by_row and any(isinstance(v, dict) for v in values):
+        pandas = _pandas_if_installed()
+        if pandas is not None:
+            return _rbind_pandas(pandas, values)
     if any(_is_pandas(v) for v in values):
         import pandas as pd  # only when results are pandas objects
 
-        return pd.concat(values, axis=0 if by_row else 1)
+        if by_row:
+            return _rbind_pandas(pd, values)
+        return pd.concat(values, axis=1)
     if any(_is_array(v) for v in values):
         import numpy as np  # only when results are numpy arrays
 

@@ -166,7 +166,21 @@ def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str)
     body_bytes = codec.unseal(body_blob, key=key, context=codec.body_context(job_id))
     if codec.digest(body_bytes) != manifest.body_digest:
         raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
-    return LoadedJob(manifest=manifest, body=codec.loads(body_bytes))
+    try:
+        body = codec.loads(body_bytes)
+    except Exception as exc:
+        raise BodyNotLoaded(
+            f"the loop body cannot be unpickled on the worker ({type(exc).__name__}: {exc}), "
+            "so no iteration of this job can run. What the body refers to must exist where "
+            "it runs: a module it imports must be in the function's package (dolambda deploy "
+            "--requirements FILE), and a file or connection it captures must be opened inside "
+            "the body instead"
+        ) from exc
+    return LoadedJob(manifest=manifest, body=body)
+
+
+class BodyNotLoaded(Exception):
+    """The job's body could not be unpickled where it runs (a job-level ``load`` failure)."""
 
 
 def memory_used_mb() -> float:
@@ -267,6 +281,8 @@ def run_task_blob(
         return finish(failure=TaskFailure(kind="signature", message=str(exc)))
     except VersionMismatch as exc:
         return finish(failure=TaskFailure(kind="version", message=str(exc)))
+    except BodyNotLoaded as exc:
+        return finish(failure=TaskFailure(kind="load", message=str(exc)))
     except Exception as exc:
         return finish(
             failure=TaskFailure(

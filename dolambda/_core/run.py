@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -29,10 +30,17 @@ from dolambda._core.combine import Accumulator
 from dolambda._core.plan import plan_tasks
 from dolambda._core.spec import LoopSpec, all_variables, levels
 from dolambda._core.tasks import InnerDone, Leaf, PlannedTask
-from dolambda._errors import DolambdaError, JobCancelled, TaskError
+from dolambda._errors import (
+    DolambdaError,
+    JobCancelled,
+    SerializationError,
+    SignatureError,
+    TaskError,
+    VersionMismatch,
+)
 from dolambda._stats import JobStats
 from dolambda._wire import codec
-from dolambda._wire.models import IterationError, TaskFailure
+from dolambda._wire.models import JOB_FAILURES, IterationError, TaskFailure
 
 #: called with the top-level (indexes, values) of each batch as it is combined
 OnTop = Callable[[Sequence[int], list[Any]], None]
@@ -194,12 +202,46 @@ def failure_error(leaf: Leaf, failure: TaskFailure) -> TaskError:
     )
 
 
-def _progress_bar(show: bool, total: int | None, backend: str) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm  # an optional dependency, imported only when a bar shows
+#: the error a job-level failure raises, by TaskFailure kind (see JOB_FAILURES)
+_JOB_ERRORS: dict[str, type[DolambdaError]] = {
+    "signature": SignatureError,
+    "version": VersionMismatch,
+    "load": SerializationError,
+}
 
-    return tqdm(total=total, desc=f"dolambda[{backend}]", unit="it", leave=True)
+
+def job_failure_error(job_id: str, backend: str, failure: TaskFailure) -> DolambdaError:
+    """The error for a failure no task of the job can escape: nothing ran, whatever the
+    errorhandling (so ``"remove"`` does not turn it into an empty success)."""
+    return _JOB_ERRORS[failure.kind](
+        f"job {job_id} cannot run on the {backend} backend: {failure.message}"
+    )
+
+
+def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
+    """A tqdm bar on stderr, or None. ``show=None`` follows tqdm's own rule on every
+    backend: a bar in Jupyter or when stderr is a terminal, none otherwise (a CI log
+    does not fill with ``\\r`` frames); True and False force it on or off."""
+    if show is False:
+        return None
+    stream = sys.stderr
+    in_jupyter = "ipykernel" in sys.modules
+    if show is None and not in_jupyter and not (stream is not None and stream.isatty()):
+        return None  # what tqdm(disable=None) decides, without importing it
+    from tqdm.auto import tqdm  # an optional dependency, imported only when a bar may show
+
+    bar = tqdm(
+        total=total,
+        desc=f"dolambda[{backend}]",
+        unit="it",
+        leave=True,
+        file=stream,
+        disable=None if show is None else False,
+    )
+    if bar.disable:
+        bar.close()
+        return None
+    return bar
 
 
 # --------------------------------------------------------------------------- the engine
@@ -220,7 +262,7 @@ class JobRun:
         body: Callable[..., Any],
         backend: Backend,
         *,
-        progress: bool,
+        progress: bool | None,
         on_top: OnTop,
         plan: list[PlannedTask | InnerDone] | None = None,
         seed: int | None = None,
@@ -260,7 +302,8 @@ class JobRun:
                 self._count(started)
                 from tqdm.auto import tqdm  # optional, as for the bar
 
-                tqdm.write(f"dolambda: {self.stats.summary()}")
+                # stderr, with the bar: the program's stdout stays its own output
+                tqdm.write(f"dolambda: {self.stats.summary()}", file=sys.stderr)
             return result
         except asyncio.CancelledError:
             if self.cancel_requested:
@@ -374,6 +417,8 @@ class JobRun:
             self.stats.tasks.append(result.stats)
         self.stats.retries += max(0, result.attempts - 1)
         if result.failure is not None:
+            if result.failure.kind in JOB_FAILURES:
+                raise job_failure_error(self.job_id, self.backend.name, result.failure)
             self._fail_all(task, range(len(task)), result.failure)
             return
         values, errors = result.values, result.errors

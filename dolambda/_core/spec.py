@@ -69,9 +69,21 @@ class LoopSpec(BaseModel):
         ``"max"``, ``"min"``, ``"cbind"``, ``"rbind"``), a 2-argument function (a fold),
         a 1-argument reducer such as ``sum`` (called on lists), or a ``*args`` function.
 
+        ``"rbind"`` gives one row per result: a DataFrame for ``pd.Series`` and dict
+        results (a dict is a row of its values where pandas is not installed), a 2-D
+        numpy array for arrays, else a list of rows.
+
         >>> from dolambda import foreach
         >>> foreach(x=range(4)).combine(sum).do(lambda x: x)
         6
+
+        With zero iterations the combine is never called: the result is ``init`` if
+        given, else ``None`` (R's ``NULL``), not ``sum([]) == 0``:
+
+        >>> foreach(x=range(0)).combine(sum).do(lambda x: x) is None
+        True
+        >>> foreach(x=range(0)).combine(sum, init=0).do(lambda x: x)
+        0
         """
         spec = CombineSpec(
             fn=fn,
@@ -93,7 +105,15 @@ class LoopSpec(BaseModel):
         return self.model_copy(update={"error_mode": mode})
 
     def seed(self, seed: int) -> Self:
-        """Reproducible random streams: iteration k uses ``SeedSequence(seed, spawn_key=(k,))``."""
+        """Reproducible random streams, the same on every backend and for any chunk size.
+
+        Before iteration k's body runs (path ``(k,)``; ``(i, j)`` in a nest), three
+        generators are seeded, each from its own stream so their draws are independent:
+        :func:`dolambda.rng` is ``default_rng(SeedSequence(seed, spawn_key=(k,)))``,
+        Python's ``random`` is seeded from ``SeedSequence(seed, spawn_key=(k, 0))`` and
+        numpy's global generator (``np.random.random()``) from
+        ``SeedSequence(seed, spawn_key=(k, 1))``. Other generators are not touched.
+        """
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidArgumentType(f"seed: expected a non-negative integer, got {seed!r}")
         if seed < 0:

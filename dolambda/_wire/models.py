@@ -16,19 +16,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WIRE_VERSION = 4  # 4: dolambda.rng pickles as dolambda._core.seeds.rng (was dolambda._worker)
+WIRE_VERSION = 5  # 5: the "load" failure kind; 4: dolambda.rng pickles as dolambda._core.seeds.rng
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
 FailureKind = Literal[
     "signature",  # an object failed HMAC verification
     "version",  # Python/dill/wire version differs between client and worker
+    "load",  # the job (its manifest or body) cannot be loaded on the worker
     "timeout",  # the task ran past the function timeout
     "memory",  # the task exceeded the memory limit
     "crashed",  # the worker process died
     "lost",  # no result and no trace: never started, or its event was dropped
     "internal",  # anything else that is not the body's fault
 ]
+
+
+#: failures that no task of the job can escape: a job-level error whatever the errorhandling
+JOB_FAILURES: tuple[FailureKind, ...] = ("signature", "version", "load")
 
 
 class _Model(BaseModel):
@@ -89,7 +94,8 @@ class IterationError(_Model):
 
 
 class TaskFailure(_Model):
-    """A failure of the whole task, not of one iteration's body."""
+    """A failure of the whole task, not of one iteration's body. ``signature``,
+    ``version`` and ``load`` mean no task of the job can run (:data:`JOB_FAILURES`)."""
 
     kind: FailureKind
     message: str
