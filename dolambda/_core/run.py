@@ -302,6 +302,8 @@ class JobRun:
             errorhandling=self.mode,
             stats=self.stats,
             resumed=self.plan is not None,
+            export=self.loop.exported,
+            noexport=self.loop.not_exported,
         )
 
     def _check_body(self, ctx: JobContext) -> str | None:

@@ -16,7 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WIRE_VERSION = 4  # 4: dolambda.rng pickles as dolambda._core.seeds.rng (was dolambda._worker)
+# 4: dolambda.rng pickles as dolambda._core.seeds.rng (was dolambda._worker); the
+# manifest lists the job's code archives (``code``), installed before the body loads
+WIRE_VERSION = 4
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
@@ -52,6 +54,9 @@ class JobManifest(_Model):
     trigger: Trigger = "local"
     task_timeout: float | None = None
     errorhandling: ErrorHandling = "stop"
+    #: sha256 digests of the source archives (``<prefix>/code/<digest>.zip``) that the
+    #: worker puts on ``sys.path`` before it unpickles the body
+    code: tuple[str, ...] = ()
 
 
 class TaskSpec(_Model):
