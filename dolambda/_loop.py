@@ -2,9 +2,9 @@
 :func:`foreach` / :func:`times` that start one.
 
 The builders (``when``, ``combine``, ``errorhandling``, ``seed``, ``chunk_size``,
-``nest``, the decorator) live on :class:`~dolambda._core.spec.LoopSpec` and return
-a new ``Loop``; nothing runs until a verb (``do``, ``do_parallel``, ``do_lambda``,
-``run``, ``arun``, ``submit``, ``await``).
+``export``, ``noexport``, ``nest``, the decorator) live on
+:class:`~dolambda._core.spec.LoopSpec` and return a new ``Loop``; nothing runs until
+a verb (``do``, ``do_parallel``, ``do_lambda``, ``run``, ``arun``, ``submit``, ``await``).
 """
 
 from __future__ import annotations

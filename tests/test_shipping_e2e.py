@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import boto3
 import pytest
 
 from dolambda import LambdaBackend, TaskError, foreach
+from dolambda._code.archive import build_archive
+from dolambda._code.finder import find_code
 from dolambda._errors import SerializationError
 from dolambda.emulator import Emulator
 
@@ -192,3 +195,18 @@ def test_the_archive_is_uploaded_once(
     head = s3.head_object(Bucket=lambda_emulator.bucket, Key=added)
     assert (head["ETag"], head["LastModified"]) == stamp
     assert s3_keys(lambda_emulator, "code/") - before == {added}
+
+
+def test_a_missing_archive_is_a_job_failure_naming_it(src: Path, backend: LambdaBackend) -> None:
+    name = unique("gonepkg")
+    write_package(src, name)
+    simulate = importlib.import_module(name).simulate
+    # the backend believes the archive is in the bucket (as after a lifecycle rule
+    # expired it): it is not uploaded, and no worker has it cached
+    archive = build_archive(find_code(objects=[simulate]).local)
+    backend._code_known[archive.digest] = time.monotonic()
+    with pytest.raises(TaskError, match=rf"code archive .*code/{archive.digest}\.zip.* cannot be"):
+        foreach(x=range(4)).chunk_size(2).run(simulate, backend=backend)
+    # the backend forgot it: the next job uploads it again and runs
+    loop = foreach(x=range(4)).chunk_size(2)
+    assert loop.run(simulate, backend=backend) == [2 * x + 107 for x in range(4)]

@@ -307,7 +307,7 @@ def run_task_blob(
     except VersionMismatch as exc:
         return finish(failure=TaskFailure(kind="version", message=str(exc)))
     except CodeUnavailable as exc:
-        return finish(failure=TaskFailure(kind="internal", message=str(exc)))
+        return finish(failure=TaskFailure(kind="code", message=str(exc)))
     except Exception as exc:
         return finish(
             failure=TaskFailure(

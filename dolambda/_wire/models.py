@@ -25,6 +25,7 @@ Trigger = Literal["s3", "invoke", "local"]
 FailureKind = Literal[
     "signature",  # an object failed HMAC verification
     "version",  # Python/dill/wire version differs between client and worker
+    "code",  # a code archive of the job cannot be read (missing from the bucket)
     "timeout",  # the task ran past the function timeout
     "memory",  # the task exceeded the memory limit
     "crashed",  # the worker process died

@@ -302,6 +302,10 @@ class LambdaBackend(Backend):
                 try:
                     producers = [dispatch.send_tasks(run, tasks), gather.gather_results(run)]
                     async for result in fan_in(run.out, producers):
+                        if result.failure is not None and result.failure.kind == "code":
+                            # not in the bucket after all: the next job uploads it again
+                            for digest in sealed.code:
+                                self._code_known.pop(digest, None)
                         yield result
                     finished = True
                 finally:
