@@ -24,7 +24,7 @@ import pytest
 from dolambda import LambdaBackend, TaskError, foreach
 from dolambda._code.archive import build_archive
 from dolambda._code.finder import find_code
-from dolambda._errors import SerializationError
+from dolambda._errors import InvalidArgument, InvalidArgumentType, SerializationError
 from dolambda.emulator import Emulator
 
 
@@ -210,3 +210,43 @@ def test_a_missing_archive_is_a_job_failure_naming_it(src: Path, backend: Lambda
     # the backend forgot it: the next job uploads it again and runs
     loop = foreach(x=range(4)).chunk_size(2)
     assert loop.run(simulate, backend=backend) == [2 * x + 107 for x in range(4)]
+
+
+# --- the loop spec's controls (no emulator) ---------------------------------------------
+
+
+def test_export_and_noexport_are_immutable_builders(tmp_path: Path) -> None:
+    base = foreach(x=range(3))
+    exported = base.export("mysim", tmp_path / "extra.py", textwrap)
+    kept_out = exported.noexport("big")
+    assert base.exported == () and base.not_exported == ()
+    assert exported.exported == ("mysim", tmp_path / "extra.py", textwrap)
+    assert kept_out.not_exported == ("big",) and kept_out.exported == exported.exported
+    assert kept_out.export().exported == ()  # a new call replaces, an empty one clears
+    # locally the controls change nothing: the processes import what this one can
+    assert kept_out.do(lambda x: x) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda loop: loop.export(3), InvalidArgumentType, "export: expected module names"),
+        (lambda loop: loop.export("not a name"), InvalidArgument, "neither a module name"),
+        (lambda loop: loop.noexport("pkg.sub"), InvalidArgument, "not a top-level module"),
+        (lambda loop: loop.noexport(Path("x")), InvalidArgumentType, "noexport: expected"),
+        (lambda loop: loop.export("a.b").noexport("a"), InvalidArgument, "also given to export"),
+        (lambda loop: loop.noexport("a").export("src/a"), InvalidArgument, "also given to"),
+    ],
+)
+def test_bad_export_arguments_are_named(build: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        build(foreach(x=range(3)))
+
+
+def test_an_export_of_the_standard_library_is_refused_before_any_upload(
+    backend: LambdaBackend, lambda_emulator: Emulator
+) -> None:
+    before = s3_keys(lambda_emulator, "jobs/")
+    with pytest.raises(InvalidArgument, match=r"cannot ship 'json'.*standard library"):
+        foreach(x=range(3)).export("json").run(lambda x: x, backend=backend)
+    assert s3_keys(lambda_emulator, "jobs/") == before
