@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 
 from dolambda._aws.s3 import S3
 from dolambda._backends.base import JobContext
 from dolambda._code.archive import CodeArchive, build_archive, seal_archive
-from dolambda._code.finder import CodeNeeds, ForceItem, find_code
+from dolambda._code.finder import CodeNeeds, ForceItem, find_code, pickled_modules
 from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
@@ -43,6 +44,9 @@ def job_needs(job: JobContext, sample: PlannedTask | None) -> CodeNeeds:
         with contextlib.suppress(Exception):
             pickles.append(codec.dumps(sample.rows[:SAMPLE_ROWS]))
     force: list[ForceItem] = list(job.export)
+    if not force and not any(_may_need_code(blob) for blob in pickles):
+        # nothing to ship, and no distribution metadata to read (~1 s the first time)
+        return CodeNeeds(local=(), distributions=(), stdlib=(), missing=(), excluded=())
     needs = find_code(pickles=pickles, force=force, exclude=job.noexport)
     editable = [
         name
@@ -73,6 +77,20 @@ async def upload_archive(
         return
     await s3.put_if_absent(_keys.code_key(prefix, archive.digest), seal_archive(archive, key=key))
     known[archive.digest] = time.monotonic()
+
+
+# what every function has: no shipping, no distribution to check
+_ALWAYS_THERE = frozenset({"__main__", "__mp_main__", "builtins", "dolambda", "dill"})
+
+
+def _may_need_code(blob: bytes) -> bool:
+    """Whether a pickle refers to any module beyond the standard library, dill and
+    dolambda (most bodies defined in ``__main__`` or a notebook do not)."""
+    for module in pickled_modules(blob):
+        top = module.partition(".")[0]
+        if top not in _ALWAYS_THERE and top not in sys.stdlib_module_names:
+            return True
+    return False
 
 
 def _is_editable(dist: str) -> bool:
