@@ -2,9 +2,9 @@
 :func:`foreach` / :func:`times` that start one.
 
 The builders (``when``, ``combine``, ``errorhandling``, ``seed``, ``chunk_size``,
-``nest``, the decorator) live on :class:`~dolambda._core.spec.LoopSpec` and return
-a new ``Loop``; nothing runs until a verb (``do``, ``do_parallel``, ``do_lambda``,
-``run``, ``arun``, ``submit``, ``await``).
+``export``, ``noexport``, ``nest``, the decorator) live on
+:class:`~dolambda._core.spec.LoopSpec` and return a new ``Loop``; nothing runs until
+a verb (``do``, ``do_parallel``, ``do_lambda``, ``run``, ``arun``, ``submit``, ``await``).
 
 Every verb takes ``progress``: ``None`` (the default, on every backend) draws a tqdm bar
 on stderr when stderr is a terminal or in Jupyter, and none otherwise (tqdm's own rule);

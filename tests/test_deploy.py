@@ -121,6 +121,7 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
     assert grants == {
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/queue/*"),
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/jobs/*"),
+        ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/code/*"),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/dolambda/results/*"),
         *{
             (a, r)
@@ -613,6 +614,9 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "dolambda/_aws/__init__.py",
         "dolambda/_aws/errors.py",
         "dolambda/_aws/worker.py",
+        "dolambda/_code/__init__.py",
+        "dolambda/_code/archive.py",
+        "dolambda/_code/loader.py",
         "dolambda/_core/__init__.py",
         "dolambda/_core/execute.py",
         "dolambda/_core/seeds.py",

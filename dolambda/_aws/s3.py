@@ -89,6 +89,21 @@ class S3:
         with self._translated(key, "writing"):
             await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
+    async def put_if_absent(self, key: str, body: bytes) -> bool:
+        """PUT an object unless one is there (``If-None-Match: *``, one request);
+        False when one was."""
+        self.counter.add("put")
+        with self._translated(key, "writing"):
+            try:
+                await self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*"
+                )
+            except Exception as exc:
+                if kind_of(exc) is Kind.EXISTS:
+                    return False
+                raise
+        return True
+
     async def get(self, key: str) -> bytes | None:
         """GET an object's bytes, or None when it does not exist."""
         self.counter.add("get")

@@ -4,7 +4,8 @@ The handler (``handler/lambda_function.py``) hands each event to :func:`handle_e
 
 - an S3 ``ObjectCreated`` record or a direct invoke names a task under
   ``<prefix>/queue/`` (:func:`task_records`); :func:`process_s3_task` reads it
-  (and, for a worker new to the job, the manifest and body), runs it through the
+  (and, for a worker new to the job, the manifest and body, and the job's code
+  archives it has not cached, ``<prefix>/code/<sha256>.zip``), runs it through the
   one execution path (:func:`dolambda._core.execute.run_task_blob`) and writes the
   sealed outcome once (:func:`put_result`, ``If-None-Match: *``);
 - a record from the function's own on-failure destination (a task that timed out,
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
-from dolambda._core.execute import WorkerState, run_task_blob
+from dolambda._core.execute import CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.models import TaskFailure, TaskOutcome, TaskStats
@@ -64,6 +65,20 @@ def process_s3_task(
         body: bytes = s3.get_object(Bucket=bucket, Key=object_key)["Body"].read()
         return body
 
+    def get_code(digest: str) -> bytes:
+        code_key = _keys.code_key(prefix, digest)
+        try:
+            return get(code_key)
+        except Exception as exc:
+            kind = kind_of(exc)
+            why = "it does not exist" if kind in OBJECT_MISSING else f"{type(exc).__name__}: {exc}"
+            raise CodeUnavailable(
+                f"the code archive of job {job_id}, s3://{bucket}/{code_key}, cannot be "
+                f"read ({why}); nothing of the job can run. It is uploaded before the "
+                "job's tasks: was it deleted (by a lifecycle rule?) while the job ran? "
+                "Run the job again"
+            ) from exc
+
     if inline_task is not None:
         blob = inline_task
     else:
@@ -89,6 +104,7 @@ def process_s3_task(
             get(_keys.body_key(prefix, job_id)),
         ),
         stats=stats,
+        fetch_code=get_code,
     )
     outcome = outcome.model_copy(
         update={"stats": outcome.stats.model_copy(update={"s3_requests": requests + 1})}

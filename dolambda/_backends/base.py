@@ -61,6 +61,11 @@ class JobContext:
     record: JobRecord | None = None
     #: the job was rebuilt by Backend.attach: its tasks exist already, send none again
     resumed: bool = False
+    #: the loop's ``.export(...)`` (modules, module objects or paths that must travel
+    #: with the job) and ``.noexport(...)`` (top-level module names that must not), for
+    #: a backend that ships the user's code (:mod:`dolambda._code`)
+    export: tuple[Any, ...] = ()
+    noexport: tuple[str, ...] = ()
 
     @cached_property
     def positional(self) -> bool:

@@ -37,6 +37,8 @@ class SealedJob:
     trigger: Trigger = "local"
     #: seconds a task may run (the function's timeout), when the workers enforce one
     task_timeout: float | None = None
+    #: digests of the code archives the workers install before they load the body
+    code: tuple[str, ...] = ()
 
     @property
     def job_id(self) -> str:
@@ -57,6 +59,7 @@ class SealedJob:
             trigger=self.trigger,
             task_timeout=self.task_timeout,
             errorhandling=job.errorhandling,  # type: ignore[arg-type]
+            code=self.code,
         )
 
     @cached_property

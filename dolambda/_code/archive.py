@@ -24,10 +24,14 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dolambda._code.finder import LocalModule
 from dolambda._errors import SerializationError
 from dolambda._wire import codec
+from dolambda._wire import keys as _keys
+
+if TYPE_CHECKING:  # the Lambda worker imports this module for unseal_archive: no finder
+    from dolambda._code.finder import LocalModule
 
 DEFAULT_SIZE_LIMIT = 50 * 1024 * 1024  # bytes of source; Lambda's /tmp holds 512 MB
 COMPILED_SUFFIXES = tuple(
@@ -53,8 +57,7 @@ class CodeArchive:
 
 def code_key(prefix: str, digest: str) -> str:
     """The S3 key of the archive with ``digest``: ``<prefix>/code/<digest>.zip``."""
-    prefix = prefix.strip("/")
-    return f"{prefix}/code/{digest}.zip" if prefix else f"code/{digest}.zip"
+    return _keys.code_key(prefix, digest)
 
 
 def code_context(digest: str) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 
 import dill
 
+from dolambda._code import loader
+from dolambda._code.archive import unseal_archive
 from dolambda._core.seeds import seeded
 from dolambda._errors import SignatureError, VersionMismatch
 from dolambda._wire import codec
@@ -157,8 +159,21 @@ def check_versions(manifest: JobManifest) -> None:
         )
 
 
-def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str) -> LoadedJob:
-    """Verify and decode a job's manifest and body (raises SignatureError/VersionMismatch)."""
+def load_job(
+    manifest_blob: bytes,
+    body_blob: bytes,
+    *,
+    key: bytes,
+    job_id: str,
+    fetch_code: Callable[[str], bytes] | None = None,
+) -> LoadedJob:
+    """Verify and decode a job's manifest and body (raises SignatureError/VersionMismatch).
+
+    The job's code archives (``manifest.code``) go on ``sys.path`` first, since
+    unpickling the body imports the user's modules: each is activated from the
+    worker's cache, or fetched with ``fetch_code(digest)`` (its sealed bytes),
+    verified and installed.
+    """
     manifest = codec.unseal_model(
         JobManifest, manifest_blob, key=key, context=codec.manifest_context(job_id)
     )
@@ -166,6 +181,7 @@ def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str)
     body_bytes = codec.unseal(body_blob, key=key, context=codec.body_context(job_id))
     if codec.digest(body_bytes) != manifest.body_digest:
         raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
+    install_code(manifest, key=key, fetch_code=fetch_code)
     try:
         body = codec.loads(body_bytes)
     except Exception as exc:
@@ -181,6 +197,26 @@ def load_job(manifest_blob: bytes, body_blob: bytes, *, key: bytes, job_id: str)
 
 class BodyNotLoaded(Exception):
     """The job's body could not be unpickled where it runs (a job-level ``load`` failure)."""
+
+
+def install_code(
+    manifest: JobManifest, *, key: bytes, fetch_code: Callable[[str], bytes] | None
+) -> None:
+    """Put each of the job's code archives on ``sys.path`` (warm workers: from the cache)."""
+    for digest in manifest.code:
+        if loader.activate(digest):
+            continue
+        if fetch_code is None:
+            raise CodeUnavailable(
+                f"job {manifest.job_id} ships code (archive {digest}) but this worker "
+                "cannot fetch it"
+            )
+        blob = fetch_code(digest)
+        loader.install(unseal_archive(blob, digest, key=key), digest)
+
+
+class CodeUnavailable(Exception):
+    """A job's code archive cannot be read (the worker reports it as the task's failure)."""
 
 
 def memory_used_mb() -> float:
@@ -203,12 +239,15 @@ def run_task_blob(
     task_id: int,
     fetch_job: Callable[[], tuple[bytes, bytes]],
     stats: dict[str, Any] | None = None,
+    fetch_code: Callable[[str], bytes] | None = None,
 ) -> TaskOutcome:
     """Verify, decode and run one task; always return an outcome (never raise for the body).
 
     ``fetch_job`` returns the job's sealed manifest and body; it is called only
     when this worker has not loaded the job yet (warm reuse) and the task does not
-    carry them (a small job travels with its tasks).
+    carry them (a small job travels with its tasks); ``fetch_code(digest)`` returns
+    the sealed code archive with that digest, when the job ships code the worker has
+    not cached.
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -257,7 +296,7 @@ def run_task_blob(
                 manifest_blob, body_blob = task.job_manifest, task.job_body
             else:
                 manifest_blob, body_blob = fetch_job()
-            job = load_job(manifest_blob, body_blob, key=key, job_id=job_id)
+            job = load_job(manifest_blob, body_blob, key=key, job_id=job_id, fetch_code=fetch_code)
             state.jobs = {job_id: job}  # keep only the current job: bodies may be large
         rows: list[tuple[Any, ...]] = codec.loads(task.args)
         if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
@@ -283,6 +322,8 @@ def run_task_blob(
         return finish(failure=TaskFailure(kind="version", message=str(exc)))
     except BodyNotLoaded as exc:
         return finish(failure=TaskFailure(kind="load", message=str(exc)))
+    except CodeUnavailable as exc:
+        return finish(failure=TaskFailure(kind="code", message=str(exc)))
     except Exception as exc:
         return finish(
             failure=TaskFailure(

@@ -35,6 +35,7 @@ from dolambda._errors import (
     JobCancelled,
     SerializationError,
     SignatureError,
+    StorageError,
     TaskError,
     VersionMismatch,
 )
@@ -207,6 +208,7 @@ _JOB_ERRORS: dict[str, type[DolambdaError]] = {
     "signature": SignatureError,
     "version": VersionMismatch,
     "load": SerializationError,
+    "code": StorageError,
 }
 
 
@@ -345,6 +347,8 @@ class JobRun:
             errorhandling=self.mode,
             stats=self.stats,
             resumed=self.plan is not None,
+            export=self.loop.exported,
+            noexport=self.loop.not_exported,
         )
 
     def _check_body(self, ctx: JobContext) -> str | None:

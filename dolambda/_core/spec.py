@@ -8,7 +8,9 @@ read a spec through the fields declared here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +39,11 @@ class LoopSpec(BaseModel):
     chunk: int | Literal["auto"] = "auto"
     inner_loop: LoopSpec | None = None
     bound_body: Callable[..., Any] | None = None
+    #: modules (names, module objects, or paths of a .py file or package directory)
+    #: that travel with a remote job whether or not detection finds them
+    exported: tuple[str | os.PathLike[str] | ModuleType, ...] = ()
+    #: top-level module names detection may find that never travel with a remote job
+    not_exported: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         names = ", ".join(n for n, _ in self.variables) or "<no variables>"
@@ -131,6 +138,64 @@ class LoopSpec(BaseModel):
                 raise InvalidArgument(f"chunk_size: must be at least 1, got {size}")
         return self.model_copy(update={"chunk": size})
 
+    def export(self, *modules: str | os.PathLike[str] | ModuleType) -> Self:
+        """R's ``.export``: these modules travel with a remote job (as source) even when
+        detection does not find them, e.g. one the body imports with
+        ``importlib.import_module``. Each is a module name (``"mysim"``; its top-level
+        package ships), a module object, or the path of a ``.py`` file or a package
+        directory. Replaces an earlier ``export``; ``export()`` clears it. Only the
+        outermost loop's setting counts.
+
+        >>> from dolambda import foreach
+        >>> foreach(x=range(3)).export("json_helpers", "src/mypkg").exported
+        ('json_helpers', 'src/mypkg')
+        """
+        for item in modules:
+            if isinstance(item, ModuleType | os.PathLike):
+                continue
+            if not isinstance(item, str):
+                raise InvalidArgumentType(
+                    f"export: expected module names, modules or paths, got "
+                    f"{type(item).__name__} {item!r}"
+                )
+            if not _is_path(item) and not all(p.isidentifier() for p in item.split(".")):
+                raise InvalidArgument(
+                    f"export: {item!r} is neither a module name (e.g. 'mysim' or "
+                    "'mypkg.sub') nor a path (a .py file or a package directory)"
+                )
+        clash = {_top_name(m) for m in modules} & set(self.not_exported)
+        if clash:
+            raise InvalidArgument(
+                f"export: {', '.join(sorted(clash))} is also given to noexport; pick one"
+            )
+        return self.model_copy(update={"exported": tuple(modules)})
+
+    def noexport(self, *names: str) -> Self:
+        """R's ``.noexport``: these top-level modules never travel with a remote job,
+        even when detection finds them (the function's package must then hold them).
+        Replaces an earlier ``noexport``; ``noexport()`` clears it.
+
+        >>> from dolambda import foreach
+        >>> foreach(x=range(3)).noexport("mysim").not_exported
+        ('mysim',)
+        """
+        for name in names:
+            if not isinstance(name, str):
+                raise InvalidArgumentType(
+                    f"noexport: expected top-level module names, got {type(name).__name__} {name!r}"
+                )
+            if not name.isidentifier():
+                raise InvalidArgument(
+                    f"noexport: {name!r} is not a top-level module name (a whole package "
+                    "travels or does not: give 'mypkg', not 'mypkg.sub' or a path)"
+                )
+        clash = set(names) & {_top_name(m) for m in self.exported}
+        if clash:
+            raise InvalidArgument(
+                f"noexport: {', '.join(sorted(clash))} is also given to export; pick one"
+            )
+        return self.model_copy(update={"not_exported": tuple(names)})
+
     def nest(self, inner: LoopSpec) -> Self:
         """R's ``%:%``: run ``inner`` for each iteration of this loop.
 
@@ -164,6 +229,21 @@ class LoopSpec(BaseModel):
         if not callable(fn):
             raise InvalidArgumentType(f"the loop body must be a function, got {type(fn).__name__}")
         return self.model_copy(update={"bound_body": fn})
+
+
+def _is_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.endswith(".py")
+
+
+def _top_name(item: str | os.PathLike[str] | ModuleType) -> str:
+    """The top-level module name an export item ships as."""
+    if isinstance(item, ModuleType):
+        return item.__name__.partition(".")[0]
+    text = os.fspath(item)
+    if isinstance(item, os.PathLike) or _is_path(text):
+        name = os.path.basename(text.rstrip("/" + os.sep))
+        return name[:-3] if name.endswith(".py") else name
+    return text.partition(".")[0]
 
 
 def levels(spec: LoopSpec) -> list[LoopSpec]:

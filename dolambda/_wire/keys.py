@@ -10,6 +10,9 @@
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
     <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
     <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
+    <prefix>/code/<sha256>.zip           the user's own modules as source (signed), shared
+                                         by every job that ships the same files; written
+                                         once (If-None-Match: *), never deleted by a job
     <prefix>/emulator.json               a local emulator polls this bucket for tasks
                                          (a plain S3 server has no notifications)
     <prefix>/deploy/<function>-<hash>.zip  a deployment package too large to upload directly
@@ -106,14 +109,24 @@ def deploy_package_key(prefix: str, function_name: str, package_name: str) -> st
     return f"{_p(prefix)}deploy/{function_name}-{package_name}.zip"
 
 
+def code_root(prefix: str) -> str:
+    return f"{_p(prefix)}code/"
+
+
+def code_key(prefix: str, digest: str) -> str:
+    """The content-addressed source archive with sha256 ``digest``."""
+    return f"{code_root(prefix)}{digest}.zip"
+
+
 def trigger_filter(prefix: str) -> tuple[str, str]:
     """``(prefix, suffix)`` of the bucket notification: exactly the task objects trigger."""
     return queue_root(prefix), TASK_SUFFIX
 
 
 def worker_read_globs(prefix: str) -> list[str]:
-    """Key globs the worker reads (``s3:GetObject``): the queue's tasks and the jobs' objects."""
-    return [f"{queue_root(prefix)}*", f"{jobs_root(prefix)}*"]
+    """Key globs the worker reads (``s3:GetObject``): the queue's tasks, the jobs' objects
+    and the code archives that travel with them."""
+    return [f"{queue_root(prefix)}*", f"{jobs_root(prefix)}*", f"{code_root(prefix)}*"]
 
 
 def worker_write_globs(prefix: str) -> list[str]:

@@ -16,7 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WIRE_VERSION = 5  # 5: the "load" failure kind; 4: dolambda.rng pickles as dolambda._core.seeds.rng
+# 5: the "load" and "code" failure kinds, the manifest lists the job's code archives
+# (``code``, installed before the body loads); 4: dolambda.rng pickles as
+# dolambda._core.seeds.rng (was dolambda._worker)
+WIRE_VERSION = 5
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
@@ -24,6 +27,7 @@ FailureKind = Literal[
     "signature",  # an object failed HMAC verification
     "version",  # Python/dill/wire version differs between client and worker
     "load",  # the job (its manifest or body) cannot be loaded on the worker
+    "code",  # a code archive of the job cannot be read (missing from the bucket)
     "timeout",  # the task ran past the function timeout
     "memory",  # the task exceeded the memory limit
     "crashed",  # the worker process died
@@ -33,7 +37,7 @@ FailureKind = Literal[
 
 
 #: failures that no task of the job can escape: a job-level error whatever the errorhandling
-JOB_FAILURES: tuple[FailureKind, ...] = ("signature", "version", "load")
+JOB_FAILURES: tuple[FailureKind, ...] = ("signature", "version", "load", "code")
 
 
 class _Model(BaseModel):
@@ -57,6 +61,9 @@ class JobManifest(_Model):
     trigger: Trigger = "local"
     task_timeout: float | None = None
     errorhandling: ErrorHandling = "stop"
+    #: sha256 digests of the source archives (``<prefix>/code/<digest>.zip``) that the
+    #: worker puts on ``sys.path`` before it unpickles the body
+    code: tuple[str, ...] = ()
 
 
 class TaskSpec(_Model):
@@ -95,7 +102,7 @@ class IterationError(_Model):
 
 class TaskFailure(_Model):
     """A failure of the whole task, not of one iteration's body. ``signature``,
-    ``version`` and ``load`` mean no task of the job can run (:data:`JOB_FAILURES`)."""
+    ``version``, ``load`` and ``code`` mean no task of the job can run (:data:`JOB_FAILURES`)."""
 
     kind: FailureKind
     message: str

@@ -4,6 +4,10 @@
 
     client (this package)                       S3 bucket <prefix>/             Lambda (handler/)
     ─────────────────────                       ───────────────────             ─────────────────
+    PUT code/<sha256>.zip: the user's modules
+        (If-None-Match: *; shared by the jobs
+        with the same files; skipped when the
+        backend knows it is there)
     PUT jobs/<id>/manifest.json, body.pkl
         (once per job; first, unless the job is
         small enough to ride along in every
@@ -24,8 +28,11 @@
 The walk of one job, module by module:
 
 - ``LambdaBackend.run_tasks()`` called (by the engine, :mod:`dolambda._core.run`):
-  it opens a pooled S3 client (warm across jobs on the same event loop), checks
-  once that the bucket notifies the function, seals the job with the signing key
+  it finds the user's own modules the job needs and zips them
+  (:mod:`~dolambda._backends.lambda_.code`: what cannot travel fails here, before any
+  upload), opens a pooled S3 client (warm across jobs on the same event loop), checks
+  once that the bucket notifies the function, uploads the code archive unless it is
+  there, seals the job with the signing key (the manifest names the archive)
   and starts the dispatch and the gather side by side over one
   :class:`~dolambda._backends.lambda_.state.RunState`.
 - Dispatch (:mod:`~dolambda._backends.lambda_.dispatch`): pulls planned tasks
@@ -62,6 +69,7 @@ from dolambda._aws.s3 import S3, RequestCounter, open_s3, resolve_region
 from dolambda._backends.base import AttachedJob, Backend, JobContext, TaskResult
 from dolambda._backends.fan_in import fan_in
 from dolambda._backends.lambda_ import attach as _attach
+from dolambda._backends.lambda_ import code as _code
 from dolambda._backends.lambda_ import dispatch, gather
 from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
 from dolambda._backends.lambda_.state import RunState
@@ -143,6 +151,8 @@ class LambdaBackend(Backend):
         # botocore sessions are not thread-safe, and a new one costs ~100 ms a job
         self._sessions = threading.local()
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
+        # code archives this backend put in (or found in) the bucket: digest -> when
+        self._code_known: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # warm clients and sessions belong to this process's loops and threads
@@ -266,19 +276,36 @@ class LambdaBackend(Backend):
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
     ) -> AsyncGenerator[TaskResult, None]:
         region = resolve_region(self.region, self.profile)
+        archive = None
+        if not job.resumed:  # (an attached job's manifest names its code already)
+            # what cannot travel is refused here, before anything is uploaded
+            first, tasks = await _code.peek(tasks)
+            archive = await asyncio.to_thread(_code.job_archive, job, first)
         sealed = SealedJob(
-            job, key=self.key, trigger=self.settings.trigger, task_timeout=self.task_timeout
+            job,
+            key=self.key,
+            trigger=self.settings.trigger,
+            task_timeout=self.task_timeout,
+            code=() if archive is None else (archive.digest,),
         )
         counter = RequestCounter()
         pool = 64
         try:
             async with self._open(region, pool, counter) as s3:
                 await self._check_setup(s3)
+                if archive is not None:  # before any task a worker could run
+                    await _code.upload_archive(
+                        s3, self.prefix, archive, key=self.key, known=self._code_known
+                    )
                 run = RunState(self.settings, s3, job, sealed, pool)
                 finished = False
                 try:
                     producers = [dispatch.send_tasks(run, tasks), gather.gather_results(run)]
                     async for result in fan_in(run.out, producers):
+                        if result.failure is not None and result.failure.kind == "code":
+                            # not in the bucket after all: the next job uploads it again
+                            for digest in sealed.code:
+                                self._code_known.pop(digest, None)
                         yield result
                     finished = True
                 finally:
