@@ -116,9 +116,12 @@ class Emulator:
         on_failure: bool = True,
         poll_interval: float = 0.1,
         port: int = 0,
-        handler: str = "lambda_function.lambda_handler",
+        handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
+        isolated: bool | None = None,
     ) -> None:
+        if isolated is None:  # the default: DOLAMBDA_EMULATOR_ISOLATED=1 turns it on
+            isolated = os.environ.get("DOLAMBDA_EMULATOR_ISOLATED", "") not in ("", "0")
         self.config: EmulatorConfig = make_config(
             workers=workers,
             bucket=bucket,
@@ -141,6 +144,7 @@ class Emulator:
             port=port,
             handler=handler,
             task_root=task_root,
+            isolated=isolated,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -266,6 +270,7 @@ class Emulator:
             lock=cond,
             stopping=stopping,
         )
+        runtime.prepare()  # the function's package and runtime directory (isolated)
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )
