@@ -1,14 +1,21 @@
-"""The function's execution environments: worker processes, slots, warm reuse, limits.
+"""The function's execution environments: slots, warm reuse, limits.
 
-One :class:`Slot` per unit of concurrency holds at most one :class:`WorkerProcess`
-(``python -m dolambda.emulator.worker``), which imports the handler once (a cold
-start) and then serves one invocation at a time (warm reuse). :meth:`Runtime.invoke`
-runs one handler call on a slot and says how it ended, as Lambda would: the
-handler's payload, its error, or ``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` /
-``Runtime.ExitError`` when the process was killed at the timeout, killed for
-passing ``memory_mb`` (:meth:`Runtime.memory_loop`) or died on its own. A dead
-process is replaced on the slot's next invocation. Each call logs Lambda's
-``START`` and ``REPORT`` lines.
+One :class:`Slot` per unit of concurrency holds at most one execution environment,
+which initialises once (a cold start) and then serves one invocation at a time (warm
+reuse). Two kinds: :class:`SandboxProcess` (``isolated``: a
+:class:`~dolambda.emulator.sandbox.Sandbox` running the function's package under AWS's
+``awslambdaric``, as Lambda does) and the legacy :class:`WorkerProcess` (``python -m
+dolambda.emulator.worker`` in the client's environment). :meth:`Runtime.invoke` runs
+one handler call on a slot and says how it ended, as Lambda would: the handler's
+payload, its error, Lambda's init error (``Runtime.ImportModuleError``...), or
+``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` / ``Runtime.ExitError`` when the
+process was killed at the timeout, killed for passing ``memory_mb``
+(:meth:`Runtime.memory_loop`) or died on its own. A dead process is replaced on the
+slot's next invocation. Each call logs Lambda's ``START`` and ``REPORT`` lines.
+
+The legacy worker also set an address-space rlimit as a backstop; the isolated one
+does not (Lambda limits memory with its cgroup, not ``RLIMIT_AS``, so a function may
+map more than it touches): the RSS watch is the only limit, as on Lambda.
 """
 
 from __future__ import annotations
