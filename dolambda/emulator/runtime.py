@@ -46,8 +46,8 @@ from dolambda.emulator.sandbox import (
     Outcome,
     Sandbox,
     Timeout,
-    group_pids,
     runtime_dir,
+    sessions_pids,
 )
 
 log = logging.getLogger("dolambda.emulator")
@@ -175,8 +175,7 @@ class SandboxProcess:
         self.served = 0
         self.init_ms = 0.0
         self.peak_mb = 0.0
-        self._pids: set[int] = set()
-        self._pids_at = 0.0
+        self.pids: set[int] = set()  # the group's other processes, refreshed by memory_loop
 
     @property
     def pid(self) -> int:
@@ -193,16 +192,14 @@ class SandboxProcess:
     def rss_mb(self) -> float:
         """Resident memory of the environment's processes (the runtime and its children).
 
-        Finding the group's processes walks ``/proc`` (milliseconds), so the set is
-        refreshed every quarter second; reading their ``statm`` is cheap."""
+        Finding the group's processes walks ``/proc`` (milliseconds), so
+        :meth:`Runtime.memory_loop` refreshes ``pids`` for every slot at once, once a
+        second; reading their ``statm`` is cheap."""
         pid = self.sandbox.pid
         if pid is None or not self.sandbox.alive:
             return 0.0
-        now = time.monotonic()
-        if now - self._pids_at > 0.25:
-            self._pids, self._pids_at = group_pids(pid), now
         total = 0
-        for member in self._pids | {pid}:
+        for member in self.pids | {pid}:
             try:
                 with open(f"/proc/{member}/statm", "rb") as f:
                     total += int(f.read().split()[1])
@@ -565,7 +562,15 @@ class Runtime:
     def memory_loop(self) -> None:
         """Kill a worker whose resident memory passes ``memory_mb`` (Lambda's OOM kill)."""
         limit = self.config.memory_mb
+        scanned = 0.0
         while not self._stopping.wait(0.02):
+            now = time.monotonic()
+            if self.config.isolated and now - scanned >= 1.0:  # children of the runtimes
+                scanned = now
+                boxes = [s.process for s in self.slots if isinstance(s.process, SandboxProcess)]
+                groups = sessions_pids(box.pid for box in boxes if box.pid)
+                for box in boxes:
+                    box.pids = groups.get(box.pid, set())
             for slot in self.slots:
                 process = slot.process
                 if process is None or process.kill_reason is not None:

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +65,7 @@ __all__ = [
     "Timeout",
     "copy_distributions",
     "group_pids",
+    "sessions_pids",
     "runtime_dir",
 ]
 
@@ -221,16 +222,22 @@ class Died:
 def group_pids(session: int) -> set[int]:
     """The live processes of the session ``session`` leads (an environment's runtime and
     every child it started), from Linux ``/proc``."""
-    found: set[int] = set()
+    return sessions_pids([session])[session]
+
+
+def sessions_pids(sessions: Iterable[int]) -> dict[int, set[int]]:
+    """:func:`group_pids` for several sessions in one walk of ``/proc`` (milliseconds)."""
+    found: dict[int, set[int]] = {sid: set() for sid in sessions}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rpartition(")")[2].split()[3]) == session:
-                found.add(int(entry))
+            sid = int(stat.rpartition(")")[2].split()[3])
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
+        if sid in found:
+            found[sid].add(int(entry))
     return found
 
 
