@@ -685,3 +685,163 @@ def test_invoke_api_errors(emulator: Emulator) -> None:
     response = lam.invoke(FunctionName=emulator.function_name, Payload=b'{"hello": 1}')
     assert json.loads(response["Payload"].read()) == {"outcomes": {}}
     assert emulator.stats.events == 1
+
+
+# --------------------------------------------------------------------------- isolated runtime
+
+PROBE_HANDLER = """
+import importlib, os, sys
+
+def lambda_handler(event, context):
+    found = {}
+    for name in event["modules"]:
+        try:
+            importlib.import_module(name)
+            found[name] = "ok"
+        except ImportError as exc:
+            found[name] = type(exc).__name__
+    import boto3, dill, handler.lambda_function
+    return {
+        "found": found,
+        "cwd": os.getcwd(),
+        "path": sys.path,
+        "boto3": boto3.__file__,
+        "dill": dill.__file__,
+        "handler": handler.lambda_function.__file__,
+        "env": dict(os.environ),
+    }
+"""
+
+
+def module_level_square(x: int) -> int:
+    """A body dill pickles by reference (``tests.test_emulator.module_level_square``)."""
+    return x * x
+
+
+def isolated_emulator(moto_url: str, **kwargs: Any) -> Emulator:
+    name = f"iso-{uuid.uuid4().hex[:10]}"
+    settings: dict[str, Any] = {
+        "endpoint_url": moto_url,
+        "bucket": name,
+        "function_name": name,
+        "workers": 1,
+        "timeout": 20,
+        "isolated": True,
+    }
+    return Emulator(**{**settings, **kwargs})
+
+
+def test_isolated_workers_run_the_package_not_the_clients_environment(
+    moto_url: str, tmp_path: Any
+) -> None:
+    """Through the emulator (Invoke): the client's modules (pytest, the tests, moto) are not
+    importable; boto3 is the runtime directory's; dill and the handler are the package's;
+    the working directory is the task root; the function's settings are in the environment."""
+    (tmp_path / "lambda_function.py").write_text(PROBE_HANDLER)
+    with isolated_emulator(moto_url, trigger="invoke", task_root=tmp_path) as emu:
+        assert emu._runtime is not None and emu._runtime.package is not None
+        package, runtime = emu._runtime.package, emu._runtime.runtime_dir
+        lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+        modules = ["pytest", "tests.test_emulator", "moto", "aioboto3", "numpy", "pydantic"]
+        response = lam.invoke(
+            FunctionName=emu.function_name, Payload=json.dumps({"modules": modules})
+        )
+        assert "FunctionError" not in response
+        facts = json.loads(response["Payload"].read())
+    assert facts["found"] == {
+        "pytest": "ModuleNotFoundError",
+        "tests.test_emulator": "ModuleNotFoundError",
+        "moto": "ModuleNotFoundError",
+        "aioboto3": "ModuleNotFoundError",  # the client's, never the worker's
+        "numpy": "ok",
+        "pydantic": "ok",
+    }
+    assert facts["cwd"] == str(tmp_path)
+    assert facts["boto3"].startswith(str(runtime))
+    assert facts["dill"].startswith(str(package))
+    assert facts["handler"].startswith(str(package))
+    assert not any("site-packages" in entry for entry in facts["path"])
+    env = facts["env"]
+    assert env["LAMBDA_TASK_ROOT"] == str(tmp_path)
+    assert env["DOLAMBDA_SIGNING_KEY"] == emu.signing_key and env["DOLAMBDA_BUCKET"] == emu.bucket
+    assert env["AWS_ENDPOINT_URL_S3"] == moto_url
+    assert "PYTEST_CURRENT_TEST" not in env  # nothing of the client's environment
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["legacy", "isolated"])
+def test_a_body_the_package_cannot_import_fails_only_when_isolated(
+    moto_url: str, isolated: bool
+) -> None:
+    """A body pickled by reference to a module of the client's (here this test module) runs
+    on the legacy workers, which share the client's environment, and fails on the isolated
+    ones with the ModuleNotFoundError AWS would give. When the body's code travels with the
+    job (issue 13 section 1), the isolated case must flip to giving the values."""
+    from dolambda import TaskError, foreach
+    from dolambda._backends.lambda_ import LambdaBackend
+
+    with isolated_emulator(moto_url, workers=2, isolated=isolated) as emu:
+        backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
+        got = (
+            foreach(x=range(3))
+            .errorhandling("pass")
+            .do_lambda(module_level_square, backend=backend, progress=False)
+        )
+    if not isolated:
+        assert got == [0, 1, 4]
+        return
+    assert all(isinstance(r, TaskError) for r in got), got
+    assert "ModuleNotFoundError: No module named 'tests'" in str(got[0])
+
+
+def test_a_body_from_a_runtime_sys_path_module_fails_isolated(
+    moto_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's own module, imported from a directory added to ``sys.path`` at run time:
+    the isolated workers cannot import it, as on AWS. MUST FLIP (to ``== [1, 2, 3]``) when
+    the other helper's code shipping lands."""
+    import importlib
+    import sys
+
+    from dolambda import TaskError, foreach
+
+    (tmp_path / "usersrc").mkdir()
+    (tmp_path / "usersrc" / "mysim_iso.py").write_text("def simulate(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "usersrc"))
+    importlib.invalidate_caches()
+    mysim = importlib.import_module("mysim_iso")
+    try:
+        with isolated_emulator(moto_url) as emu:
+            got = (
+                foreach(x=range(3))
+                .errorhandling("pass")
+                .do_lambda(mysim.simulate, backend=emu.backend, progress=False)
+            )
+    finally:
+        sys.modules.pop("mysim_iso", None)
+    assert all(isinstance(r, TaskError) for r in got), got
+    assert "No module named 'mysim_iso'" in str(got[0])
+
+
+def test_a_handler_whose_import_fails_gives_lambdas_init_error(
+    moto_url: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Runtime.ImportModuleError reaches the caller, naming the module, in seconds; the
+    environment is replaced on the next call (which fails the same way)."""
+    (tmp_path / "lambda_function.py").write_text(
+        "import a_module_missing_from_the_package\n\ndef lambda_handler(event, context):\n"
+        "    return 1\n"
+    )
+    caplog.set_level(logging.ERROR, logger="dolambda.emulator")
+    with isolated_emulator(moto_url, trigger="invoke", task_root=tmp_path, timeout=60) as emu:
+        lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+        for _ in range(2):
+            started = time.monotonic()
+            response = lam.invoke(FunctionName=emu.function_name, Payload=b"{}")
+            assert time.monotonic() - started < 30  # not the 60 s timeout: no hang
+            assert response.get("FunctionError") == "Unhandled"
+            error = json.loads(response["Payload"].read())
+            assert error["errorType"] == "Runtime.ImportModuleError"
+            assert "a_module_missing_from_the_package" in error["errorMessage"]
+        assert emu.stats.errors == 2 and emu.stats.invocations == 0
+        assert emu.worker_pids() == []
+    assert any("Runtime.ImportModuleError" in r.getMessage() for r in caplog.records)

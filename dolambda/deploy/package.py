@@ -5,13 +5,23 @@ nothing (the real one would pull in aioboto3), the modules the worker needs, and
 dill/pydantic/numpy (pinned to the client's dill and pydantic versions) plus the
 user's requirements, installed by pip for the Lambda platform. boto3 is left out:
 the Lambda runtime ships it. Builds are cached by a hash of all their inputs.
+
+:func:`build_task_root` is the same package for this machine, offline: an unpacked
+directory (the emulator's ``LAMBDA_TASK_ROOT``) whose dependencies are copied from
+this interpreter's installed distributions instead of installed by pip, compiled
+with unchecked hash-based ``.pyc`` files (the tree never changes once built: it is
+keyed by its inputs), so a cold start imports without recompiling.
 """
 
 from __future__ import annotations
 
 import base64
+import compileall
 import hashlib
+import json
 import os
+import py_compile
+import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from dolambda._errors import DeployError, InvalidArgument
+from dolambda.deploy.installed import closure, copy_distributions, normalize
 
 # exactly what handler/lambda_function.py imports, transitively (the package's
 # dolambda/__init__.py imports nothing; the subpackages' __init__.py are empty)
@@ -48,6 +59,7 @@ DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # zipped bytes Lambda accepts in the req
 UNZIPPED_LIMIT = 250 * 1024 * 1024  # Lambda's limit for the unzipped package
 EXCLUDED = ("boto3", "botocore", "s3transfer", "bin")  # the runtime ships boto3
 _BUILD_FORMAT = "dolambda-package-1"
+_TASK_ROOT_FORMAT = "dolambda-task-root-1"
 
 MINIMAL_INIT = '''"""dolambda as deployed to Lambda: the worker's modules only; imports nothing."""
 
@@ -204,17 +216,79 @@ def build_package(
             for junk in [tree / name, *tree.glob(f"{name}-*.dist-info")]:
                 if junk.is_dir():
                     shutil.rmtree(junk)
-        for name, src in sources.items():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tree / name)
-        (tree / "dolambda" / "__init__.py").write_text(
-            MINIMAL_INIT.format(version=_dolambda_version())
-        )
+        _write_sources(tree, sources)
         _check_unzipped(tree, unzipped_limit)
         partial = path.with_suffix(f".{os.getpid()}.part")
         _zip_tree(tree, partial)
         os.replace(partial, path)
     return _describe(path, cached=False)
+
+
+def _write_sources(tree: Path, sources: dict[str, Path]) -> None:
+    """The handler and the worker's modules, with the ``dolambda/__init__.py`` that imports
+    nothing."""
+    for name, src in sources.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tree / name)
+    (tree / "dolambda" / "__init__.py").write_text(MINIMAL_INIT.format(version=_dolambda_version()))
+
+
+def build_task_root(cache: Path | None = None) -> Path:
+    """The deployment package for this machine, unpacked: the emulator's task root.
+
+    The same files as :func:`build_package` (the handler, the worker's modules, the
+    worker's requirements without boto3), but offline: the requirements and their
+    closure are copied from this interpreter's installed distributions, at the
+    versions installed here. Cached under ``cache`` (default :func:`cache_dir`) by a
+    hash of the worker's sources, the distributions' names and versions and the
+    interpreter; built in a temporary directory and renamed into place (atomic: a
+    concurrent builder's copy wins). ``package.json`` records what it holds. Prints
+    one line when it has to build.
+    """
+    names = [re.split(r"[=<>!~ ]", req, maxsplit=1)[0] for req in worker_requirements()]
+    dists = closure(names)
+    versions = {normalize(d.metadata["Name"]): d.version for d in dists}
+    excluded = sorted(set(versions) & set(EXCLUDED))
+    if excluded:  # as in the zip: the runtime ships them
+        raise DeployError(f"the worker's requirements pull in {', '.join(excluded)}")
+    sources = _sources()
+    record = {
+        "format": _TASK_ROOT_FORMAT,
+        "python": python_version(),
+        "implementation": sys.implementation.cache_tag,
+        "dolambda": _dolambda_version(),
+        "distributions": versions,
+    }
+    h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    for name, path in sorted(sources.items()):
+        h.update(b"\0" + name.encode() + b"\0" + path.read_bytes())
+    root = cache or cache_dir()
+    final = root / f"task-root-{sys.implementation.cache_tag}-{h.hexdigest()[:24]}"
+    if (final / "package.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    print("building the emulator's function package (first start only)...", flush=True)
+    build = Path(tempfile.mkdtemp(prefix=".build-task-root-", dir=root))
+    try:
+        copy_distributions(names, build)
+        _write_sources(build, sources)
+        # Unchecked hash-based pycs (PEP 552): valid whatever the files' mtimes, never
+        # re-checked against the source; the tree is immutable once renamed into place.
+        compileall.compile_dir(
+            build,
+            quiet=1,
+            workers=1,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+        (build / "package.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(build, final)
+        except OSError:  # another process built it first
+            if not (final / "package.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return final
 
 
 def _pip_install(

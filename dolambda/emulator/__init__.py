@@ -20,13 +20,20 @@
                                              pending heap (by due time)
                                                      │ dispatcher: at most `workers` at once,
                                                      ▼ the warmest idle worker first
-  results/<job>/<task>.out ◄─ PUT If-None-Match ─ worker process (python -m
-                                                  dolambda.emulator.worker): imports
-                                                  handler/lambda_function.py once (cold start),
-                                                  then lambda_handler(event, context) for each
-                                                  invocation (warm reuse). Killed at the timeout
-                                                  or when its RSS passes memory_mb; a fresh one
-                                                  takes its place on the next event.
+  results/<job>/<task>.out ◄─ PUT If-None-Match ─ an execution environment per slot, warm
+                                                  between invocations, killed at the timeout
+                                                  or when its RSS passes memory_mb (a fresh
+                                                  one takes its place on the next event):
+      isolated=True  (runtime.SandboxProcess): sandbox.Sandbox, ``python -I -S`` under AWS's
+                     awslambdaric, speaking the Runtime API (runtime_api) to the emulator;
+                     task root = the function's package (deploy.package.build_task_root:
+                     handler/, the worker's modules, dill/pydantic/numpy copied from this
+                     interpreter, cached), boto3 from the runtime directory, Lambda's
+                     environment and nothing of the client's. Init errors
+                     (Runtime.ImportModuleError...) are the invocation's error.
+      isolated=False (runtime.WorkerProcess, the default for now): ``python -m
+                     dolambda.emulator.worker`` in the client's own environment (its venv,
+                     the checkout on PYTHONPATH): lenient, code that fails on AWS passes.
 
 With an ``endpoint_url`` that is a plain S3 server (no notifications, e.g.
 SeaweedFS), ``discovery="poll"`` LISTs ``<prefix>/queue/`` every
@@ -90,7 +97,12 @@ class Emulator:
     ``shuffle`` (a random delay in ``[0, max(event_delay, 0.05)]`` instead).
     ``retries``: how often a failed async invocation (error, timeout, kill) is
     queued again, as Lambda's async-invoke config does (the default 0 leaves
-    lost work to the client). ``handler``/``task_root`` name another handler.
+    lost work to the client). ``handler``/``task_root`` name another handler
+    (``task_root`` holds ``lambda_function.py`` unless ``handler`` says otherwise; isolated,
+    the function's package is a layer after it, so it can wrap the real handler).
+    ``isolated``: run the function's package in isolated Lambda environments (see the
+    module docstring); None reads ``DOLAMBDA_EMULATOR_ISOLATED`` (``1``: on), default off
+    until the body's own code travels with the job (issue 13).
     """
 
     def __init__(
@@ -116,9 +128,12 @@ class Emulator:
         on_failure: bool = True,
         poll_interval: float = 0.1,
         port: int = 0,
-        handler: str = "lambda_function.lambda_handler",
+        handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
+        isolated: bool | None = None,
     ) -> None:
+        if isolated is None:  # the default: DOLAMBDA_EMULATOR_ISOLATED=1 turns it on
+            isolated = os.environ.get("DOLAMBDA_EMULATOR_ISOLATED", "") not in ("", "0")
         self.config: EmulatorConfig = make_config(
             workers=workers,
             bucket=bucket,
@@ -141,6 +156,7 @@ class Emulator:
             port=port,
             handler=handler,
             task_root=task_root,
+            isolated=isolated,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -266,6 +282,7 @@ class Emulator:
             lock=cond,
             stopping=stopping,
         )
+        runtime.prepare()  # the function's package and runtime directory (isolated)
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )

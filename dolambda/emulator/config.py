@@ -16,8 +16,12 @@ from pathlib import Path
 from dolambda._errors import InvalidArgument
 from dolambda._wire.codec import signing_key_bytes
 
-#: the checkout that holds ``dolambda/`` and ``handler/`` (the workers import both from here)
+#: the checkout that holds ``dolambda/`` and ``handler/`` (the legacy workers import both
+#: from here; the isolated ones get them in the function's package)
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+#: the deployed function's handler (``dolambda.deploy.function.HANDLER``)
+PACKAGE_HANDLER = "handler.lambda_function.lambda_handler"
 
 
 @dataclass
@@ -64,8 +68,13 @@ class EmulatorConfig:
     poll_interval: float
     port: int
     handler: str
-    task_root: str
+    # a directory of the user's own handler, or None for the function's package alone;
+    # isolated workers get that directory as their task root and the package as a layer
+    task_root: str | None
     pythonpath: str
+    # the workers are isolated Lambda environments (Sandbox), not the legacy worker
+    # processes that share this interpreter's environment
+    isolated: bool
 
 
 def make_config(
@@ -89,8 +98,9 @@ def make_config(
     on_failure: bool,
     poll_interval: float,
     port: int,
-    handler: str,
+    handler: str | None,
     task_root: str | os.PathLike[str] | None,
+    isolated: bool = False,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -130,7 +140,9 @@ def make_config(
         on_failure=bool(on_failure),
         poll_interval=float(poll_interval),
         port=port,
-        handler=handler,
-        task_root=str(Path(task_root).resolve() if task_root else SOURCE_ROOT / "handler"),
+        # a directory of one's own holds lambda_function.py unless told otherwise
+        handler=handler or ("lambda_function.lambda_handler" if task_root else PACKAGE_HANDLER),
+        task_root=str(Path(task_root).resolve()) if task_root else None,
         pythonpath=str(SOURCE_ROOT),
+        isolated=bool(isolated),
     )

@@ -1,14 +1,21 @@
-"""The function's execution environments: worker processes, slots, warm reuse, limits.
+"""The function's execution environments: slots, warm reuse, limits.
 
-One :class:`Slot` per unit of concurrency holds at most one :class:`WorkerProcess`
-(``python -m dolambda.emulator.worker``), which imports the handler once (a cold
-start) and then serves one invocation at a time (warm reuse). :meth:`Runtime.invoke`
-runs one handler call on a slot and says how it ended, as Lambda would: the
-handler's payload, its error, or ``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` /
-``Runtime.ExitError`` when the process was killed at the timeout, killed for
-passing ``memory_mb`` (:meth:`Runtime.memory_loop`) or died on its own. A dead
-process is replaced on the slot's next invocation. Each call logs Lambda's
-``START`` and ``REPORT`` lines.
+One :class:`Slot` per unit of concurrency holds at most one execution environment,
+which initialises once (a cold start) and then serves one invocation at a time (warm
+reuse). Two kinds: :class:`SandboxProcess` (``isolated``: a
+:class:`~dolambda.emulator.sandbox.Sandbox` running the function's package under AWS's
+``awslambdaric``, as Lambda does) and the legacy :class:`WorkerProcess` (``python -m
+dolambda.emulator.worker`` in the client's environment). :meth:`Runtime.invoke` runs
+one handler call on a slot and says how it ended, as Lambda would: the handler's
+payload, its error, Lambda's init error (``Runtime.ImportModuleError``...), or
+``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` / ``Runtime.ExitError`` when the
+process was killed at the timeout, killed for passing ``memory_mb``
+(:meth:`Runtime.memory_loop`) or died on its own. A dead process is replaced on the
+slot's next invocation. Each call logs Lambda's ``START`` and ``REPORT`` lines.
+
+The legacy worker also set an address-space rlimit as a backstop; the isolated one
+does not (Lambda limits memory with its cgroup, not ``RLIMIT_AS``, so a function may
+map more than it touches): the RSS watch is the only limit, as on Lambda.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import math
 import os
 import queue
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -27,13 +35,29 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from dolambda.deploy import package
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
+from dolambda.emulator.runtime_api import FunctionError, InitError, Response
+from dolambda.emulator.sandbox import (
+    Credentials,
+    Outcome,
+    Sandbox,
+    Timeout,
+    runtime_dir,
+    sessions_pids,
+)
 
 log = logging.getLogger("dolambda.emulator")
 
 TIMEOUT = object()  # a worker gave no answer in time
+
+#: Lambda's limit on the init phase of an on-demand function (10 s; past it the init is
+#: retried within the invocation's own timeout):
+#: https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html
+INIT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -137,19 +161,85 @@ class WorkerProcess:
                     stream.close()
 
 
+class SandboxProcess:
+    """One isolated execution environment on a slot: a :class:`Sandbox` (``python -I -S``
+    under ``awslambdaric``, the function's package as its task root) and what the
+    emulator tracks about it (the same attributes as :class:`WorkerProcess`)."""
+
+    def __init__(self, sandbox: Sandbox, tag: str) -> None:
+        self.sandbox = sandbox
+        self.tag = tag
+        self.logs: deque[str] = deque(maxlen=50)
+        self.kill_reason: str | None = None
+        self.kill_detail = ""
+        self.served = 0
+        self.init_ms = 0.0
+        self.peak_mb = 0.0
+        self.pids: set[int] = set()  # the group's other processes, refreshed by memory_loop
+
+    @property
+    def pid(self) -> int:
+        return self.sandbox.pid or 0
+
+    @property
+    def alive(self) -> bool:
+        return self.sandbox.alive
+
+    def on_output(self, line: str) -> None:
+        self.logs.append(line)
+        log.info("%s %s", self.tag, line)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the environment's processes (the runtime and its children).
+
+        Finding the group's processes walks ``/proc`` (milliseconds), so
+        :meth:`Runtime.memory_loop` refreshes ``pids`` for every slot at once, once a
+        second; reading their ``statm`` is cheap."""
+        pid = self.sandbox.pid
+        if pid is None or not self.sandbox.alive:
+            return 0.0
+        total = 0
+        for member in self.pids | {pid}:
+            try:
+                with open(f"/proc/{member}/statm", "rb") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+        rss = total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+        self.peak_mb = max(self.peak_mb, rss)
+        return rss
+
+    def kill(self, reason: str, detail: str = "") -> None:
+        if self.kill_reason is None:
+            self.kill_reason, self.kill_detail = reason, detail
+        pid = self.sandbox.pid
+        if pid is not None:  # SIGKILL to the group; the sandbox's reaper notices
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+
+#: what runs on a slot: the isolated environment, or the legacy worker process
+Environment = SandboxProcess | WorkerProcess
+
+
 class Slot:
     """One unit of concurrency; holds a warm process between invocations."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.process: WorkerProcess | None = None
+        self.process: Environment | None = None
 
 
 class Runtime:
     """The function's slots and the handler calls on them.
 
     ``stats`` is updated under ``lock`` (the emulator's one condition); ``stopping``
-    is the emulator's stop flag: no new call starts once it is set.
+    is the emulator's stop flag: no new call starts once it is set. With
+    ``config.isolated``, :meth:`prepare` builds (or finds in the cache) the function's
+    package and the runtime directory before the first environment starts.
     """
 
     def __init__(
@@ -169,6 +259,16 @@ class Runtime:
         self._stats = stats
         self._lock = lock
         self._stopping = stopping
+        self.package: Path | None = None  # the function's package (isolated)
+        self.runtime_dir: Path | None = None  # LAMBDA_RUNTIME_DIR (isolated)
+
+    def prepare(self) -> None:
+        """Build or find the function's package and the runtime directory (isolated)."""
+        if not self.config.isolated or self.package is not None:
+            return
+        cache = package.cache_dir()
+        self.package = package.build_task_root(cache)
+        self.runtime_dir = runtime_dir(cache)
 
     def worker_pids(self) -> list[int]:
         """The process ids of the live workers."""
@@ -188,11 +288,156 @@ class Runtime:
                 slot.process.close()
                 slot.process = None
 
-    def _spawn(self, slot: Slot) -> WorkerProcess | None:
+    def invoke(self, slot: Slot, event: Any) -> Answer | None:
+        """One handler call on the slot's process; None when the emulator is stopping."""
+        if self._stopping.is_set():
+            return None
+        if self.config.isolated:
+            return self._invoke_isolated(slot, event)
+        return self._invoke_legacy(slot, event)
+
+    # ── isolated environments ──
+
+    def sandbox_environment(self) -> dict[str, str]:
+        """The function's own environment variables (what deploy sets), pointed at this
+        emulator's S3; Lambda's reserved variables are the sandbox's to set."""
+        c = self.config
+        return {
+            "DOLAMBDA_SIGNING_KEY": c.signing_key,
+            "DOLAMBDA_PREFIX": c.prefix,
+            "DOLAMBDA_BUCKET": c.bucket,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ENDPOINT_URL": self.endpoint_url,  # no AWS service is reachable from here
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def _new_sandbox(self, slot: Slot) -> SandboxProcess:
+        c = self.config
+        self.prepare()
+        assert self.package is not None and self.runtime_dir is not None
+        own_root = Path(c.task_root) if c.task_root else None
+        holder: list[SandboxProcess] = []
+        sandbox = Sandbox(
+            # a handler of the user's own: its directory is the task root and the
+            # function's package a layer after it (as /opt/python is on Lambda)
+            task_root=own_root or self.package,
+            layers=[self.package] if own_root else [],
+            runtime=self.runtime_dir,
+            handler=c.handler,
+            function_name=c.function_name,
+            memory_mb=c.memory_mb,
+            region=c.region,
+            credentials=Credentials(
+                os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            ),
+            environment=self.sandbox_environment(),
+            init_timeout=max(INIT_TIMEOUT, c.timeout),
+            on_output=lambda line: holder[0].on_output(line) if holder else log.info(line),
+        )
+        process = SandboxProcess(sandbox, f"{c.function_name}#{slot.index}")
+        holder.append(process)
+        return process
+
+    def _invoke_isolated(self, slot: Slot, event: Any) -> Answer | None:
+        c = self.config
+        process = slot.process
+        assert not isinstance(process, WorkerProcess)
+        if process is None or process.kill_reason is not None or not process.alive:
+            if process is not None:
+                process.close()
+            process = slot.process = self._new_sandbox(slot)
+            if self._stopping.is_set():
+                return None
+        if process.served == 0:
+            not_ready = process.sandbox.wait_ready()
+            if not_ready is not None:  # Lambda's init failed: report it, replace the env
+                process.close()
+                slot.process = None
+                with self._lock:
+                    self._stats.errors += 1
+                return self._init_failed(process, not_ready)
+            process.init_ms = (process.sandbox.init_duration or 0.0) * 1000
+        request_id = str(uuid.uuid4())
+        cold = process.served == 0
+        process.served += 1
+        with self._lock:
+            self._stats.invocations += 1
+            if cold:
+                self._stats.cold_starts += 1
+        log.info("%s START RequestId: %s Version: $LATEST", process.tag, request_id)
+        started = time.perf_counter()
+        outcome = process.sandbox.invoke(
+            json.dumps(event).encode(), c.timeout, request_id=request_id
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        rss = max(process.peak_mb, process.rss_mb())
+        if isinstance(outcome, Response):
+            with self._lock:
+                self._stats.completed += 1
+            self._report(process, request_id, elapsed_ms, rss, cold)
+            return Answer(None, outcome.payload.decode("utf-8", "replace") or "null")
+        if isinstance(outcome, FunctionError):  # the handler raised: the env stays warm
+            with self._lock:
+                self._stats.errors += 1
+            self._report(process, request_id, elapsed_ms, rss, cold)
+            return Answer(outcome.error_type, outcome.error_message)
+        if isinstance(outcome, InitError):  # cannot happen after a successful init
+            process.close()
+            slot.process = None
+            with self._lock:
+                self._stats.errors += 1
+            return self._init_failed(process, outcome)
+        # the environment is gone: the deadline (Sandbox killed it), our memory watch, a crash
+        reason = process.kill_reason
+        if isinstance(outcome, Timeout) and reason is None:
+            reason = process.kill_reason = "timeout"
+        with self._lock:
+            if reason == "timeout":
+                self._stats.timeouts += 1
+            elif reason == "memory":
+                self._stats.killed += 1
+            elif reason != "stopped":
+                self._stats.crashed += 1
+        if reason == "timeout":
+            message = f"Task timed out after {c.timeout:.2f} seconds"
+            log.warning("%s %s %s", process.tag, request_id, message)
+            error_type = "Sandbox.Timedout"
+        elif reason == "memory":
+            message = (
+                f"Runtime exited with error: signal: killed (out of memory: {process.kill_detail})"
+            )
+            log.warning("%s %s killed for memory: %s", process.tag, request_id, process.kill_detail)
+            error_type = "Runtime.OutOfMemory"
+        else:
+            message = outcome.error_message.partition(" Error: ")[2] or outcome.error_message
+            log.warning("%s %s %s", process.tag, request_id, message)
+            error_type = "Runtime.ExitError"
+        self._report(process, request_id, elapsed_ms, rss, cold)
+        process.close()
+        slot.process = None
+        return Answer(error_type, message)
+
+    def _init_failed(self, process: SandboxProcess, outcome: Outcome) -> Answer:
+        """Lambda's init failure (``Runtime.ImportModuleError``, ``Runtime.HandlerNotFound``,
+        an init timeout or exit), logged and answered as the invocation's error."""
+        if isinstance(outcome, InitError):
+            error_type, message = outcome.error_type, outcome.error_message
+        elif isinstance(outcome, Timeout):
+            error_type = "Sandbox.Timedout"
+            message = f"INIT_REPORT Init Duration: {outcome.seconds * 1000:.2f} ms Phase: init"
+        else:
+            error_type, message = "Runtime.ExitError", getattr(outcome, "error_message", "")
+        log.error("%s init failed: %s: %s", process.tag, error_type, message)
+        return Answer(error_type, f"{error_type}: {message}")
+
+    # ── legacy worker processes (this interpreter's environment) ──
+
+    def _spawn_legacy(self, slot: Slot) -> WorkerProcess | None:
         process = WorkerProcess(
             [sys.executable, "-m", "dolambda.emulator.worker"],
             self.worker_env(),
-            self.config.task_root,
+            self.config.task_root or self.config.pythonpath,
             f"{self.config.function_name}#{slot.index}",
         )
         slot.process = process
@@ -214,16 +459,14 @@ class Runtime:
         slot.process = None
         return None
 
-    def invoke(self, slot: Slot, event: Any) -> Answer | None:
-        """One handler call on the slot's process; None when the emulator is stopping."""
-        if self._stopping.is_set():
-            return None
+    def _invoke_legacy(self, slot: Slot, event: Any) -> Answer:
         timeout = self.config.timeout
         process = slot.process
+        assert not isinstance(process, SandboxProcess)
         if process is None or process.kill_reason is not None or process.proc.poll() is not None:
             if process is not None:
                 process.close()
-            process = self._spawn(slot)
+            process = self._spawn_legacy(slot)
             if process is None:
                 with self._lock:
                     self._stats.errors += 1
@@ -301,7 +544,7 @@ class Runtime:
         return Answer(error_type, message)
 
     def _report(
-        self, process: WorkerProcess, request_id: str, duration_ms: float, rss_mb: float, cold: bool
+        self, process: Environment, request_id: str, duration_ms: float, rss_mb: float, cold: bool
     ) -> None:
         init = f"\tInit Duration: {process.init_ms:.2f} ms" if cold else ""
         log.info(
@@ -319,7 +562,15 @@ class Runtime:
     def memory_loop(self) -> None:
         """Kill a worker whose resident memory passes ``memory_mb`` (Lambda's OOM kill)."""
         limit = self.config.memory_mb
+        scanned = 0.0
         while not self._stopping.wait(0.02):
+            now = time.monotonic()
+            if self.config.isolated and now - scanned >= 1.0:  # children of the runtimes
+                scanned = now
+                boxes = [s.process for s in self.slots if isinstance(s.process, SandboxProcess)]
+                groups = sessions_pids(box.pid for box in boxes if box.pid)
+                for box in boxes:
+                    box.pids = groups.get(box.pid, set())
             for slot in self.slots:
                 process = slot.process
                 if process is None or process.kill_reason is not None:
@@ -353,7 +604,7 @@ class Runtime:
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.function_name}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": stream,
                 "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-                "LAMBDA_TASK_ROOT": c.task_root,
+                "LAMBDA_TASK_ROOT": c.task_root or c.pythonpath,
                 "_HANDLER": c.handler,
                 "DOLAMBDA_SIGNING_KEY": c.signing_key,
                 "DOLAMBDA_PREFIX": c.prefix,

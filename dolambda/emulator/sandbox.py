@@ -1,11 +1,9 @@
 """A Lambda execution environment on this machine: what the emulator's workers run in.
 
-Three things, each built only from the standard library and what is installed here
-(offline):
+Two things, each built only from the standard library and what is installed here
+(offline; installed distributions are copied with
+:func:`dolambda.deploy.installed.copy_distributions`, re-exported here):
 
-- :func:`copy_distributions` copies installed distributions and their requirement
-  closure into a directory (how a runtime directory and a deployment package are
-  built from this machine's site-packages);
 - :func:`runtime_dir` is the cached stand-in for Lambda's ``/var/runtime``:
   AWS's runtime interface client and the SDK the Python runtime ships;
 - :class:`Sandbox` is one execution environment: an isolated interpreter running
@@ -36,12 +34,10 @@ from __future__ import annotations
 import compileall
 import contextlib
 import hashlib
-import importlib.metadata as md
 import json
 import logging
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -57,6 +53,7 @@ from pathlib import Path
 from types import TracebackType
 
 from dolambda._errors import BackendError, ConfigError
+from dolambda.deploy.installed import closure, copy_distributions, normalize
 from dolambda.emulator.runtime_api import FunctionError, InitError, Invocation, Response, RuntimeAPI
 
 __all__ = [
@@ -67,195 +64,14 @@ __all__ = [
     "Sandbox",
     "Timeout",
     "copy_distributions",
+    "group_pids",
+    "sessions_pids",
     "runtime_dir",
 ]
 
 log = logging.getLogger(__name__)
 
-# ── distributions ────────────────────────────────────────────────────────────────────
-
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
-_TOKEN = re.compile(
-    r"\s*(?:(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>===|==|!=|<=|>=|~=|<|>|\(|\))"
-    r"|(?P<word>not\s+in\b|[A-Za-z_][A-Za-z0-9_.]*))"
-)
-_VERSION_VARS = {"python_version", "python_full_version", "implementation_version"}
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _marker_env() -> dict[str, str]:
-    impl = sys.implementation.version
-    return {
-        "os_name": os.name,
-        "sys_platform": sys.platform,
-        "platform_machine": platform.machine(),
-        "platform_python_implementation": platform.python_implementation(),
-        "platform_release": platform.release(),
-        "platform_system": platform.system(),
-        "platform_version": platform.version(),
-        "python_version": "{}.{}".format(*sys.version_info[:2]),
-        "python_full_version": platform.python_version(),
-        "implementation_name": sys.implementation.name,
-        "implementation_version": f"{impl.major}.{impl.minor}.{impl.micro}",
-    }
-
-
-def _compare(left: str, op: str, right: str, versions: bool) -> bool:
-    if op == "in":
-        return left in right
-    if op == "not in":
-        return left not in right
-    if op == "===":
-        return left == right
-    a: object = left
-    b: object = right
-    if versions and re.fullmatch(r"\d+(\.\d+)*", left) and re.fullmatch(r"\d+(\.\d+)*", right):
-        ta, tb = tuple(map(int, left.split("."))), tuple(map(int, right.split(".")))
-        if op == "~=":  # compatible release: >= right and the same prefix but the last part
-            return ta >= tb and ta[: len(tb) - 1] == tb[: len(tb) - 1]
-        width = max(len(ta), len(tb))
-        a, b = ta + (0,) * (width - len(ta)), tb + (0,) * (width - len(tb))
-    table: dict[str, Callable[[object, object], bool]] = {
-        "==": lambda x, y: x == y,
-        "!=": lambda x, y: x != y,
-        "<": lambda x, y: x < y,  # type: ignore[operator]
-        "<=": lambda x, y: x <= y,  # type: ignore[operator]
-        ">": lambda x, y: x > y,  # type: ignore[operator]
-        ">=": lambda x, y: x >= y,  # type: ignore[operator]
-        "~=": lambda x, y: x == y,
-    }
-    return table[op](a, b)
-
-
-def _marker_true(marker: str, env: Mapping[str, str]) -> bool:
-    """Evaluate a PEP 508 environment marker (``extra`` taken from ``env``)."""
-    tokens: list[str] = []
-    pos = 0
-    while pos < len(marker.rstrip()):
-        match = _TOKEN.match(marker, pos)
-        if match is None:
-            raise ConfigError(f"cannot parse the environment marker {marker!r}")
-        tokens.append(re.sub(r"\s+", " ", match.group(match.lastgroup or 0)))
-        pos = match.end()
-    at = 0
-
-    def value() -> tuple[str, str]:
-        nonlocal at
-        token = tokens[at]
-        at += 1
-        if token[0] in "'\"":
-            return token[1:-1], ""
-        if token == "extra":
-            return env.get("extra", ""), token
-        if token not in env:
-            raise ConfigError(f"unknown variable {token!r} in the environment marker {marker!r}")
-        return env[token], token
-
-    def atom() -> bool:
-        nonlocal at
-        if tokens[at] == "(":
-            at += 1
-            result = disjunction()
-            at += 1  # ")"
-            return result
-        (left, lvar), op = value(), tokens[at]
-        at += 1
-        right, rvar = value()
-        if "extra" in (lvar, rvar):  # extra names compare normalized
-            left, right = _normalize(left), _normalize(right)
-        return _compare(left, op, right, bool({lvar, rvar} & _VERSION_VARS))
-
-    def conjunction() -> bool:
-        nonlocal at
-        result = atom()
-        while at < len(tokens) and tokens[at] == "and":
-            at += 1
-            result = atom() and result
-        return result
-
-    def disjunction() -> bool:
-        nonlocal at
-        result = conjunction()
-        while at < len(tokens) and tokens[at] == "or":
-            at += 1
-            result = conjunction() or result
-        return result
-
-    return disjunction()
-
-
-def _closure(names: Iterable[str]) -> list[md.Distribution]:
-    """The installed distributions ``names`` name (``pkg`` or ``pkg[extra]``) and every
-    requirement they need on this interpreter, sorted by normalized name."""
-    env = _marker_env()
-    found: dict[str, md.Distribution] = {}
-    extras_done: dict[str, set[str]] = {}
-    todo: list[tuple[str, frozenset[str], str]] = []
-    for spec in names:
-        match = _NAME.match(spec)
-        if match is None:
-            raise ConfigError(f"not a distribution name: {spec!r}")
-        extras = frozenset(_normalize(e) for e in (match.group(2) or "").split(",") if e.strip())
-        todo.append((match.group(1), extras, "the caller"))
-    while todo:
-        name, extras, wanted_by = todo.pop()
-        key = _normalize(name)
-        seen = extras_done.setdefault(key, set())
-        if key in found and extras <= seen:
-            continue
-        try:
-            dist = found.get(key) or md.distribution(name)
-        except md.PackageNotFoundError:
-            raise ConfigError(
-                f"distribution {name!r} (required by {wanted_by}) is not installed here"
-            ) from None
-        found[key] = dist
-        seen |= extras
-        for req in dist.requires or ():
-            text, _, marker = req.partition(";")
-            match = _NAME.match(text)
-            if match is None:
-                continue
-            applies = not marker.strip() or any(
-                _marker_true(marker, {**env, "extra": extra}) for extra in ("", *sorted(seen))
-            )
-            if applies:
-                sub = frozenset(
-                    _normalize(e) for e in (match.group(2) or "").split(",") if e.strip()
-                )
-                todo.append((match.group(1), sub, dist.metadata["Name"]))
-    return [found[key] for key in sorted(found)]
-
-
-def copy_distributions(names: Iterable[str], dest: Path) -> dict[str, str]:
-    """Copy the installed distributions ``names`` and their requirement closure into
-    ``dest`` (files from each distribution's RECORD, ``*.dist-info`` included, no
-    ``__pycache__``); return ``{normalized name: version}``. The same installed
-    distributions give the same files, whatever the order of ``names``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copied: dict[str, str] = {}
-    for dist in _closure(names):
-        name = _normalize(dist.metadata["Name"])
-        if dist.files is None:
-            raise ConfigError(f"distribution {name!r} has no RECORD: cannot tell its files")
-        root = Path(str(dist.locate_file(""))).resolve()
-        for item in sorted(dist.files, key=str):
-            rel = Path(str(item))
-            src = Path(str(dist.locate_file(item))).resolve()
-            if "__pycache__" in rel.parts or rel.suffix == ".pyc" or not src.is_file():
-                continue
-            if not src.is_relative_to(root):  # scripts and data outside site-packages
-                continue
-            target = dest / src.relative_to(root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            shutil.copymode(src, target)
-        copied[name] = dist.version
-    return copied
-
+# ── the runtime directory ────────────────────────────────────────────────────────────
 
 #: What the Lambda Python runtime ships in /var/runtime (and, on python3.11, in
 #: /var/lang/lib/python3.11/site-packages): the runtime interface client and the SDK.
@@ -284,8 +100,8 @@ def runtime_dir(cache_dir: Path) -> Path:
     #python-package-searchpath), so the runtime's copy is used only by a package
     that lacks one.
     """
-    dists = _closure(RUNTIME_DISTRIBUTIONS)
-    versions = {_normalize(d.metadata["Name"]): d.version for d in dists}
+    dists = closure(RUNTIME_DISTRIBUTIONS)
+    versions = {normalize(d.metadata["Name"]): d.version for d in dists}
     record = {
         "python": "{}.{}".format(*sys.version_info[:2]),
         "implementation": sys.implementation.cache_tag,
@@ -401,6 +217,28 @@ class Died:
             f"signal: {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
         )
         return f"RequestId: {self.request_id} Error: Runtime exited with error: {how}"
+
+
+def group_pids(session: int) -> set[int]:
+    """The live processes of the session ``session`` leads (an environment's runtime and
+    every child it started), from Linux ``/proc``."""
+    return sessions_pids([session])[session]
+
+
+def sessions_pids(sessions: Iterable[int]) -> dict[int, set[int]]:
+    """:func:`group_pids` for several sessions in one walk of ``/proc`` (milliseconds)."""
+    found: dict[int, set[int]] = {sid: set() for sid in sessions}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            sid = int(stat.rpartition(")")[2].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if sid in found:
+            found[sid].add(int(entry))
+    return found
 
 
 #: What became of an invocation.
@@ -597,16 +435,10 @@ class Sandbox:
         in MB (Linux ``/proc``); None when it is not running."""
         if not self.alive or self._proc is None:
             return None
-        sid, total = self._proc.pid, 0
-        page = os.sysconf("SC_PAGE_SIZE")
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        page, total = os.sysconf("SC_PAGE_SIZE"), 0
+        for pid in group_pids(self._proc.pid):
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rpartition(")")[2].split()[3]) != sid:
-                    continue
-                total += int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * page
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
             except (OSError, ValueError, IndexError):
                 continue  # exited meanwhile
         return total / (1024 * 1024)
