@@ -17,7 +17,7 @@ def throw_darts(batch: int, samples: int) -> int:
 
 def run_demo(backend: LambdaBackend, iterations: int = 200, samples: int = 100_000) -> float:
     loop = foreach(batch=range(iterations), samples=[samples] * iterations).seed(2026)
-    print(f"Estimating pi with {iterations} x {samples:,} samples on {backend!r}")
+    print(f"Estimating pi with {iterations} iterations x {samples:,} samples on {backend!r}")
     job = loop.combine(sum).submit(throw_darts, backend=backend)
     started = time.perf_counter()
     hits = int(job.result())

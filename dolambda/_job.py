@@ -224,7 +224,8 @@ class Job:
         """Run the job on the helper thread's loop: ``result()`` may then block anywhere
         and ``await job`` works from any event loop."""
         self._future = _sync.submit_to_portal(self._run_here())
-        # a job cancelled before it started never runs _run's cleanup: end the waits here
+        # a coroutine cancelled before it ran (the portal shutting down) never runs _run's
+        # cleanup: end the waits of as_completed here too
         self._future.add_done_callback(lambda _: self._mark_finished())
         return self
 
