@@ -36,19 +36,16 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dolambda.deploy import package
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
-from dolambda.emulator.runtime_api import FunctionError, InitError, Response
-from dolambda.emulator.sandbox import (
-    Credentials,
-    Outcome,
-    Sandbox,
-    Timeout,
-    runtime_dir,
-    sessions_pids,
-)
+
+if TYPE_CHECKING:
+    from dolambda.emulator.sandbox import Outcome, Sandbox
+
+# The isolated runtime's modules (deploy's builder, the sandbox, the Runtime API) are
+# imported where they are used: the legacy worker (python -m dolambda.emulator.worker)
+# imports this package, and each cold start would pay for them.
 
 log = logging.getLogger("dolambda.emulator")
 
@@ -266,6 +263,9 @@ class Runtime:
         """Build or find the function's package and the runtime directory (isolated)."""
         if not self.config.isolated or self.package is not None:
             return
+        from dolambda.deploy import package
+        from dolambda.emulator.sandbox import runtime_dir
+
         cache = package.cache_dir()
         self.package = package.build_task_root(cache)
         self.runtime_dir = runtime_dir(cache)
@@ -312,6 +312,8 @@ class Runtime:
         }
 
     def _new_sandbox(self, slot: Slot) -> SandboxProcess:
+        from dolambda.emulator.sandbox import Credentials, Sandbox
+
         c = self.config
         self.prepare()
         assert self.package is not None and self.runtime_dir is not None
@@ -340,6 +342,9 @@ class Runtime:
         return process
 
     def _invoke_isolated(self, slot: Slot, event: Any) -> Answer | None:
+        from dolambda.emulator.runtime_api import FunctionError, InitError, Response
+        from dolambda.emulator.sandbox import Timeout
+
         c = self.config
         process = slot.process
         assert not isinstance(process, WorkerProcess)
@@ -421,6 +426,9 @@ class Runtime:
     def _init_failed(self, process: SandboxProcess, outcome: Outcome) -> Answer:
         """Lambda's init failure (``Runtime.ImportModuleError``, ``Runtime.HandlerNotFound``,
         an init timeout or exit), logged and answered as the invocation's error."""
+        from dolambda.emulator.runtime_api import InitError
+        from dolambda.emulator.sandbox import Timeout
+
         if isinstance(outcome, InitError):
             error_type, message = outcome.error_type, outcome.error_message
         elif isinstance(outcome, Timeout):
@@ -566,6 +574,8 @@ class Runtime:
         while not self._stopping.wait(0.02):
             now = time.monotonic()
             if self.config.isolated and now - scanned >= 1.0:  # children of the runtimes
+                from dolambda.emulator.sandbox import sessions_pids
+
                 scanned = now
                 boxes = [s.process for s in self.slots if isinstance(s.process, SandboxProcess)]
                 groups = sessions_pids(box.pid for box in boxes if box.pid)
