@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from dolambda import LambdaBackend, TaskError, foreach
+from dolambda import LambdaBackend, StorageError, TaskError, foreach
 from dolambda._code.archive import build_archive
 from dolambda._code.finder import find_code
 from dolambda._errors import InvalidArgument, InvalidArgumentType, SerializationError
@@ -109,7 +109,8 @@ def test_a_local_package_travels_with_the_job(src: Path, backend: LambdaBackend)
     loop = foreach(x=range(6)).chunk_size(2)
     # kept out: the workers cannot import it, the body does not load (a job failure,
     # not six iteration failures), which proves the test below can fail
-    with pytest.raises(TaskError, match=f"ModuleNotFoundError: No module named '{name}'"):
+    # nothing of the job can run: one job-level error, whatever the errorhandling
+    with pytest.raises(SerializationError, match=f"ModuleNotFoundError: No module named '{name}'"):
         loop.noexport(name).run(simulate, backend=backend)
     assert loop.run(simulate, backend=backend) == [2 * x + 107 for x in range(6)]
 
@@ -205,7 +206,9 @@ def test_a_missing_archive_is_a_job_failure_naming_it(src: Path, backend: Lambda
     # expired it): it is not uploaded, and no worker has it cached
     archive = build_archive(find_code(objects=[simulate]).local)
     backend._code_known[archive.digest] = time.monotonic()
-    with pytest.raises(TaskError, match=rf"code archive .*code/{archive.digest}\.zip.* cannot be"):
+    with pytest.raises(
+        StorageError, match=rf"code archive .*code/{archive.digest}\.zip.* cannot be"
+    ):
         foreach(x=range(4)).chunk_size(2).run(simulate, backend=backend)
     # the backend forgot it: the next job uploads it again and runs
     loop = foreach(x=range(4)).chunk_size(2)

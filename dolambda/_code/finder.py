@@ -34,6 +34,7 @@ import importlib.util
 import os
 import pickletools
 import sys
+import threading
 import zipimport
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ from typing import Any
 
 from dolambda._errors import InvalidArgument, SerializationError
 from dolambda._wire import codec
+
+#: CPython 3.11's ast.parse is not safe from two threads at once (two jobs submitted
+#: together scan their code on two threads): "SystemError: AST constructor recursion depth
+#: mismatch" (python/cpython#106905)
+_PARSING = threading.Lock()
 
 PICKLED = "<pickle>"
 """The ``needed_by`` entry for a module that a pickle references directly."""
@@ -243,7 +249,8 @@ def _catches_import_error(node: ast.Try) -> bool:
 def source_imports(source: bytes | str, module: str, *, is_package: bool) -> list[SourceImport]:
     """The imports in one module's source, as absolute dotted names (relative imports
     resolved against ``module``). Raises SyntaxError when the source does not parse."""
-    tree = ast.parse(source)
+    with _PARSING:
+        tree = ast.parse(source)
     package = module if is_package else module.rpartition(".")[0]
     found: list[SourceImport] = []
 
