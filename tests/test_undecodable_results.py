@@ -40,7 +40,7 @@ def test_stop_names_the_iteration_and_the_unpickling_error(remote: Backend) -> N
     loop = foreach(x=range(4)).chunk_size(1)
     with pytest.raises(TaskError) as info:
         loop.run(only_in_the_worker, backend=remote)
-    assert info.value.index == 1
+    assert info.value.index in (1, 3)  # stop fails fast on the first to arrive: either odd one
     assert info.value.error_type == "SerializationError"
     assert "cannot be unpickled in the client" in str(info.value)
     assert "dl_only_in_the_worker" in str(info.value)
