@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -75,7 +76,7 @@ def _client_error(code: str, status: int = 400, message: str = "") -> ClientErro
         (_client_error("404", 404), Kind.NOT_FOUND),
         (_client_error("NoSuchBucket", 404), Kind.NO_SUCH_BUCKET),
         (_client_error("PreconditionFailed", 412), Kind.EXISTS),
-        (_client_error("ConditionalRequestConflict", 409), Kind.EXISTS),
+        (_client_error("ConditionalRequestConflict", 409), Kind.WRITE_CONFLICT),
         (_client_error("AccessDenied", 403), Kind.DENIED),
         (_client_error("SomethingNew", 403), Kind.DENIED),  # by status
         (_client_error("InvalidAccessKeyId", 403), Kind.CREDENTIALS_REJECTED),  # code beats status
@@ -161,3 +162,31 @@ def test_s3_errors_over_http(moto_url: str) -> None:
     missing_key, missing_bucket = asyncio.run(run())
     assert missing_key is None
     assert "bucket 'no-such-bucket-here' does not exist (region us-east-1)" in str(missing_bucket)
+
+
+def test_a_409_on_the_result_put_is_retried_and_only_412_means_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 answers a conditional PUT that races another write with 409 and says to retry it;
+    moto never races, so a client that fails twice stands in for S3 here."""
+    from dolambda._aws import worker
+    from dolambda._wire.models import TaskOutcome
+
+    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
+
+    class RacingS3:
+        def __init__(self, errors: list[Exception]) -> None:
+            self.errors, self.puts = errors, 0
+
+        def put_object(self, **kw: Any) -> None:
+            self.puts += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    outcome = TaskOutcome(job_id="20260101T000000-abcdef01", task_id=0)
+    racing = RacingS3([_client_error("ConditionalRequestConflict", 409)] * 2)
+    assert worker.put_result(racing, "b", "p", b"k" * 32, outcome) is True
+    assert racing.puts == 3
+    exists = RacingS3([_client_error("PreconditionFailed", 412)])
+    assert worker.put_result(exists, "b", "p", b"k" * 32, outcome) is False
+    assert exists.puts == 1

@@ -60,6 +60,7 @@ class Kind(enum.Enum):
     BUCKET_OWNED = "bucket owned"  # the bucket exists and is ours
     BUCKET_TAKEN = "bucket taken"  # the bucket name belongs to another account
     CONFLICT = "conflict"  # Lambda: the permission (or resource) already exists
+    WRITE_CONFLICT = "write conflict"  # S3: a conditional write raced another; retry it
     DENIED = "denied"
     CREDENTIALS_REJECTED = "credentials rejected"
     NO_CREDENTIALS = "no credentials"
@@ -149,7 +150,11 @@ RULES: tuple[Rule, ...] = (
             "ServerSideEncryptionConfigurationNotFoundError",
         ),
     ),
-    Rule(Kind.EXISTS, codes=("PreconditionFailed", "412", "ConditionalRequestConflict")),
+    Rule(Kind.EXISTS, codes=("PreconditionFailed", "412")),
+    # a conditional write that raced another operation on the key: S3 says retry it
+    # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
+    # only 412 means "it already exists"
+    Rule(Kind.WRITE_CONFLICT, codes=("ConditionalRequestConflict", "409")),
     Rule(Kind.BUCKET_OWNED, codes=("BucketAlreadyOwnedByYou",)),
     Rule(
         Kind.BUCKET_TAKEN,

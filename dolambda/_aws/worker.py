@@ -122,15 +122,23 @@ def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: T
     data = codec.seal_model(
         outcome, key=signing_key, context=codec.outcome_context(job_id, task_id)
     )
-    try:
-        s3.put_object(
-            Bucket=bucket, Key=_keys.result_key(prefix, job_id, task_id), Body=data, IfNoneMatch="*"
-        )
-    except Exception as exc:
-        if kind_of(exc) is Kind.EXISTS:
-            return False
-        raise
-    return True
+    key = _keys.result_key(prefix, job_id, task_id)
+    for attempt in range(CONFLICT_RETRIES + 1):
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except Exception as exc:
+            kind = kind_of(exc)
+            if kind is Kind.EXISTS:
+                return False
+            if kind is not Kind.WRITE_CONFLICT or attempt == CONFLICT_RETRIES:
+                raise
+            time.sleep(0.05 * 2**attempt)  # 409: another write to the key was in flight
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: how often a result PUT that S3 answers 409 ConditionalRequestConflict is tried again
+CONFLICT_RETRIES = 4
 
 
 def task_records(event: Any) -> list[tuple[str, str, bytes | None]]:
