@@ -132,8 +132,6 @@ class Backend(abc.ABC):
     #: iterations run in other processes: the body must pickle (checked before anything
     #: starts), and "auto" chunks are sized from the body's last measured run
     body_must_pickle: ClassVar[bool] = False
-    #: whether a job shows a progress bar when its verb says ``progress=None``
-    progress_default: ClassVar[bool] = False
     #: print the job's stats summary (its estimated cost) after a job with a progress bar
     prints_summary: ClassVar[bool] = False
     #: sync verbs run the job on the helper thread's loop (where clients stay warm

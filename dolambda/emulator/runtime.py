@@ -397,27 +397,8 @@ class Runtime:
         reason = process.kill_reason
         if isinstance(outcome, Timeout) and reason is None:
             reason = process.kill_reason = "timeout"
-        with self._lock:
-            if reason == "timeout":
-                self._stats.timeouts += 1
-            elif reason == "memory":
-                self._stats.killed += 1
-            elif reason != "stopped":
-                self._stats.crashed += 1
-        if reason == "timeout":
-            message = f"Task timed out after {c.timeout:.2f} seconds"
-            log.warning("%s %s %s", process.tag, request_id, message)
-            error_type = "Sandbox.Timedout"
-        elif reason == "memory":
-            message = (
-                f"Runtime exited with error: signal: killed (out of memory: {process.kill_detail})"
-            )
-            log.warning("%s %s killed for memory: %s", process.tag, request_id, process.kill_detail)
-            error_type = "Runtime.OutOfMemory"
-        else:
-            message = outcome.error_message.partition(" Error: ")[2] or outcome.error_message
-            log.warning("%s %s %s", process.tag, request_id, message)
-            error_type = "Runtime.ExitError"
+        exit_text = outcome.error_message.partition(" Error: ")[2] or outcome.error_message
+        error_type, message = self._died(process, request_id, reason, c.timeout, exit_text)
         self._report(process, request_id, elapsed_ms, rss, cold)
         process.close()
         slot.process = None
@@ -525,6 +506,23 @@ class Runtime:
         # the process is gone: killed by us (timeout, memory) or crashed
         process.proc.wait()
         reason = process.kill_reason
+        exit_text = f"Runtime exited with error: exit status {process.proc.returncode}"
+        error_type, message = self._died(process, request_id, reason, timeout, exit_text)
+        self._report(process, request_id, elapsed_ms, process.rss_mb(), cold)
+        process.close()
+        slot.process = None
+        return Answer(error_type, message)
+
+    def _died(
+        self,
+        process: Environment,
+        request_id: str,
+        reason: str | None,
+        timeout: float,
+        exit_text: str,
+    ) -> tuple[str, str]:
+        """Count and log an environment that is gone mid-invocation (killed at the timeout,
+        killed by the memory watch, or crashed): Lambda's error type and message for it."""
         with self._lock:
             if reason == "timeout":
                 self._stats.timeouts += 1
@@ -535,21 +533,15 @@ class Runtime:
         if reason == "timeout":
             message = f"Task timed out after {timeout:.2f} seconds"
             log.warning("%s %s %s", process.tag, request_id, message)
-            error_type = "Sandbox.Timedout"
-        elif reason == "memory":
+            return "Sandbox.Timedout", message
+        if reason == "memory":
             message = (
                 f"Runtime exited with error: signal: killed (out of memory: {process.kill_detail})"
             )
             log.warning("%s %s killed for memory: %s", process.tag, request_id, process.kill_detail)
-            error_type = "Runtime.OutOfMemory"
-        else:
-            message = f"Runtime exited with error: exit status {process.proc.returncode}"
-            log.warning("%s %s %s", process.tag, request_id, message)
-            error_type = "Runtime.ExitError"
-        self._report(process, request_id, elapsed_ms, process.rss_mb(), cold)
-        process.close()
-        slot.process = None
-        return Answer(error_type, message)
+            return "Runtime.OutOfMemory", message
+        log.warning("%s %s %s", process.tag, request_id, exit_text)
+        return "Runtime.ExitError", exit_text
 
     def _report(
         self, process: Environment, request_id: str, duration_ms: float, rss_mb: float, cold: bool

@@ -97,7 +97,6 @@ class LambdaBackend(Backend):
 
     name = "lambda"
     body_must_pickle = True
-    progress_default = True
     prints_summary = True
     run_on_portal = True  # sync verbs run on the helper loop, where clients stay warm
     keeps_records = True
