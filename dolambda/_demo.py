@@ -5,14 +5,8 @@ from __future__ import annotations
 import time
 
 from dolambda._backends.lambda_ import LambdaBackend
-from dolambda._core.seeds import rng
+from dolambda._core.bodies import throw_darts  # a body the deployed package holds
 from dolambda._loop import foreach
-
-
-def throw_darts(batch: int, samples: int) -> int:
-    """How many of ``samples`` random points in the unit square fall in the quarter circle."""
-    points = rng().random((samples, 2))
-    return int(((points**2).sum(axis=1) <= 1.0).sum())
 
 
 def run_demo(backend: LambdaBackend, iterations: int = 200, samples: int = 100_000) -> float:

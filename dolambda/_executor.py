@@ -20,7 +20,6 @@ import contextlib
 import functools
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,13 +29,12 @@ from dolambda import _registry, _sync
 from dolambda._backends.base import Backend
 from dolambda._backends.local import LocalBackend
 from dolambda._backends.sequential import SequentialBackend
+from dolambda._core.bodies import TB_ATTR, call_any, call_same, call_star
 from dolambda._errors import DolambdaError, JobCancelled, TaskError
 from dolambda._job import Job
 from dolambda._loop import Loop, foreach
 
 T = TypeVar("T")
-
-_TB_ATTR = "_dolambda_remote_traceback"
 
 
 class RemoteTraceback(Exception):
@@ -53,32 +51,8 @@ class RemoteTraceback(Exception):
 
 
 # --------------------------------------------------------------------------- loop bodies
-# Module-level so that they travel by reference; ``fn`` is the user's callable.
-
-
-def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call ``fn`` and wrap its value in a 1-tuple, so that a *returned* exception
-    object is never mistaken for a raised one (errorhandling "pass" delivers those)."""
-    try:
-        return (fn(*args, **kwargs),)
-    except (KeyboardInterrupt, GeneratorExit):
-        raise
-    except BaseException as exc:
-        with contextlib.suppress(Exception):  # survives pickling (it is in __dict__)
-            setattr(exc, _TB_ATTR, "".join(traceback.format_exception(exc)))
-        raise
-
-
-def _call_same(fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
-    return _invoke(fn, call[0], call[1])
-
-
-def _call_any(call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
-    return _invoke(call[0], call[1], call[2])
-
-
-def _call_star(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return _invoke(fn, args, {})
+# In dolambda._core.bodies (the deployed package holds it), so that they travel by
+# reference; ``fn`` is the user's callable.
 
 
 def _outcome(value: Any) -> tuple[bool, Any]:
@@ -88,7 +62,7 @@ def _outcome(value: Any) -> tuple[bool, Any]:
     if isinstance(value, TaskError):
         return False, value  # the original exception could not be carried back
     if isinstance(value, BaseException):
-        tb = value.__dict__.pop(_TB_ATTR, None) if hasattr(value, "__dict__") else None
+        tb = value.__dict__.pop(TB_ATTR, None) if hasattr(value, "__dict__") else None
         if tb and value.__traceback__ is None:  # it crossed a process boundary
             value.__cause__ = RemoteTraceback(tb)
         return False, value
@@ -284,10 +258,10 @@ class Executor(concurrent.futures.Executor):
         body: Callable[..., Any]
         values: list[Any]
         if len(fns) == 1:
-            body = functools.partial(_call_same, live[0].fn)
+            body = functools.partial(call_same, live[0].fn)
             values = [(c.args, c.kwargs) for c in live]
         else:
-            body = _call_any
+            body = call_any
             values = [(c.fn, c.args, c.kwargs) for c in live]
         futures = [c.future for c in live]
 
@@ -407,7 +381,7 @@ class Executor(concurrent.futures.Executor):
             self._outstanding.add(done)
         done.add_done_callback(self._forget)
         try:
-            job = self._start_from_caller(spec, functools.partial(_call_star, fn), deliver, end)
+            job = self._start_from_caller(spec, functools.partial(call_star, fn), deliver, end)
         except BaseException:
             self._forget(done)
             raise

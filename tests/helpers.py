@@ -1,15 +1,31 @@
 """Shared helpers for the semantics tests: one way to run a loop on each backend,
-and combine functions that record how they were called."""
+and combine functions that record how they were called. The bodies live in
+:mod:`tests.bodies.common` (re-exported here): they must travel to Lambda workers,
+which lack pytest."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from dolambda import LocalBackend, Loop
+from tests.bodies.common import as_str, fail_on, identity, slow_early, square
+
+__all__ = [
+    "BACKENDS",
+    "LOCAL2",
+    "Recorder",
+    "as_str",
+    "both",
+    "fail_on",
+    "identity",
+    "outcome",
+    "run",
+    "slow_early",
+    "square",
+]
 
 #: one warm 2-worker backend shared by the tests that register a backend
 LOCAL2 = LocalBackend(2)
@@ -58,32 +74,3 @@ class Recorder:
     def varargs(self, *values: Any) -> Any:
         self.calls.append(values)
         return sum(values)
-
-
-def identity(x: Any) -> Any:
-    return x
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def as_str(x: Any) -> str:
-    return str(x)
-
-
-def slow_early(x: int) -> str:
-    """Early iterations take longer, so on parallel workers they finish last."""
-    time.sleep(0.015 * max(0, 6 - x))
-    return str(x)
-
-
-def fail_on(bad: frozenset[int]) -> Callable[[int], int]:
-    """A body that raises ValueError on the iterations in ``bad``."""
-
-    def body(x: int) -> int:
-        if x in bad:
-            raise ValueError(f"bad {x}")
-        return x * 10
-
-    return body

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import operator
-import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,14 @@ from dolambda import (
     times,
 )
 from dolambda._errors import ConfigError, InvalidArgument, InvalidArgumentType
+from tests.bodies.hostile import (
+    calls_os_exit,
+    calls_sys_exit,
+    prints_megabytes,
+    raises_unpicklable,
+    returns_lock,
+    sq,
+)
 
 KEY = "00" * 32
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +61,6 @@ class Case:
     run: Callable[[Ctx], Any]
     kind: str = "api"  # "api" | "handler" | "body"
     xfail: str = ""
-
-
-def sq(x: int) -> int:
-    return x * x
 
 
 def lb(**kwargs: Any) -> LambdaBackend:
@@ -665,40 +667,7 @@ for _case in HANDLER:
 
 
 # --------------------------------------------------------------------------- hostile bodies
-
-
-class Unpicklable(Exception):
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg)
-        self.lock = threading.Lock()
-
-
-def returns_lock(x: int) -> Any:
-    return (i for i in range(3)) if x == 1 else x
-
-
-def raises_unpicklable(x: int) -> int:
-    if x == 1:
-        raise Unpicklable("cannot travel")
-    return x
-
-
-def prints_megabytes(x: int) -> int:
-    sys.stdout.write("y" * 3_000_000 + "\n")
-    sys.stdout.flush()
-    return x
-
-
-def calls_sys_exit(x: int) -> int:
-    if x == 1:
-        sys.exit(3)
-    return x
-
-
-def calls_os_exit(x: int) -> int:
-    if x == 1:
-        os._exit(7)
-    return x
+# (in tests.bodies.hostile: they travel to the emulator's workers, which lack pytest)
 
 
 def _parallel(body: Callable[[int], Any]) -> Callable[[Ctx], Any]:

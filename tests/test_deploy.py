@@ -586,9 +586,10 @@ def test_no_credentials_is_a_clear_error(
 
 
 def test_the_package_ships_exactly_what_the_handler_imports() -> None:
-    """The worker's modules are the files importing the handler loads (and never aioboto3)."""
+    """The worker's modules are the files importing the handler and dolambda's own loop
+    bodies (the Executor's, the demo's: they travel by reference) loads, never aioboto3."""
     code = (
-        "import sys, json, handler.lambda_function;"
+        "import sys, json, handler.lambda_function, dolambda._core.bodies;"
         "print(json.dumps({m: getattr(sys.modules[m], '__file__', None) for m in sys.modules "
         "if m.split('.')[0] in ('dolambda', 'aioboto3', 'aiobotocore', 'aiohttp')}))"
     )
@@ -618,6 +619,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "dolambda/_code/archive.py",
         "dolambda/_code/loader.py",
         "dolambda/_core/__init__.py",
+        "dolambda/_core/bodies.py",
         "dolambda/_core/execute.py",
         "dolambda/_core/seeds.py",
         "dolambda/_wire/__init__.py",

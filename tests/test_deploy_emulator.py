@@ -9,13 +9,10 @@ import pytest
 
 from dolambda import LambdaBackend, foreach
 from dolambda._config import load_config
+from tests.bodies.common import square
 
 emulator = pytest.importorskip("dolambda.emulator")
 deploy_mod = pytest.importorskip("dolambda.deploy")
-
-
-def square(x: int) -> int:
-    return x * x
 
 
 def test_job_runs_on_the_deployed_setup(moto_url: str) -> None:

@@ -34,7 +34,9 @@ def blocks() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def deployed_emulator() -> Iterator[Any]:
-    instance = emulator.Emulator(workers=2, timeout=30.0)
+    # the README's joblib example needs joblib on the function, as deployed with
+    # `dolambda deploy --requirements` (joblib's batches travel as joblib objects)
+    instance = emulator.Emulator(workers=2, timeout=30.0, requirements=["joblib"])
     instance.start()
     try:
         yield instance

@@ -27,6 +27,7 @@ from dolambda._wire import keys as _keys
 from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import TaskOutcome
 from dolambda.emulator import Emulator
+from tests.bodies.common import plus_one
 from tests.moto_server import MotoServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -477,10 +478,6 @@ def test_poll_discovery_on_a_plain_s3_server() -> None:
         )
 
 
-def _plus_one(x: int) -> int:
-    return x + 1
-
-
 def test_lambda_backend_runs_through_a_polling_emulator_on_plain_s3() -> None:
     """A plain S3 server has no notifications: the polling emulator says in the bucket
     that it runs the function, and the backend's setup check accepts that (for its
@@ -493,10 +490,10 @@ def test_lambda_backend_runs_through_a_polling_emulator_on_plain_s3() -> None:
             assert emu.discovery == "poll"
             backend = LambdaBackend(**emu.backend_settings())
             loop = foreach(x=range(20)).chunk_size(5)
-            assert loop.do_lambda(_plus_one, backend=backend, progress=False) == list(range(1, 21))
+            assert loop.do_lambda(plus_one, backend=backend, progress=False) == list(range(1, 21))
             other = LambdaBackend(**{**emu.backend_settings(), "function_name": "someone-else"})
             with pytest.raises(ConfigError, match="does not notify Lambda function"):
-                loop.do_lambda(_plus_one, backend=other, progress=False)
+                loop.do_lambda(plus_one, backend=other, progress=False)
             s3 = s3_client(emu)
             marker = _keys.emulator_key(emu.prefix)
             assert s3.get_object(Bucket=emu.bucket, Key=marker)["ContentLength"] > 0
@@ -687,7 +684,7 @@ def test_invoke_api_errors(emulator: Emulator) -> None:
     assert emulator.stats.events == 1
 
 
-# --------------------------------------------------------------------------- isolated runtime
+# --------------------------------------------------------------------------- the isolated runtime
 
 PROBE_HANDLER = """
 import importlib, os, sys
@@ -726,7 +723,6 @@ def isolated_emulator(moto_url: str, **kwargs: Any) -> Emulator:
         "function_name": name,
         "workers": 1,
         "timeout": 20,
-        "isolated": True,
     }
     return Emulator(**{**settings, **kwargs})
 
@@ -768,32 +764,31 @@ def test_isolated_workers_run_the_package_not_the_clients_environment(
     assert "PYTEST_CURRENT_TEST" not in env  # nothing of the client's environment
 
 
-@pytest.mark.parametrize("isolated", [False, True], ids=["legacy", "isolated"])
-def test_a_body_the_package_cannot_import_fails_only_when_isolated(
-    moto_url: str, isolated: bool
+def test_a_body_whose_module_imports_what_the_package_lacks_is_one_job_error(
+    moto_url: str,
 ) -> None:
-    """A body pickled by reference to a module of the client's (here this test module) runs
-    on the legacy workers, which share the client's environment. On the isolated ones the
-    module travels with the job, but it imports pytest, which the function's package lacks:
-    one job-level error naming it, as AWS would give, whatever the errorhandling."""
+    """A body pickled by reference to a module of the client's (here this test module): the
+    module travels with the job, but it imports pytest, which the function's package lacks
+    (the client's environment is not the workers'): one job-level error naming it, as AWS
+    would give, whatever the errorhandling. The same body from a module that needs nothing
+    more (tests.bodies) runs."""
     from dolambda import SerializationError, foreach
     from dolambda._backends.lambda_ import LambdaBackend
+    from tests.bodies.common import square
 
-    with isolated_emulator(moto_url, workers=2, isolated=isolated) as emu:
+    with isolated_emulator(moto_url, workers=2) as emu:
         backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
         loop = foreach(x=range(3)).errorhandling("pass")
-        if not isolated:
-            assert loop.do_lambda(module_level_square, backend=backend, progress=False) == [0, 1, 4]
-            return
         with pytest.raises(SerializationError, match="No module named 'pytest'"):
             loop.do_lambda(module_level_square, backend=backend, progress=False)
+        assert loop.do_lambda(square, backend=backend, progress=False) == [0, 1, 4]
 
 
-def test_a_body_from_a_runtime_sys_path_module_travels_to_isolated_workers(
+def test_a_body_from_a_runtime_sys_path_module_travels_to_the_workers(
     moto_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The user's own module, imported from a directory added to ``sys.path`` at run time:
-    the isolated workers cannot import it by themselves (as on AWS), so it travels with the
+    the workers cannot import it by themselves (as on AWS), so it travels with the
     job and the body runs."""
     import importlib
     import sys

@@ -28,6 +28,7 @@ from dolambda._errors import (
     StorageError,
     VersionMismatch,
 )
+from tests.bodies.lambda_ import cheap, noisy, takes_20ms
 
 emulator = pytest.importorskip("dolambda.emulator")
 
@@ -79,10 +80,6 @@ def all_keys(emu: Any, prefix: str = "") -> list[str]:
 
 def job_keys(emu: Any, job_id: str) -> list[str]:
     return [k for k in all_keys(emu) if f"/{job_id}/" in k]
-
-
-def noisy(x: int) -> int:
-    return x * x
 
 
 CASES: list[tuple[str, Any, Any]] = [
@@ -576,15 +573,6 @@ def test_attach_refuses_a_job_whose_combine_cannot_travel_and_leaves_it_running(
         assert job.result(timeout=60) == sum(range(8))  # attach did not cancel it
 
 
-def _cheap(x: int) -> int:
-    return x + 1
-
-
-def _slow(x: int) -> int:
-    time.sleep(0.02)
-    return x
-
-
 def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> None:
     """The first run of a body uses the count-based chunking; the next one sizes chunks
     from the seconds per iteration it measured: a cheap body goes in one task, a slow
@@ -594,16 +582,16 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
     backend = backend_for(emu, max_concurrency=8)
     run._SECONDS_PER_ITERATION.clear()
     loop = foreach(x=range(2000))
-    first = loop.submit(_cheap, backend=backend, progress=False)
+    first = loop.submit(cheap, backend=backend, progress=False)
     assert first.result() == [x + 1 for x in range(2000)]
     assert first.stats.task_count == 32  # 2000 / (4 x 8)
-    second = loop.submit(_cheap, backend=backend, progress=False)
+    second = loop.submit(cheap, backend=backend, progress=False)
     assert second.result() == [x + 1 for x in range(2000)]
     assert second.stats.task_count == 1
 
     slow = foreach(x=range(64))
     for _ in range(2):
-        job = slow.submit(_slow, backend=backend, progress=False)
+        job = slow.submit(takes_20ms, backend=backend, progress=False)
         assert job.result() == list(range(64))
         assert job.stats.task_count >= 8  # at least one task a worker
 

@@ -27,19 +27,11 @@ from dolambda import (
     VersionMismatch,
     foreach,
     register,
-    rng,
 )
+from tests.bodies.papercuts import three_streams
 from tests.helpers import LOCAL2, identity, square
 
 # ------------------------------------------------------------------ seeds (#3)
-
-
-def _three_streams(i: int) -> tuple[list[float], list[float], list[float]]:
-    return (
-        [float(x) for x in rng().random(3)],
-        [random.random() for _ in range(3)],
-        [float(x) for x in np.random.random(3)],
-    )
 
 
 def _documented_streams(seed: int, k: int) -> tuple[list[float], list[float], list[float]]:
@@ -59,7 +51,7 @@ def _documented_streams(seed: int, k: int) -> tuple[list[float], list[float], li
 
 
 def test_seeded_random_and_numpy_global_streams_are_independent(backend: Backend) -> None:
-    result = foreach(i=range(4)).seed(7).run(_three_streams, backend=backend)
+    result = foreach(i=range(4)).seed(7).run(three_streams, backend=backend)
     for own, python, legacy in result:
         assert len({*own, *python, *legacy}) == 9  # no two generators share a draw
     assert result == [_documented_streams(7, k) for k in range(4)]

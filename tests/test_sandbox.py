@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import site
+import subprocess
 import sys
 import textwrap
 import time
@@ -456,6 +457,39 @@ def test_the_function_package_is_built_offline_once_and_keyed_by_its_inputs(
     assert other != root and (other / "dolambda" / "_wire" / "keys.py").read_text().endswith(
         "# edited\n"
     )
+
+
+def test_the_deployed_dolambda_serves_the_names_a_body_module_imports() -> None:
+    """A user's module doing ``from dolambda import rng`` loads on the worker (the package's
+    ``dolambda/__init__.py`` imports nothing until then); a client-only name is a clear
+    ImportError saying so, not a bare one."""
+    from dolambda.deploy import package
+
+    root = package.build_task_root(package.cache_dir())
+    probe = textwrap.dedent(
+        """
+        import sys
+        import dolambda
+        assert "dolambda._core.seeds" not in sys.modules  # nothing loaded at import
+        from dolambda import TaskError, rng
+        print(type(rng()).__name__, TaskError.__module__)
+        try:
+            from dolambda import foreach
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", f"import sys; sys.path[:0] = [{str(root)!r}]\n{probe}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "Generator dolambda._errors"
+    assert "'foreach'" in second and "on the Lambda worker" in second
 
 
 def test_a_warm_invocation_costs_milliseconds_not_delayed_acks(

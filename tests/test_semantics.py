@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,41 @@ import pytest
 
 import dolambda
 from dolambda import Backend, DolambdaError, Job, TaskError, foreach, register, rng, times
+from dolambda._code.finder import find_code
 from dolambda._errors import JobCancelled
+from tests.bodies.semantics import draws, fail_j1, pair, where_am_i
 from tests.helpers import LOCAL2, as_str, identity, slow_early, square
+
+#: the checkout these tests live in
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case runs from a working directory outside the checkout, as a user's script
+    does: the bodies' module (:mod:`tests.bodies`) reaches the emulator's Lambda workers
+    only in the job's code archive, never from the client's directory or environment."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_lambda_bodies_come_from_the_jobs_code_not_the_checkout(backend: Backend) -> None:
+    """The body's module is one the workers cannot import by themselves: it travels (the
+    finder ships ``tests``), and where it runs it is the shipped copy, in a working
+    directory and on an import path that have nothing of the checkout's."""
+    assert not Path.cwd().is_relative_to(CHECKOUT)
+    [seen] = foreach(x=[7]).run(where_am_i, backend=backend)
+    assert seen["x"] == 7
+    if backend.name != "lambda":  # the sequential and local backends share this checkout
+        assert Path(str(seen["file"])).is_relative_to(CHECKOUT)
+        return
+    assert [m.name for m in find_code(objects=[where_am_i]).local] == ["tests"]
+    shipped = Path(str(seen["file"]))
+    assert shipped.parts[-3:] == ("tests", "bodies", "semantics.py")
+    assert not shipped.resolve().is_relative_to(CHECKOUT)
+    assert not Path(str(seen["cwd"])).resolve().is_relative_to(CHECKOUT)
+    path = [Path(p).resolve() for p in seen["path"] if p]  # type: ignore[attr-defined]
+    assert not any(p.is_relative_to(CHECKOUT) for p in path)
+
 
 # ------------------------------------------------------------------ iteration
 
@@ -140,13 +173,9 @@ def test_do_interleaves_body_and_generator() -> None:
 # ------------------------------------------------------------------ nesting
 
 
-def _pair(i: int, j: int) -> tuple[int, int]:
-    return (i, j)
-
-
 def test_nest_with_callable_inner_iterable(backend: Backend) -> None:
     loop = foreach(i=range(4)).nest(foreach(j=lambda i: range(i)))
-    assert loop.run(_pair, backend=backend) == [
+    assert loop.run(pair, backend=backend) == [
         [],
         [(1, 0)],
         [(2, 0), (2, 1)],
@@ -160,7 +189,7 @@ def test_nest_when_at_both_levels(backend: Backend) -> None:
         .when(lambda i: i % 2 == 0)
         .nest(foreach(j=lambda i: range(i + 1)).when(lambda i, j: j != 1))
     )
-    assert loop.run(_pair, backend=backend) == [
+    assert loop.run(pair, backend=backend) == [
         [(0, 0)],
         [(2, 0), (2, 2)],
         [(4, 0), (4, 2), (4, 3), (4, 4)],
@@ -192,22 +221,16 @@ def test_nest_inner_sees_outer_values_and_uses_times(backend: Backend) -> None:
     assert loop.run(lambda i: i * 10, backend=backend) == [[0, 0], [10, 10], [20, 20]]
 
 
-def _fail_j1(i: int, j: int) -> int:
-    if j == 1:
-        raise ValueError(f"leaf {i},{j}")
-    return i * 10 + j
-
-
 def test_nest_leaf_failure_uses_inner_errorhandling(backend: Backend) -> None:
     loop = foreach(i=range(3)).nest(foreach(j=range(3)).errorhandling("remove"))
-    assert loop.run(_fail_j1, backend=backend) == [[0, 2], [10, 12], [20, 22]]
+    assert loop.run(fail_j1, backend=backend) == [[0, 2], [10, 12], [20, 22]]
 
 
 def test_nest_outer_explicit_errorhandling_wins(backend: Backend) -> None:
     loop = (
         foreach(i=range(2)).errorhandling("pass").nest(foreach(j=range(3)).errorhandling("remove"))
     )
-    result = loop.run(_fail_j1, backend=backend)
+    result = loop.run(fail_j1, backend=backend)
     assert [r[0] for r in result] == [0, 10]
     assert [r[2] for r in result] == [2, 12]
     assert all(isinstance(r[1], ValueError) for r in result)
@@ -215,13 +238,13 @@ def test_nest_outer_explicit_errorhandling_wins(backend: Backend) -> None:
 
     stop = foreach(i=range(2)).errorhandling("stop").nest(foreach(j=range(3)).errorhandling("pass"))
     with pytest.raises(TaskError) as info:
-        stop.run(_fail_j1, backend=backend)
+        stop.run(fail_j1, backend=backend)
     assert info.value.path[1] == 1
 
 
 def test_nest_default_is_stop_with_path(backend: Backend) -> None:
     with pytest.raises(TaskError) as info:
-        foreach(i=range(1, 2)).nest(foreach(j=range(3))).run(_fail_j1, backend=backend)
+        foreach(i=range(1, 2)).nest(foreach(j=range(3))).run(fail_j1, backend=backend)
     err = info.value
     assert err.index == 0  # the outer index, 0-based
     assert err.path == (0, 1)
@@ -233,18 +256,14 @@ def test_nest_default_is_stop_with_path(backend: Backend) -> None:
 
 def test_nest_outer_remove_drops_leaves_only(backend: Backend) -> None:
     loop = foreach(i=range(2)).errorhandling("remove").nest(foreach(j=range(3)))
-    assert loop.run(_fail_j1, backend=backend) == [[0, 2], [10, 12]]
+    assert loop.run(fail_j1, backend=backend) == [[0, 2], [10, 12]]
 
 
 # ------------------------------------------------------------------ seeds
 
 
-def _draws(i: int) -> tuple[float, float, float]:
-    return (float(rng().random()), random.random(), float(np.random.random()))
-
-
 def _reference(n: int, seed: int = 1234) -> list[Any]:
-    return foreach(i=range(n)).seed(seed).do(_draws)
+    return foreach(i=range(n)).seed(seed).do(draws)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -252,14 +271,14 @@ def _reference(n: int, seed: int = 1234) -> list[Any]:
 def test_seeded_results_identical_everywhere(workers: int, chunk: Any) -> None:
     expected = _reference(20)
     loop = foreach(i=range(20)).seed(1234).chunk_size(chunk)
-    assert loop.do_parallel(_draws, workers=workers) == expected
-    assert loop.do(_draws) == expected
+    assert loop.do_parallel(draws, workers=workers) == expected
+    assert loop.do(draws) == expected
 
 
 @pytest.mark.parametrize("chunk", [1, 7, "auto"])
 def test_seeded_results_identical_on_every_backend(backend: Backend, chunk: Any) -> None:
     loop = foreach(i=range(20)).seed(1234).chunk_size(chunk)
-    assert loop.run(_draws, backend=backend) == _reference(20)
+    assert loop.run(draws, backend=backend) == _reference(20)
 
 
 def test_seeded_streams_match_the_documented_construction() -> None:
@@ -272,20 +291,20 @@ def test_seeded_streams_match_the_documented_construction() -> None:
 
 
 def test_seeded_streams_differ_per_iteration_and_seed(backend: Backend) -> None:
-    a = foreach(i=range(5)).seed(1).run(_draws, backend=backend)
-    b = foreach(i=range(5)).seed(2).run(_draws, backend=backend)
+    a = foreach(i=range(5)).seed(1).run(draws, backend=backend)
+    b = foreach(i=range(5)).seed(2).run(draws, backend=backend)
     assert len({r[0] for r in a}) == 5
     assert a != b
 
 
 def test_shorter_seeded_loop_is_prefix(backend: Backend) -> None:
     long = _reference(15, seed=7)
-    assert foreach(i=range(6)).seed(7).run(_draws, backend=backend) == long[:6]
+    assert foreach(i=range(6)).seed(7).run(draws, backend=backend) == long[:6]
 
 
 def test_seed_streams_follow_index_not_filter(backend: Backend) -> None:
     full = _reference(10, seed=5)
-    kept = foreach(i=range(10)).seed(5).when(lambda i: i % 3 == 0).run(_draws, backend=backend)
+    kept = foreach(i=range(10)).seed(5).when(lambda i: i % 3 == 0).run(draws, backend=backend)
     assert kept == [full[i] for i in range(0, 10, 3)]
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Literal
 from dolambda._errors import DeployError, InvalidArgument
 from dolambda.deploy.installed import closure, copy_distributions, normalize
 
-# exactly what handler/lambda_function.py imports, transitively (the package's
+# exactly what handler/lambda_function.py and dolambda._core.bodies (the loop bodies
+# dolambda itself sends: the Executor's, the demo's) import, transitively (the package's
 # dolambda/__init__.py imports nothing; the subpackages' __init__.py are empty)
 WORKER_MODULES = (
     "_errors.py",
@@ -47,6 +49,7 @@ WORKER_MODULES = (
     "_code/archive.py",
     "_code/loader.py",
     "_core/__init__.py",
+    "_core/bodies.py",
     "_core/execute.py",
     "_core/seeds.py",
     "_wire/__init__.py",
@@ -61,9 +64,37 @@ EXCLUDED = ("boto3", "botocore", "s3transfer", "bin")  # the runtime ships boto3
 _BUILD_FORMAT = "dolambda-package-1"
 _TASK_ROOT_FORMAT = "dolambda-task-root-1"
 
-MINIMAL_INIT = '''"""dolambda as deployed to Lambda: the worker's modules only; imports nothing."""
+#: The deployed ``dolambda/__init__.py``: it imports nothing when the handler loads, and
+#: serves the public names whose modules the package holds, on first use, so a user's
+#: module that does ``from dolambda import rng`` loads on the worker as it does here.
+MINIMAL_INIT = '''"""dolambda as deployed to Lambda: the worker's modules only; imports nothing
+until a public name the package holds (rng, the exception classes) is first used."""
 
 __version__ = "{version}"
+
+_ERRORS = (
+    "BackendError ConfigError DeployError DolambdaError InvalidArgument InvalidArgumentType "
+    "JobCancelled SerializationError SignatureError StorageError TaskError VersionMismatch"
+)
+_WHERE = {{"rng": "dolambda._core.seeds", **dict.fromkeys(_ERRORS.split(), "dolambda._errors")}}
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None and name.startswith("_"):
+        raise AttributeError(f"module 'dolambda' has no attribute {{name!r}}")
+    if module is None:  # ImportError, not AttributeError: `from dolambda import x` keeps it
+        raise ImportError(
+            f"cannot import name {{name!r}} from dolambda on the Lambda worker: the "
+            "deployed package holds only the worker's part of dolambda (rng and the "
+            "exception classes); import the rest inside code that runs on the client",
+            name="dolambda",
+        )
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 '''
 
 
@@ -199,6 +230,7 @@ def build_package(
     for part in (_BUILD_FORMAT, python, architecture, target, _dolambda_version(), *deps):
         h.update(part.encode() + b"\0")
     h.update(b"requirements\0" + reqs_text.encode() + b"\0")
+    h.update(b"init\0" + MINIMAL_INIT.encode() + b"\0")  # written, not among the sources
     for name, path in sorted(sources.items()):
         h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest = h.hexdigest()[:24]
@@ -233,19 +265,21 @@ def _write_sources(tree: Path, sources: dict[str, Path]) -> None:
     (tree / "dolambda" / "__init__.py").write_text(MINIMAL_INIT.format(version=_dolambda_version()))
 
 
-def build_task_root(cache: Path | None = None) -> Path:
+def build_task_root(cache: Path | None = None, requirements: Iterable[str] = ()) -> Path:
     """The deployment package for this machine, unpacked: the emulator's task root.
 
     The same files as :func:`build_package` (the handler, the worker's modules, the
-    worker's requirements without boto3), but offline: the requirements and their
-    closure are copied from this interpreter's installed distributions, at the
-    versions installed here. Cached under ``cache`` (default :func:`cache_dir`) by a
-    hash of the worker's sources, the distributions' names and versions and the
-    interpreter; built in a temporary directory and renamed into place (atomic: a
+    worker's requirements without boto3, and ``requirements``: the distributions
+    ``dolambda deploy --requirements`` would add, e.g. ``["pandas"]``), but offline: the
+    requirements and their closure are copied from this interpreter's installed
+    distributions, at the versions installed here. Cached under ``cache`` (default
+    :func:`cache_dir`) by a hash of the worker's sources, the distributions' names and
+    versions and the interpreter; built in a temporary directory and renamed into place (atomic: a
     concurrent builder's copy wins). ``package.json`` records what it holds. Prints
     one line when it has to build.
     """
     names = [re.split(r"[=<>!~ ]", req, maxsplit=1)[0] for req in worker_requirements()]
+    names += sorted(set(requirements) - set(names))
     dists = closure(names)
     versions = {normalize(d.metadata["Name"]): d.version for d in dists}
     excluded = sorted(set(versions) & set(EXCLUDED))
@@ -260,6 +294,7 @@ def build_task_root(cache: Path | None = None) -> Path:
         "distributions": versions,
     }
     h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    h.update(b"\0init\0" + MINIMAL_INIT.encode())  # written, not among the sources
     for name, path in sorted(sources.items()):
         h.update(b"\0" + name.encode() + b"\0" + path.read_bytes())
     root = cache or cache_dir()

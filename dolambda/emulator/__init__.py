@@ -22,18 +22,19 @@
                                                      ▼ the warmest idle worker first
   results/<job>/<task>.out ◄─ PUT If-None-Match ─ an execution environment per slot, warm
                                                   between invocations, killed at the timeout
-                                                  or when its RSS passes memory_mb (a fresh
-                                                  one takes its place on the next event):
-      isolated=True  (runtime.SandboxProcess): sandbox.Sandbox, ``python -I -S`` under AWS's
-                     awslambdaric, speaking the Runtime API (runtime_api) to the emulator;
-                     task root = the function's package (deploy.package.build_task_root:
-                     handler/, the worker's modules, dill/pydantic/numpy copied from this
-                     interpreter, cached), boto3 from the runtime directory, Lambda's
-                     environment and nothing of the client's. Init errors
-                     (Runtime.ImportModuleError...) are the invocation's error.
-      isolated=False (runtime.WorkerProcess, the default for now): ``python -m
-                     dolambda.emulator.worker`` in the client's own environment (its venv,
-                     the checkout on PYTHONPATH): lenient, code that fails on AWS passes.
+                                                  or when its RSS (with its children's)
+                                                  passes memory_mb (a fresh one takes its
+                                                  place on the next event)
+
+Each execution environment (runtime.SandboxProcess) is a sandbox.Sandbox: ``python -I -S``
+under AWS's awslambdaric, speaking the Runtime API (runtime_api) to the emulator, in a
+working directory and ``/tmp`` of its own. Its task root is the function's package as
+``dolambda deploy`` builds it (deploy.package.build_task_root: handler/, dolambda, dill,
+pydantic, numpy... copied from this interpreter, cached by their inputs), boto3 comes
+from the runtime directory, the environment is Lambda's and nothing of the client's (no
+venv, no current directory, no PYTHONPATH). So the user's own modules reach a worker only
+as they reach Lambda: in the job's code archive. Init errors (Runtime.ImportModuleError...)
+are the invocation's error.
 
 With an ``endpoint_url`` that is a plain S3 server (no notifications, e.g.
 SeaweedFS), ``discovery="poll"`` LISTs ``<prefix>/queue/`` every
@@ -46,9 +47,10 @@ The rooms: :mod:`~dolambda.emulator.config` (settings, stats),
 :mod:`~dolambda.emulator.intake` (mailbox or poll discovery, fault knobs),
 :mod:`~dolambda.emulator.dispatch` (pending heap, warmest worker, retries and
 on-failure destination records), :mod:`~dolambda.emulator.runtime` (worker
-processes, timeouts, memory watch), :mod:`~dolambda.emulator.events` (S3 records)
-and :mod:`~dolambda.emulator.worker` (one execution environment). This facade
-owns the lifecycle: :class:`Emulator` starts and stops them together.
+environments, timeouts, memory watch), :mod:`~dolambda.emulator.sandbox` (one
+execution environment), :mod:`~dolambda.emulator.runtime_api` (the Lambda Runtime API
+it talks to) and :mod:`~dolambda.emulator.events` (S3 records). This facade owns the
+lifecycle: :class:`Emulator` starts and stops them together.
 
 >>> import dolambda.emulator
 >>> with dolambda.emulator.start(workers=2) as backend:    # doctest: +SKIP
@@ -67,7 +69,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -98,11 +100,12 @@ class Emulator:
     ``retries``: how often a failed async invocation (error, timeout, kill) is
     queued again, as Lambda's async-invoke config does (the default 0 leaves
     lost work to the client). ``handler``/``task_root`` name another handler
-    (``task_root`` holds ``lambda_function.py`` unless ``handler`` says otherwise; isolated,
-    the function's package is a layer after it, so it can wrap the real handler).
-    ``isolated``: run the function's package in isolated Lambda environments (see the
-    module docstring); None reads ``DOLAMBDA_EMULATOR_ISOLATED`` (``1``: on), default off
-    until the body's own code travels with the job (issue 13).
+    (``task_root`` holds ``lambda_function.py`` unless ``handler`` says otherwise; the
+    function's package is a layer after it, so it can wrap the real handler). The
+    workers are isolated Lambda environments running the function's package (see the
+    module docstring); ``requirements`` names installed distributions the package holds
+    besides dolambda's own, as ``dolambda deploy --requirements`` adds them on AWS (e.g.
+    ``["pandas"]`` for bodies that use pandas).
     """
 
     def __init__(
@@ -130,10 +133,8 @@ class Emulator:
         port: int = 0,
         handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
-        isolated: bool | None = None,
+        requirements: Iterable[str] = (),
     ) -> None:
-        if isolated is None:  # the default: DOLAMBDA_EMULATOR_ISOLATED=1 turns it on
-            isolated = os.environ.get("DOLAMBDA_EMULATOR_ISOLATED", "") not in ("", "0")
         self.config: EmulatorConfig = make_config(
             workers=workers,
             bucket=bucket,
@@ -156,7 +157,7 @@ class Emulator:
             port=port,
             handler=handler,
             task_root=task_root,
-            isolated=isolated,
+            requirements=requirements,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -282,7 +283,7 @@ class Emulator:
             lock=cond,
             stopping=stopping,
         )
-        runtime.prepare()  # the function's package and runtime directory (isolated)
+        runtime.prepare()  # the function's package and runtime directory (built or cached)
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )
@@ -366,8 +367,8 @@ class Emulator:
     def backend(self) -> Any:
         """A ``LambdaBackend`` wired to this emulator (created on first use)."""
         if self._backend is None:
-            # imported here, not at the top: the worker processes (python -m
-            # dolambda.emulator.worker) import this package and must not load the client
+            # imported here, not at the top: the moto server (python -m
+            # dolambda.emulator.moto) imports this package and need not load the client
             from dolambda._backends.lambda_ import LambdaBackend
 
             self._backend = LambdaBackend(**self.backend_settings())

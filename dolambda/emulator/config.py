@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dolambda._errors import InvalidArgument
 from dolambda._wire.codec import signing_key_bytes
 
-#: the checkout that holds ``dolambda/`` and ``handler/`` (the legacy workers import both
-#: from here; the isolated ones get them in the function's package)
+#: the checkout that holds ``dolambda/`` (the moto server runs from it; the workers get
+#: dolambda and the handler in the function's package instead)
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 #: the deployed function's handler (``dolambda.deploy.function.HANDLER``)
@@ -69,12 +70,11 @@ class EmulatorConfig:
     port: int
     handler: str
     # a directory of the user's own handler, or None for the function's package alone;
-    # isolated workers get that directory as their task root and the package as a layer
+    # the workers get that directory as their task root and the package as a layer
     task_root: str | None
-    pythonpath: str
-    # the workers are isolated Lambda environments (Sandbox), not the legacy worker
-    # processes that share this interpreter's environment
-    isolated: bool
+    # distributions installed here that the function's package holds besides dolambda's
+    # own (as `dolambda deploy --requirements` adds them), sorted
+    requirements: tuple[str, ...]
 
 
 def make_config(
@@ -100,7 +100,7 @@ def make_config(
     port: int,
     handler: str | None,
     task_root: str | os.PathLike[str] | None,
-    isolated: bool = False,
+    requirements: Iterable[str] = (),
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -117,6 +117,12 @@ def make_config(
         raise InvalidArgument("Emulator: timeout and memory_mb must be positive")
     if float(event_delay) < 0 or float(poll_interval) <= 0 or int(retries) < 0:
         raise InvalidArgument("Emulator: event_delay, poll_interval and retries out of range")
+    wanted = (requirements,) if isinstance(requirements, str) else tuple(requirements)
+    if not all(isinstance(r, str) and r.strip() for r in wanted):
+        raise InvalidArgument(
+            f"Emulator: requirements must be distribution names (e.g. ['pandas']), got "
+            f"{requirements!r}"
+        )
     key = signing_key_bytes(signing_key) if signing_key else secrets.token_bytes(32)
     if len(key) < 16:
         raise InvalidArgument("Emulator: the signing key must be at least 16 bytes")
@@ -143,6 +149,5 @@ def make_config(
         # a directory of one's own holds lambda_function.py unless told otherwise
         handler=handler or ("lambda_function.lambda_handler" if task_root else PACKAGE_HANDLER),
         task_root=str(Path(task_root).resolve()) if task_root else None,
-        pythonpath=str(SOURCE_ROOT),
-        isolated=bool(isolated),
+        requirements=tuple(sorted({r.strip() for r in wanted})),
     )

@@ -1,21 +1,21 @@
 """The function's execution environments: slots, warm reuse, limits.
 
-One :class:`Slot` per unit of concurrency holds at most one execution environment,
-which initialises once (a cold start) and then serves one invocation at a time (warm
-reuse). Two kinds: :class:`SandboxProcess` (``isolated``: a
-:class:`~dolambda.emulator.sandbox.Sandbox` running the function's package under AWS's
-``awslambdaric``, as Lambda does) and the legacy :class:`WorkerProcess` (``python -m
-dolambda.emulator.worker`` in the client's environment). :meth:`Runtime.invoke` runs
-one handler call on a slot and says how it ended, as Lambda would: the handler's
-payload, its error, Lambda's init error (``Runtime.ImportModuleError``...), or
-``Sandbox.Timedout`` / ``Runtime.OutOfMemory`` / ``Runtime.ExitError`` when the
-process was killed at the timeout, killed for passing ``memory_mb``
-(:meth:`Runtime.memory_loop`) or died on its own. A dead process is replaced on the
-slot's next invocation. Each call logs Lambda's ``START`` and ``REPORT`` lines.
+One :class:`Slot` per unit of concurrency holds at most one execution environment, a
+:class:`SandboxProcess`: a :class:`~dolambda.emulator.sandbox.Sandbox` running the
+function's package under AWS's ``awslambdaric`` (``python -I``, nothing of the client's
+environment), as Lambda does. It initialises once (a cold start) and then serves one
+invocation at a time (warm reuse). :meth:`Runtime.invoke` runs one handler call on a
+slot and says how it ended, as Lambda would: the handler's payload, its error, Lambda's
+init error (``Runtime.ImportModuleError``...), or ``Sandbox.Timedout`` /
+``Runtime.OutOfMemory`` / ``Runtime.ExitError`` when the environment was killed at the
+timeout, killed for passing ``memory_mb`` (:meth:`Runtime.memory_loop`: the resident
+memory of the runtime and every process it started) or died on its own. A dead
+environment is replaced on the slot's next invocation. Each call logs Lambda's
+``START`` and ``REPORT`` lines.
 
-The legacy worker also set an address-space rlimit as a backstop; the isolated one
-does not (Lambda limits memory with its cgroup, not ``RLIMIT_AS``, so a function may
-map more than it touches): the RSS watch is the only limit, as on Lambda.
+There is no address-space rlimit: Lambda limits memory with its cgroup, not
+``RLIMIT_AS``, so a function may map more than it touches; the RSS watch is the only
+limit, as on Lambda.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ import json
 import logging
 import math
 import os
-import queue
-import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -43,13 +39,11 @@ from dolambda.emulator.config import EmulatorConfig, EmulatorStats
 if TYPE_CHECKING:
     from dolambda.emulator.sandbox import Outcome, Sandbox
 
-# The isolated runtime's modules (deploy's builder, the sandbox, the Runtime API) are
-# imported where they are used: the legacy worker (python -m dolambda.emulator.worker)
+# The runtime's heavier modules (deploy's builder, the sandbox, the Runtime API) are
+# imported where they are used: the moto server (python -m dolambda.emulator.moto)
 # imports this package, and each cold start would pay for them.
 
 log = logging.getLogger("dolambda.emulator")
-
-TIMEOUT = object()  # a worker gave no answer in time
 
 #: Lambda's limit on the init phase of an on-demand function (10 s; past it the init is
 #: retried within the invocation's own timeout):
@@ -69,99 +63,10 @@ class Answer:
         return self.error_type is None
 
 
-class WorkerProcess:
-    """One execution environment: a worker process and the threads reading it."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, tag: str) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the emulator, not the workers
-        )
-        self.pid = self.proc.pid
-        self.tag = f"{tag}[{self.pid}]"
-        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.logs: deque[str] = deque(maxlen=50)
-        self.kill_reason: str | None = None
-        self.kill_detail = ""
-        self.served = 0
-        self.init_ms = 0.0
-        threading.Thread(target=self._read_messages, name=f"{self.tag}-out", daemon=True).start()
-        threading.Thread(target=self._read_logs, name=f"{self.tag}-log", daemon=True).start()
-
-    def _read_messages(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            for raw in self.proc.stdout:
-                with contextlib.suppress(ValueError):
-                    self.messages.put(json.loads(raw))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.messages.put(None)
-
-    def _read_logs(self) -> None:
-        assert self.proc.stderr is not None
-        with contextlib.suppress(OSError, ValueError):
-            for raw in self.proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
-                self.logs.append(line)
-                log.info("%s %s", self.tag, line)
-
-    def wait(self, timeout: float) -> Any:
-        """The next message, None when the process is gone, or TIMEOUT."""
-        try:
-            return self.messages.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return TIMEOUT
-
-    def send(self, message: dict[str, Any]) -> bool:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/statm", "rb") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            return 0.0
-        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-
-    def kill(self, reason: str, detail: str = "") -> None:
-        if self.kill_reason is None:
-            self.kill_reason, self.kill_detail = reason, detail
-        with contextlib.suppress(ProcessLookupError, OSError):
-            self.proc.kill()
-
-    def close(self) -> None:
-        """Stop the process and reap it (stdin EOF first, then SIGKILL)."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill("stopped")
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    stream.close()
-
-
 class SandboxProcess:
     """One isolated execution environment on a slot: a :class:`Sandbox` (``python -I -S``
     under ``awslambdaric``, the function's package as its task root) and what the
-    emulator tracks about it (the same attributes as :class:`WorkerProcess`)."""
+    emulator tracks about it."""
 
     def __init__(self, sandbox: Sandbox, tag: str) -> None:
         self.sandbox = sandbox
@@ -218,16 +123,12 @@ class SandboxProcess:
         self.sandbox.close()
 
 
-#: what runs on a slot: the isolated environment, or the legacy worker process
-Environment = SandboxProcess | WorkerProcess
-
-
 class Slot:
     """One unit of concurrency; holds a warm process between invocations."""
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.process: Environment | None = None
+        self.process: SandboxProcess | None = None
 
 
 class Runtime:
@@ -235,7 +136,7 @@ class Runtime:
 
     ``stats`` is updated under ``lock`` (the emulator's one condition); ``stopping``
     is the emulator's stop flag: no new call starts once it is set. With
-    ``config.isolated``, :meth:`prepare` builds (or finds in the cache) the function's
+    :meth:`prepare` builds (or finds in the cache) the function's
     package and the runtime directory before the first environment starts.
     """
 
@@ -256,18 +157,18 @@ class Runtime:
         self._stats = stats
         self._lock = lock
         self._stopping = stopping
-        self.package: Path | None = None  # the function's package (isolated)
-        self.runtime_dir: Path | None = None  # LAMBDA_RUNTIME_DIR (isolated)
+        self.package: Path | None = None  # the function's package (the task root)
+        self.runtime_dir: Path | None = None  # LAMBDA_RUNTIME_DIR
 
     def prepare(self) -> None:
-        """Build or find the function's package and the runtime directory (isolated)."""
-        if not self.config.isolated or self.package is not None:
+        """Build or find the function's package and the runtime directory."""
+        if self.package is not None:
             return
         from dolambda.deploy import package
         from dolambda.emulator.sandbox import runtime_dir
 
         cache = package.cache_dir()
-        self.package = package.build_task_root(cache)
+        self.package = package.build_task_root(cache, self.config.requirements)
         self.runtime_dir = runtime_dir(cache)
 
     def worker_pids(self) -> list[int]:
@@ -292,11 +193,7 @@ class Runtime:
         """One handler call on the slot's process; None when the emulator is stopping."""
         if self._stopping.is_set():
             return None
-        if self.config.isolated:
-            return self._invoke_isolated(slot, event)
-        return self._invoke_legacy(slot, event)
-
-    # ── isolated environments ──
+        return self._invoke(slot, event)
 
     def sandbox_environment(self) -> dict[str, str]:
         """The function's own environment variables (what deploy sets), pointed at this
@@ -341,13 +238,12 @@ class Runtime:
         holder.append(process)
         return process
 
-    def _invoke_isolated(self, slot: Slot, event: Any) -> Answer | None:
+    def _invoke(self, slot: Slot, event: Any) -> Answer | None:
         from dolambda.emulator.runtime_api import FunctionError, InitError, Response
         from dolambda.emulator.sandbox import Timeout
 
         c = self.config
         process = slot.process
-        assert not isinstance(process, WorkerProcess)
         if process is None or process.kill_reason is not None or not process.alive:
             if process is not None:
                 process.close()
@@ -420,102 +316,9 @@ class Runtime:
         log.error("%s init failed: %s: %s", process.tag, error_type, message)
         return Answer(error_type, f"{error_type}: {message}")
 
-    # ── legacy worker processes (this interpreter's environment) ──
-
-    def _spawn_legacy(self, slot: Slot) -> WorkerProcess | None:
-        process = WorkerProcess(
-            [sys.executable, "-m", "dolambda.emulator.worker"],
-            self.worker_env(),
-            self.config.task_root or self.config.pythonpath,
-            f"{self.config.function_name}#{slot.index}",
-        )
-        slot.process = process
-        if self._stopping.is_set():
-            process.kill("stopped")
-        message = process.wait(max(30.0, self.config.timeout))
-        if isinstance(message, dict) and message.get("type") == "ready":
-            process.init_ms = float(message.get("init_ms", 0.0))
-            return process
-        if message is TIMEOUT:
-            process.kill("init timeout")
-        detail = (
-            f"{message.get('errorType')}: {message.get('errorMessage')}"
-            if isinstance(message, dict)
-            else "\n".join(process.logs)
-        )
-        log.error("emulator: worker init failed (Runtime.ImportModuleError?): %s", detail)
-        process.close()
-        slot.process = None
-        return None
-
-    def _invoke_legacy(self, slot: Slot, event: Any) -> Answer:
-        timeout = self.config.timeout
-        process = slot.process
-        assert not isinstance(process, SandboxProcess)
-        if process is None or process.kill_reason is not None or process.proc.poll() is not None:
-            if process is not None:
-                process.close()
-            process = self._spawn_legacy(slot)
-            if process is None:
-                with self._lock:
-                    self._stats.errors += 1
-                return Answer("Runtime.InitError", "the handler failed to import")
-        request_id = str(uuid.uuid4())
-        cold = process.served == 0
-        process.served += 1
-        with self._lock:
-            self._stats.invocations += 1
-            if cold:
-                self._stats.cold_starts += 1
-        deadline_ms = int((time.time() + timeout) * 1000)
-        log.info("%s START RequestId: %s Version: $LATEST", process.tag, request_id)
-        started = time.perf_counter()
-        sent = process.send(
-            {
-                "request_id": request_id,
-                "event": event,
-                "deadline_ms": deadline_ms,
-                "invoked_function_arn": self.function_arn,
-            }
-        )
-        answer: Any = None
-        while sent:
-            answer = process.wait(timeout - (time.perf_counter() - started))
-            if not isinstance(answer, dict) or answer.get("request_id") == request_id:
-                break
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if answer is TIMEOUT:
-            process.kill("timeout")
-            answer = None
-        if isinstance(answer, dict) and answer.get("request_id") == request_id:
-            with self._lock:
-                if answer.get("ok"):
-                    self._stats.completed += 1
-                else:
-                    self._stats.errors += 1
-            self._report(
-                process,
-                request_id,
-                float(answer.get("duration_ms", elapsed_ms)),
-                float(answer.get("max_rss_mb", 0.0)),
-                cold,
-            )
-            if answer.get("ok"):
-                return Answer(None, str(answer.get("payload", "null")))
-            return Answer(str(answer.get("errorType")), str(answer.get("errorMessage")))
-        # the process is gone: killed by us (timeout, memory) or crashed
-        process.proc.wait()
-        reason = process.kill_reason
-        exit_text = f"Runtime exited with error: exit status {process.proc.returncode}"
-        error_type, message = self._died(process, request_id, reason, timeout, exit_text)
-        self._report(process, request_id, elapsed_ms, process.rss_mb(), cold)
-        process.close()
-        slot.process = None
-        return Answer(error_type, message)
-
     def _died(
         self,
-        process: Environment,
+        process: SandboxProcess,
         request_id: str,
         reason: str | None,
         timeout: float,
@@ -544,7 +347,12 @@ class Runtime:
         return "Runtime.ExitError", exit_text
 
     def _report(
-        self, process: Environment, request_id: str, duration_ms: float, rss_mb: float, cold: bool
+        self,
+        process: SandboxProcess,
+        request_id: str,
+        duration_ms: float,
+        rss_mb: float,
+        cold: bool,
     ) -> None:
         init = f"\tInit Duration: {process.init_ms:.2f} ms" if cold else ""
         log.info(
@@ -565,7 +373,7 @@ class Runtime:
         scanned = 0.0
         while not self._stopping.wait(0.02):
             now = time.monotonic()
-            if self.config.isolated and now - scanned >= 1.0:  # children of the runtimes
+            if now - scanned >= 1.0:  # the runtimes' children count too
                 from dolambda.emulator.sandbox import sessions_pids
 
                 scanned = now
@@ -580,42 +388,3 @@ class Runtime:
                 rss = process.rss_mb()
                 if rss > limit:
                     process.kill("memory", f"RSS {rss:.0f} MB > limit {limit} MB")
-
-    def worker_env(self) -> dict[str, str]:
-        """The environment Lambda sets for the function, pointed at this emulator's S3."""
-        c = self.config
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DOLAMBDA_"))}
-        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stream = time.strftime("%Y/%m/%d") + f"/[$LATEST]{secrets.token_hex(16)}"
-        env.update(
-            {
-                "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-                "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-                "AWS_DEFAULT_REGION": c.region,
-                "AWS_REGION": c.region,
-                "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-                "AWS_ENDPOINT_URL": self.endpoint_url,  # no AWS service is reachable from here
-                "AWS_CONFIG_FILE": os.devnull,
-                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_EXECUTION_ENV": f"AWS_Lambda_python{minor}",
-                "AWS_LAMBDA_FUNCTION_NAME": c.function_name,
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(c.memory_mb),
-                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(math.ceil(c.timeout)),
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.function_name}",
-                "AWS_LAMBDA_LOG_STREAM_NAME": stream,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-                "LAMBDA_TASK_ROOT": c.task_root or c.pythonpath,
-                "_HANDLER": c.handler,
-                "DOLAMBDA_SIGNING_KEY": c.signing_key,
-                "DOLAMBDA_PREFIX": c.prefix,
-                "DOLAMBDA_BUCKET": c.bucket,
-                "DOLAMBDA_EMULATOR_RLIMIT_AS_MB": str(c.memory_mb * 2 + 2048),
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (c.pythonpath, os.environ.get("PYTHONPATH")) if p
-                ),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        return env

@@ -1,0 +1,40 @@
+"""Small bodies shared by the semantics, combine and error tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def as_str(x: Any) -> str:
+    return str(x)
+
+
+def slow_early(x: int) -> str:
+    """Early iterations take longer, so on parallel workers they finish last."""
+    time.sleep(0.015 * max(0, 6 - x))
+    return str(x)
+
+
+def fail_on(bad: frozenset[int]) -> Callable[[int], int]:
+    """A body that raises ValueError on the iterations in ``bad``."""
+
+    def body(x: int) -> int:
+        if x in bad:
+            raise ValueError(f"bad {x}")
+        return x * 10
+
+    return body
+
+
+def plus_one(x: int) -> int:
+    return x + 1
