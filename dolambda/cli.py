@@ -121,20 +121,39 @@ def demo(aws: bool, workers: int, iterations: int, samples: int) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="function timeout, seconds")
 @click.option("--memory", default=1024, show_default=True, help="memory limit, MB")
 @click.option("--endpoint-url", help="use this S3 server instead of starting moto")
+@click.option(
+    "--requirement",
+    "requirements",
+    multiple=True,
+    metavar="NAME",
+    help="an installed distribution the function's package holds too (repeatable), as "
+    "deploy --requirements adds it on AWS",
+)
 def emulator_command(
-    workers: int, bucket: str, timeout: float, memory: int, endpoint_url: str | None
+    workers: int,
+    bucket: str,
+    timeout: float,
+    memory: int,
+    endpoint_url: str | None,
+    requirements: tuple[str, ...],
 ) -> None:
-    """Run the local Lambda emulator (moto S3 + the real handler) until Ctrl-C.
+    """Run the local Lambda emulator (moto S3 + the function's package under AWS's Lambda
+    runtime client, in isolated processes) until Ctrl-C.
 
     \b
     Example:
-      dolambda emulator --workers 4
+      dolambda emulator --workers 4 --requirement pandas
       # then, in Python: LambdaBackend(**settings printed above)
     """
     from dolambda import emulator  # imported on use (as _backend)
 
     emulator.serve(
-        workers=workers, bucket=bucket, timeout=timeout, memory_mb=memory, endpoint_url=endpoint_url
+        workers=workers,
+        bucket=bucket,
+        timeout=timeout,
+        memory_mb=memory,
+        endpoint_url=endpoint_url,
+        requirements=requirements,
     )
 
 

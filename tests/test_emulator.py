@@ -520,9 +520,14 @@ def test_invalid_arguments() -> None:
         {"discovery": "magic"},
         {"drop_fraction": 1.5},
         {"signing_key": b"short"},
+        {"requirements": [3]},
+        {"requirements": [""]},
     ):
         with pytest.raises(InvalidArgument):
             Emulator(**kwargs)
+    # one name or several, as deploy's requirements: sorted, each once
+    assert Emulator(requirements="pandas").config.requirements == ("pandas",)
+    assert Emulator(requirements=["b", "a", "b"]).config.requirements == ("a", "b")
     assert os.environ.get("DOLAMBDA_SIGNING_KEY") is None
 
 
