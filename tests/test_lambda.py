@@ -1,5 +1,6 @@
-"""The Lambda backend end to end: HTTP to a moto server, the real handler in the
-emulator's worker processes, both triggers."""
+"""The Lambda backend end to end: HTTP to a moto server, the function's package in the
+emulator's isolated Lambda environments, both triggers. Bodies pickled by reference live
+in :mod:`tests.bodies.lambda_` (they travel with the job; the workers lack pytest)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The user's own modules travel with a Lambda job, end to end: HTTP to the session's
-moto server, the real handler in the emulator's worker processes.
+moto server, the function's package in the emulator's isolated Lambda environments.
 
 Each test writes its package to ``tmp_path`` and puts that directory on this
-process's ``sys.path`` at run time; the emulator's workers cannot import it (their
-``PYTHONPATH`` was fixed when they started), so only shipping makes the body load.
+process's ``sys.path`` at run time; the emulator's workers cannot import it (they are
+isolated interpreters running the function's package), so only shipping makes the body
+load.
 Package names are unique per test: the workers are shared by the whole session.
 """
 
