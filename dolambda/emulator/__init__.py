@@ -251,18 +251,10 @@ class Emulator:
         self.discovery = mode
         session = setup.session(c.region)
         if mode == "events":
-            self.function_arn = setup.ensure_all(
-                session,
-                self.endpoint_url,
-                bucket=c.bucket,
-                region=c.region,
-                function_name=c.function_name,
-                prefix=c.prefix,
-                timeout=c.timeout,
-                memory_mb=c.memory_mb,
-                notify=c.trigger == "s3",
-            )
+            # deploy's own setup; the workers get the role's credentials from STS
+            self.function_arn, role_credentials = setup.ensure_all(session, self.endpoint_url, c)
         else:
+            role_credentials = None  # a plain S3 server has no IAM: the client's credentials
             s3 = session.client("s3", endpoint_url=self.endpoint_url)
             setup.ensure_bucket(s3, c.bucket, c.region)
             self.function_arn = f"arn:aws:lambda:{c.region}:123456789012:function:{c.function_name}"
@@ -282,6 +274,7 @@ class Emulator:
             lock=cond,
             stopping=stopping,
         )
+        runtime.credentials = role_credentials
         runtime.prepare()  # the function's package and runtime directory (isolated)
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
 
 if TYPE_CHECKING:
-    from dolambda.emulator.sandbox import Outcome, Sandbox
+    from dolambda.emulator.sandbox import Credentials, Outcome, Sandbox
 
 # The isolated runtime's modules (deploy's builder, the sandbox, the Runtime API) are
 # imported where they are used: the legacy worker (python -m dolambda.emulator.worker)
@@ -258,6 +258,8 @@ class Runtime:
         self._stopping = stopping
         self.package: Path | None = None  # the function's package (isolated)
         self.runtime_dir: Path | None = None  # LAMBDA_RUNTIME_DIR (isolated)
+        #: the role's credentials from STS (the emulator's setup); None: the client's own
+        self.credentials: Credentials | None = None
 
     def prepare(self) -> None:
         """Build or find the function's package and the runtime directory (isolated)."""
@@ -329,7 +331,8 @@ class Runtime:
             function_name=c.function_name,
             memory_mb=c.memory_mb,
             region=c.region,
-            credentials=Credentials(
+            credentials=self.credentials
+            or Credentials(
                 os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
                 os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
             ),
