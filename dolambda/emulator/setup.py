@@ -152,7 +152,9 @@ def ensure_all(session: Any, endpoint_url: str, config: EmulatorConfig) -> tuple
 def assume_role(c: Clients, role_arn: str, function_name: str) -> Credentials:
     """The role's temporary credentials from STS, as Lambda takes them for the function's
     environments (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``)."""
-    got = c.sts.assume_role(RoleArn=role_arn, RoleSessionName=function_name[:64])
+    # Lambda names the session after the function (STS wants 2 to 64 characters)
+    name = function_name[:64] if len(function_name) >= 2 else f"{function_name}-function"
+    got = c.sts.assume_role(RoleArn=role_arn, RoleSessionName=name)
     creds = got["Credentials"]
     return Credentials(
         access_key_id=str(creds["AccessKeyId"]),
