@@ -262,3 +262,42 @@ def test_the_servers_authorization_follows_the_policy_live(emu: Emulator) -> Non
             role.put_object(Bucket=emu.bucket, Key=result, Body=b"x")
         assert error_code(info.value) == "AccessDenied"
     role.put_object(Bucket=emu.bucket, Key=result, Body=base64.b64encode(b"x"))
+
+
+# --- doctor checks the listing's scope --------------------------------------------------------
+
+
+def _doctor_role_policy(emu: Emulator) -> str:
+    from dolambda.deploy import doctor
+
+    settings = DeploySettings(bucket=emu.bucket, endpoint_url=emu.endpoint_url, region=emu.region)
+    [result] = [
+        r for r in doctor(settings, config_signing_key=emu.signing_key) if r.name == "role policy"
+    ]
+    return str(result)
+
+
+def test_doctor_wants_the_prefix_scoped_list_bucket(emu: Emulator) -> None:
+    """Issue 14.5, doctor's side: the role's s3:ListBucket is needed (a missing one is named),
+    and one without the s3:prefix condition lists the whole bucket: wider than needed."""
+    assert _doctor_role_policy(emu).startswith("OK  role policy")
+    with policy_without(emu, "ListOwnKeys"):
+        text = _doctor_role_policy(emu)
+        assert "FAIL role policy" in text and "lacks" in text and "s3:ListBucket" in text
+        assert "s3:prefix" in text
+    original = policy(emu)
+    unscoped = copy.deepcopy(original)
+    for st in unscoped["Statement"]:
+        st.pop("Condition", None)
+    iam = client(emu, "iam")
+    iam.put_role_policy(
+        RoleName=role_name(emu), PolicyName=POLICY, PolicyDocument=json.dumps(unscoped)
+    )
+    try:
+        text = _doctor_role_policy(emu)
+        assert "wider than needed" in text and "s3:ListBucket" in text, text
+    finally:
+        iam.put_role_policy(
+            RoleName=role_name(emu), PolicyName=POLICY, PolicyDocument=json.dumps(original)
+        )
+    assert _doctor_role_policy(emu).startswith("OK  role policy")
