@@ -13,7 +13,8 @@ The rooms: :mod:`~dolambda.deploy.settings` (what is asked, the client config),
 :mod:`~dolambda.deploy.package` (the zip and the Lambda platform),
 :mod:`~dolambda.deploy.bucket`, :mod:`~dolambda.deploy.role` (IAM),
 :mod:`~dolambda.deploy.function` (the function, its async-invoke config and invoke
-permission), :mod:`~dolambda.deploy.doctor`, :mod:`~dolambda.deploy.destroy`, and
+permission), :mod:`~dolambda.deploy.emulated` (deploying onto a running emulator),
+:mod:`~dolambda.deploy.doctor`, :mod:`~dolambda.deploy.destroy`, and
 :mod:`~dolambda.deploy.aws` (clients, botocore errors). Key names, the trigger
 filter and the policy's S3 resources come from :mod:`dolambda._wire.keys`.
 """
