@@ -35,7 +35,7 @@ from dolambda.deploy.bucket import (
 )
 from dolambda.deploy.destroy import destroy
 from dolambda.deploy.doctor import CheckResult, doctor
-from dolambda.deploy.emulated import adopt, emulator_function
+from dolambda.deploy.emulated import adopt, emulator_function, unserved_note
 from dolambda.deploy.function import (
     ensure_event_invoke_config,
     ensure_function,
@@ -114,6 +114,9 @@ def deploy(
         for line in kept:
             step(line)
     else:
+        unserved = unserved_note(s)
+        if unserved is not None:
+            step(unserved)
         built = package is None
         if package is None:
             package = build_package(

@@ -12,11 +12,15 @@ bucket or prefix than the emulator serves, ``--rotate-key``, an emulator whose t
 is ``invoke`` (deploy installs the S3 trigger: tasks would run twice).
 
 A function that is no emulator's (plain moto, or a server no emulator serves that name
-on) is deployed as on AWS.
+on) is deployed as on AWS; on an emulator's server deploy says that nothing will run it
+until an emulator for it starts (:func:`unserved_note`).
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,32 @@ from dolambda.deploy.settings import Change, DeploySettings
 
 #: the tag the emulator puts on its function; its value is the emulator's trigger
 EMULATOR_TAG = "dolambda:emulator"
+#: what an emulator's moto server answers (``dolambda.emulator.events.API`` + ``/ping``;
+#: spelled here because deploy sits below the emulator and may not import it)
+PING_PATH = "/_dolambda/ping"
+
+
+def is_emulator_server(endpoint_url: str, timeout: float = 2.0) -> bool:
+    """Whether ``endpoint_url`` is a dolambda emulator's moto server."""
+    try:
+        with urllib.request.urlopen(endpoint_url.rstrip("/") + PING_PATH, timeout=timeout) as r:
+            return bool(json.loads(r.read() or b"{}").get("dolambda"))
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def unserved_note(s: DeploySettings) -> Change | None:
+    """A report line when deploy makes a function on an emulator's server that no emulator
+    runs (its tasks would wait for nothing), else None."""
+    if not s.endpoint_url or not is_emulator_server(s.endpoint_url):
+        return None
+    return Change(
+        "note",
+        f"function {s.function_name}",
+        f"{s.endpoint_url} is a dolambda emulator's server and no emulator runs this function "
+        "yet: its tasks run once an emulator for it starts there "
+        f"(Emulator(endpoint_url=..., bucket={s.bucket!r}, function_name={s.function_name!r}))",
+    )
 
 
 def emulator_function(
