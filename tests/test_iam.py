@@ -301,3 +301,20 @@ def test_doctor_wants_the_prefix_scoped_list_bucket(emu: Emulator) -> None:
             RoleName=role_name(emu), PolicyName=POLICY, PolicyDocument=json.dumps(original)
         )
     assert _doctor_role_policy(emu).startswith("OK  role policy")
+
+
+def test_a_read_permission_removed_fails_the_job_with_awss_access_denied_named(
+    emu: Emulator,
+) -> None:
+    """Issue 13 §3: without s3:GetObject the worker cannot read its task; the invocation
+    fails with AWS's AccessDenied, and the failure comes back to the client (through the
+    function's on-failure destination) as an error naming it: in seconds, not a hang."""
+    backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
+    loop = foreach(x=range(2)).combine(sum)
+    started = time.monotonic()
+    with policy_without(emu, "ReadTasksAndJobs"), pytest.raises(DolambdaError) as info:
+        loop.do_lambda(iam_bodies.square, backend=backend, progress=False)
+    text = str(info.value)
+    assert "AccessDenied" in text and "s3:GetObject" in text, text
+    assert time.monotonic() - started < 30
+    assert loop.do_lambda(iam_bodies.square, backend=backend, progress=False) == 1
