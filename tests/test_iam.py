@@ -318,3 +318,55 @@ def test_a_read_permission_removed_fails_the_job_with_awss_access_denied_named(
     assert "AccessDenied" in text and "s3:GetObject" in text, text
     assert time.monotonic() - started < 30
     assert loop.do_lambda(iam_bodies.square, backend=backend, progress=False) == 1
+
+
+# --- the evaluator's rules (no server) ----------------------------------------------------------
+
+
+def test_the_evaluator_follows_iams_rules() -> None:
+    from dolambda.emulator.moto.authorize import allowed, s3_request
+
+    obj = "arn:aws:s3:::b/dolambda/queue/j/1.task"
+    grant = {"Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::b/dolambda/*"}
+    deny = {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"}
+    assert allowed([{"Statement": [grant]}], "s3:GetObject", obj, {})
+    assert allowed([json.dumps({"Statement": grant})], "S3:getobject", obj, {})  # actions fold
+    assert not allowed([{"Statement": [grant]}, {"Statement": [deny]}], "s3:GetObject", obj, {})
+    assert not allowed([{"Statement": [grant]}], "s3:GetObject", "arn:aws:s3:::b/other", {})
+    assert not allowed([], "s3:GetObject", obj, {})  # nothing allows: denied
+    listing = {
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": "arn:aws:s3:::b",
+        "Condition": {"StringLike": {"s3:prefix": ["dolambda/*"]}},
+    }
+    policies = [{"Statement": [listing]}]
+    assert allowed(policies, "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "dolambda/x"})
+    assert not allowed(policies, "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "other/"})
+    assert not allowed(policies, "s3:ListBucket", "arn:aws:s3:::b", {})  # no prefix given
+    unknown = {**listing, "Condition": {"DateGreaterThan": {"aws:CurrentTime": "2020"}}}
+    assert not allowed([{"Statement": [unknown]}], "s3:ListBucket", "arn:aws:s3:::b", {})
+    not_action = {"Effect": "Allow", "NotAction": "s3:Delete*", "Resource": "*"}
+    assert allowed([{"Statement": [not_action]}], "s3:PutObject", obj, {})
+    assert not allowed([{"Statement": [not_action]}], "s3:DeleteObject", obj, {})
+    # requests -> actions
+    assert s3_request("GET", "/b/dolambda/queue/j/1.task", "").checks[0][:2] == (
+        "s3:GetObject",
+        obj,
+    )
+    assert s3_request("HEAD", "/b/k%2Bplus", "").reads_object
+    assert s3_request("PUT", "/b/k", "").checks[0][0] == "s3:PutObject"
+    assert s3_request("PUT", "/b/k", "partNumber=1&uploadId=x").checks[0][0] == "s3:PutObject"
+    assert s3_request("GET", "/b", "list-type=2&prefix=dolambda%2F").checks[0] == (
+        "s3:ListBucket",
+        "arn:aws:s3:::b",
+        {"s3:prefix": "dolambda/"},
+    )
+    deleted = s3_request("POST", "/b", "delete", body=b"<Delete><Key>a</Key><Key>b&amp;c</Key>")
+    assert [c[:2] for c in deleted.checks] == [
+        ("s3:DeleteObject", "arn:aws:s3:::b/a"),
+        ("s3:DeleteObject", "arn:aws:s3:::b/b&c"),
+    ]
+    assert s3_request("GET", "/b", "versioning").checks[0][0] == "s3:GetBucketVersioning"
+    assert s3_request("GET", "/b", "delimiter=%2F&marker=a").checks[0][0] == "s3:ListBucket"
+    assert s3_request("GET", "/", "").checks[0][0] == "s3:ListAllMyBuckets"

@@ -100,6 +100,11 @@ _BUCKET_GET = {
     "policy": "s3:GetBucketPolicy",
 }
 
+#: the parameters of a ListObjects (v1) request: a GET of the bucket with only these lists it
+_LIST_PARAMS = frozenset(
+    ["prefix", "delimiter", "marker", "max-keys", "encoding-type", "x-id", "fetch-owner"]
+)
+
 
 def s3_request(
     method: str, path: str, query: str, *, partition: str = "aws", body: bytes = b""
@@ -132,7 +137,7 @@ def s3_request(
         )
     if method in ("GET", "HEAD"):
         sub = next((p for p in params if p in _BUCKET_GET), "")
-        if not sub and method == "GET" and params and "prefix" not in params:
+        if not sub and method == "GET" and set(params) - _LIST_PARAMS:
             other = next(iter(params))  # an unknown subresource: its own action, never granted
             action = f"s3:GetBucket{other[:1].upper()}{other[1:]}"
         else:
