@@ -273,3 +273,17 @@ def test_rehearse_the_aws_path_from_the_cli(tmp_path: Path) -> None:
         reader.join(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_deploy_onto_an_emulator_says_requirements_are_not_used(
+    running: Any, tmp_path: Path
+) -> None:
+    emu = running
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("numpy\n")
+    settings = deploy_mod.DeploySettings(
+        bucket=emu.bucket, endpoint_url=emu.endpoint_url, region=emu.region, requirements=reqs
+    )
+    lines: list[str] = []
+    deploy_mod.deploy(settings, echo=lines.append)
+    assert any(f"does not use --requirements {reqs}" in line for line in lines), lines

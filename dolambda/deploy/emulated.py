@@ -110,6 +110,11 @@ def adopt(s: DeploySettings, fn: dict[str, Any]) -> tuple[DeploySettings, Packag
             f"{s.timeout} s, {s.memory_mb} MB, {s.architecture}; the emulator's own options "
             "set them)"
         )
+    if s.requirements is not None:
+        notes.append(
+            f"does not use --requirements {s.requirements}: the emulator's package is built "
+            "from the distributions installed here (pip install -r it, restart the emulator)"
+        )
     adopted = replace(s, timeout=timeout, memory_mb=memory, architecture=arch)
     # what moto holds stands for the package: no code update (the emulator runs its own
     # build of the package for this machine, from the distributions installed here)
