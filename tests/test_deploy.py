@@ -130,7 +130,11 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
         },
         # its own on-failure destination: timed-out / out-of-memory tasks are reported
         ("lambda:InvokeFunction", f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:dolambda"),
+        # the 404 (not 403) for a task object that is gone, scoped to the prefix
+        ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}"),
     }
+    [listing] = [st for st in doc["PolicyDocument"]["Statement"] if st["Sid"] == "ListOwnKeys"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["dolambda/*"]}}
     # function
     fn = lam.get_function(FunctionName="dolambda")["Configuration"]
     assert fn["Runtime"] == RUNTIME

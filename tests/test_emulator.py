@@ -610,47 +610,42 @@ def test_context_environment_and_warm_globals(moto_url: str, tmp_path: Any) -> N
 
 
 def test_an_existing_notification_configuration_is_used(moto_url: str) -> None:
-    """A bucket set up by someone else (``dolambda deploy``) is read, not rewritten."""
-    from dolambda.emulator import setup
+    """A bucket set up by ``dolambda deploy`` is read, not rewritten: the emulator's setup
+    is deploy's own, so it finds deploy's notification right and leaves it (and the
+    bucket's other notifications) alone."""
+    from dolambda._config import load_config
+    from dolambda.deploy import DeploySettings, deploy
 
     def ident(x: int) -> int:
         return x
 
     name = f"emu-{uuid.uuid4().hex[:10]}"
-    session = boto3.session.Session(region_name="us-east-1")
-    s3 = session.client("s3", endpoint_url=moto_url)
-    setup.ensure_bucket(s3, name, "us-east-1")
-    arn = setup.ensure_function(session, moto_url, function_name=name, timeout=30, memory_mb=256)
-    deployed: Any = {
-        "LambdaFunctionConfigurations": [
-            {
-                "Id": "deployed-by-dolambda-deploy",
-                "LambdaFunctionArn": arn,
-                "Events": ["s3:ObjectCreated:*"],
-                "Filter": {
-                    "Key": {
-                        "FilterRules": [
-                            {"Name": "prefix", "Value": "dolambda/queue/"},
-                            {"Name": "suffix", "Value": ".task"},
-                        ]
-                    }
-                },
-            }
-        ]
-    }
-    s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=deployed)
+    settings = DeploySettings(
+        bucket=name, function_name=name, region="us-east-1", endpoint_url=moto_url, timeout=30
+    )
+    deploy(settings, dependencies=False, echo=lambda _: None)
+    s3 = boto3.session.Session(region_name="us-east-1").client("s3", endpoint_url=moto_url)
+    before = s3.get_bucket_notification_configuration(Bucket=name)
+    [deployed] = before["LambdaFunctionConfigurations"]
+    assert deployed["Id"] == settings.notification_id
+    config = load_config()
+    assert config is not None
     with Emulator(
-        workers=1, timeout=30, endpoint_url=moto_url, bucket=name, function_name=name
+        workers=1,
+        timeout=30,
+        endpoint_url=moto_url,
+        bucket=name,
+        function_name=name,
+        signing_key=config.signing_key,
     ) as emu:
-        config = s3.get_bucket_notification_configuration(Bucket=name)
-        [entry] = config["LambdaFunctionConfigurations"]
-        assert entry["Id"] == "deployed-by-dolambda-deploy"
+        after = s3.get_bucket_notification_configuration(Bucket=name)
+        assert after["LambdaFunctionConfigurations"] == [deployed]
         job, tasks = make_job(emu, ident, 1)
         put_job(s3, emu, job)
         put_tasks(s3, emu, job, tasks)
         assert wait_results(s3, emu, job, [0])[0].values[0] == 0
         [record] = emu.recent_events[0][1]["Records"]
-        assert record["s3"]["configurationId"] == "deployed-by-dolambda-deploy"
+        assert record["s3"]["configurationId"] == settings.notification_id
 
 
 @emulator_args(workers=1, timeout=30, event_delay=0.6)

@@ -13,7 +13,8 @@ The rooms: :mod:`~dolambda.deploy.settings` (what is asked, the client config),
 :mod:`~dolambda.deploy.package` (the zip and the Lambda platform),
 :mod:`~dolambda.deploy.bucket`, :mod:`~dolambda.deploy.role` (IAM),
 :mod:`~dolambda.deploy.function` (the function, its async-invoke config and invoke
-permission), :mod:`~dolambda.deploy.doctor`, :mod:`~dolambda.deploy.destroy`, and
+permission), :mod:`~dolambda.deploy.emulated` (deploying onto a running emulator),
+:mod:`~dolambda.deploy.doctor`, :mod:`~dolambda.deploy.destroy`, and
 :mod:`~dolambda.deploy.aws` (clients, botocore errors). Key names, the trigger
 filter and the policy's S3 resources come from :mod:`dolambda._wire.keys`.
 """
@@ -34,6 +35,7 @@ from dolambda.deploy.bucket import (
 )
 from dolambda.deploy.destroy import destroy
 from dolambda.deploy.doctor import CheckResult, doctor
+from dolambda.deploy.emulated import adopt, emulator_function, unserved_note
 from dolambda.deploy.function import (
     ensure_event_invoke_config,
     ensure_function,
@@ -90,6 +92,8 @@ def deploy(
     ``package`` skips the build (a prebuilt zip); ``dependencies=False`` builds a zip
     with dolambda's own files only; ``python`` overrides the client's minor version
     (the runtime is ``python<python>``); zips over ``upload_limit`` bytes go via S3.
+    On a running emulator's function (``endpoint_url`` of a ``dolambda emulator``) nothing
+    is built and the emulator's settings are kept (:mod:`dolambda.deploy.emulated`).
     """
     settings.validate()
     version = python or python_version()
@@ -104,19 +108,30 @@ def deploy(
         if echo is not None:
             echo(str(change))
 
-    built = package is None
-    if package is None:
-        package = build_package(
-            architecture=s.architecture,
-            python=version,
-            requirements=s.requirements,
-            dependencies=dependencies,
-            cache=cache,
+    emulated = emulator_function(s, c, get_function(s, c) if s.endpoint_url else None)
+    if emulated is not None:  # a running emulator's function: leave it as it is
+        s, package, kept = adopt(s, emulated)
+        for line in kept:
+            step(line)
+    else:
+        unserved = unserved_note(s)
+        if unserved is not None:
+            step(unserved)
+        built = package is None
+        if package is None:
+            package = build_package(
+                architecture=s.architecture,
+                python=version,
+                requirements=s.requirements,
+                dependencies=dependencies,
+                cache=cache,
+            )
+        size = f"{package.size / 1e6:.1f} MB zipped, {package.unzipped_size / 1e6:.1f} MB unzipped"
+        fresh = built and not package.cached
+        note = "" if fresh else (" (cached)" if built else " (prebuilt)")
+        step(
+            Change("created" if fresh else "unchanged", f"package {package.path.name}", size + note)
         )
-    size = f"{package.size / 1e6:.1f} MB zipped, {package.unzipped_size / 1e6:.1f} MB unzipped"
-    fresh = built and not package.cached
-    note = "" if fresh else (" (cached)" if built else " (prebuilt)")
-    step(Change("created" if fresh else "unchanged", f"package {package.path.name}", size + note))
     step(ensure_bucket(s, c))
     step(ensure_public_access_block(s, c))
     step(ensure_encryption(s, c))

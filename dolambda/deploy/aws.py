@@ -18,9 +18,10 @@ from dolambda.deploy.settings import DeploySettings
 
 
 class Clients:
-    """boto3 clients (s3, iam, lambda, sts, logs) built from (region, profile, endpoint_url)."""
+    """boto3 clients (s3, iam, lambda, sts, logs) built from (region, profile, endpoint_url);
+    ``session`` (a boto3 session) replaces the profile's (the emulator passes its own)."""
 
-    def __init__(self, settings: DeploySettings) -> None:
+    def __init__(self, settings: DeploySettings, *, session: Any = None) -> None:
         import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
@@ -31,7 +32,8 @@ class Clients:
             resource=f"profile {settings.profile}",
             catch=(BotoCoreError,),
         ):
-            session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+            if session is None:
+                session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
         region = settings.region or session.region_name
         if not region:
             raise DeployError(

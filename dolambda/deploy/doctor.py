@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -265,13 +266,18 @@ def _notification(s: DeploySettings, c: Clients, arn: str) -> str:
 
 
 def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
-    """Every Allow must be within dolambda's policy, and all of dolambda's policy is needed."""
+    """Every Allow must be within dolambda's policy, and all of dolambda's policy is needed.
+
+    A grant is an (action, resource, condition) triple: an ``s3:ListBucket`` without
+    dolambda's ``s3:prefix`` condition lists the whole bucket, so it is wider, not equal.
+    """
     role = role_arn.rsplit("/", 1)[-1]
     what = f"role {role}"
-    allowed = set()
+    allowed: set[tuple[str, str, str]] = set()
     for st in role_policy(s, c)["Statement"]:
-        allowed |= {(a, r) for a in st["Action"] for r in st["Resource"]}
-    granted: set[tuple[str, str]] = set()
+        cond = _condition_key(st.get("Condition"))
+        allowed |= {(a, r, cond) for a in st["Action"] for r in st["Resource"]}
+    granted: set[tuple[str, str, str]] = set()
     wider: list[str] = []
     names = call("iam:ListRolePolicies", what, c.iam.list_role_policies, RoleName=role)
     for name in names.get("PolicyNames", []):
@@ -284,12 +290,14 @@ def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
             if "NotAction" in st or "NotResource" in st:
                 wider.append(f"policy {name} uses NotAction/NotResource")
                 continue
+            cond = _condition_key(st.get("Condition"))
             for a in as_list(st.get("Action")):
                 for r in as_list(st.get("Resource")):
-                    if (a, r) in allowed:
-                        granted.add((a, r))
+                    if (a, r, cond) in allowed:
+                        granted.add((a, r, cond))
                     else:
-                        wider.append(f"policy {name} allows {a} on {r}")
+                        when = f" when {cond}" if cond != "{}" else ""
+                        wider.append(f"policy {name} allows {a} on {r}{when}")
     attached = call(
         "iam:ListAttachedRolePolicies", what, c.iam.list_attached_role_policies, RoleName=role
     )
@@ -299,9 +307,22 @@ def _role_policy(s: DeploySettings, c: Clients, role_arn: str) -> str:
         raise _Failed(f"{what} is wider than needed: " + "; ".join(sorted(set(wider))[:6]))
     missing = sorted(allowed - granted)
     if missing:
-        listing = "; ".join(f"{a} on {r}" for a, r in missing[:4])
+        listing = "; ".join(
+            f"{a} on {r}" + (f" when {cond}" if cond != "{}" else "") for a, r, cond in missing[:4]
+        )
         raise _Failed(f"{what} lacks what the worker needs: {listing}")
     return f"{role}: least privilege"
+
+
+def _condition_key(condition: Any) -> str:
+    """A statement's Condition in one canonical text (single values as one-item lists)."""
+    canonical = {
+        str(op): {
+            str(k): sorted(as_list(v)) for k, v in (keys.items() if isinstance(keys, dict) else [])
+        }
+        for op, keys in (condition.items() if isinstance(condition, dict) else [])
+    }
+    return json.dumps(canonical, sort_keys=True)
 
 
 def _signing_key(s: DeploySettings, fn: dict[str, Any], key: str | None) -> str:

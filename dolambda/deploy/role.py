@@ -1,8 +1,9 @@
 """The function's IAM role: trust (Lambda only) and its one least-privilege inline policy.
 
-The policy lets the worker read the queue and the jobs, write results, write its own
-logs and invoke its own function (the on-failure destination); the S3 resources are
-the key globs of :mod:`dolambda._wire.keys`, so they follow the key layout.
+The policy lets the worker read the queue and the jobs, list the keys under the prefix
+(see :func:`role_policy` for why), write results, write its own logs and invoke its own
+function (the on-failure destination); the S3 resources are the key globs of
+:mod:`dolambda._wire.keys`, so they follow the key layout.
 """
 
 from __future__ import annotations
@@ -38,10 +39,24 @@ def log_group_arn(settings: DeploySettings, clients: Clients) -> str:
 
 
 def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
-    """The function's only permissions: read tasks and jobs, write results, its own logs,
-    and invoke itself as its on-failure destination (to report a timed-out or
-    out-of-memory task as an error result)."""
-    objects = f"arn:{clients.partition}:s3:::{settings.bucket}/"
+    """The function's only permissions: read tasks and jobs, list keys under the prefix,
+    write results, its own logs, and invoke itself as its on-failure destination (to
+    report a timed-out or out-of-memory task as an error result).
+
+    Why ``s3:ListBucket`` (issue 14.5): a GET of a missing key is ``404 NoSuchKey`` only
+    to a principal that may list the bucket, ``403 AccessDenied`` to any other
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html, "Permissions").
+    The worker's "task gone (cancelled, or the job cleaned up): skip it" path needs the
+    404; without it each such event is a function error that Lambda retries. Treating a
+    403 under ``queue/`` as gone instead would also swallow a real denial (a policy that
+    lost its ``s3:GetObject``), so the grant is the honest fix. It is scoped with an
+    ``s3:prefix`` condition to dolambda's own keys: S3 decides the 404 by evaluating
+    ``s3:ListBucket`` with the requested key as ``s3:prefix`` (Ceph RGW matched AWS on
+    exactly this: https://github.com/ceph/ceph/pull/68577), so the worker can neither
+    list nor probe keys outside ``<prefix>/``.
+    """
+    bucket = f"arn:{clients.partition}:s3:::{settings.bucket}"
+    objects = bucket + "/"
     logs = log_group_arn(settings, clients)
     return {
         "Version": "2012-10-17",
@@ -51,6 +66,13 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
                 "Resource": [objects + g for g in _keys.worker_read_globs(settings.prefix)],
+            },
+            {
+                "Sid": "ListOwnKeys",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [bucket],
+                "Condition": list_condition(settings.prefix),
             },
             {
                 "Sid": "WriteResults",
@@ -72,6 +94,11 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
             },
         ],
     }
+
+
+def list_condition(prefix: str) -> dict[str, Any]:
+    """The condition that scopes the worker's ``s3:ListBucket`` to keys under ``prefix``."""
+    return {"StringLike": {"s3:prefix": [f"{_keys.root(prefix)}*"]}}
 
 
 def normalize_policy(doc: Any) -> Any:

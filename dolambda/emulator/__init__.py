@@ -43,7 +43,8 @@ SeaweedFS), ``discovery="poll"`` LISTs ``<prefix>/queue/`` every
 
 The rooms: :mod:`~dolambda.emulator.config` (settings, stats),
 :mod:`~dolambda.emulator.moto` (the patched moto server and :func:`launch_moto`),
-:mod:`~dolambda.emulator.setup` (the bucket, role, function and trigger in it),
+:mod:`~dolambda.emulator.setup` (deploy's own setup of the bucket, role,
+function and trigger in it, and the role's STS credentials the workers run with),
 :mod:`~dolambda.emulator.intake` (mailbox or poll discovery, fault knobs),
 :mod:`~dolambda.emulator.dispatch` (pending heap, warmest worker, retries and
 on-failure destination records), :mod:`~dolambda.emulator.runtime` (worker
@@ -92,11 +93,13 @@ class Emulator:
 
     ``workers`` is the function's concurrency limit; ``timeout`` (seconds) and
     ``memory_mb`` its configuration. With no ``endpoint_url`` a moto server is
-    started on 127.0.0.1 (a free port unless ``port``) and set up: bucket, role,
-    function, S3 invoke permission and, for ``trigger="s3"``, the bucket
-    notification. Test knobs: ``duplicate_events`` (every async event twice),
-    ``drop_fraction`` (seeded), ``event_delay`` (seconds before delivery) and
-    ``shuffle`` (a random delay in ``[0, max(event_delay, 0.05)]`` instead).
+    started on 127.0.0.1 (a free port unless ``port``) and set up by deploy's own code
+    (:mod:`~dolambda.emulator.setup`): bucket, role and its policy, function, S3 invoke
+    permission and, for ``trigger="s3"``, the bucket notification; the workers act as
+    the role (its STS credentials; the S3 server enforces its policy). Test knobs:
+    ``duplicate_events`` (every async event twice), ``drop_fraction`` (seeded),
+    ``event_delay`` (seconds before delivery) and ``shuffle`` (a random delay in
+    ``[0, max(event_delay, 0.05)]`` instead).
     ``retries``: how often a failed async invocation (error, timeout, kill) is
     queued again, as Lambda's async-invoke config does (the default 0 leaves
     lost work to the client). ``handler``/``task_root`` name another handler
@@ -252,18 +255,10 @@ class Emulator:
         self.discovery = mode
         session = setup.session(c.region)
         if mode == "events":
-            self.function_arn = setup.ensure_all(
-                session,
-                self.endpoint_url,
-                bucket=c.bucket,
-                region=c.region,
-                function_name=c.function_name,
-                prefix=c.prefix,
-                timeout=c.timeout,
-                memory_mb=c.memory_mb,
-                notify=c.trigger == "s3",
-            )
+            # deploy's own setup; the workers get the role's credentials from STS
+            self.function_arn, role_credentials = setup.ensure_all(session, self.endpoint_url, c)
         else:
+            role_credentials = None  # a plain S3 server has no IAM: the client's credentials
             s3 = session.client("s3", endpoint_url=self.endpoint_url)
             setup.ensure_bucket(s3, c.bucket, c.region)
             self.function_arn = f"arn:aws:lambda:{c.region}:123456789012:function:{c.function_name}"
@@ -283,6 +278,7 @@ class Emulator:
             lock=cond,
             stopping=stopping,
         )
+        runtime.credentials = role_credentials
         runtime.prepare()  # the function's package and runtime directory (built or cached)
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply

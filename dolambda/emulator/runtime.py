@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
 
 if TYPE_CHECKING:
-    from dolambda.emulator.sandbox import Outcome, Sandbox
+    from dolambda.emulator.sandbox import Credentials, Outcome, Sandbox
 
 # The runtime's heavier modules (deploy's builder, the sandbox, the Runtime API) are
 # imported where they are used: the moto server (python -m dolambda.emulator.moto)
@@ -159,6 +159,8 @@ class Runtime:
         self._stopping = stopping
         self.package: Path | None = None  # the function's package (the task root)
         self.runtime_dir: Path | None = None  # LAMBDA_RUNTIME_DIR
+        #: the role's credentials from STS (the emulator's setup); None: the client's own
+        self.credentials: Credentials | None = None
 
     def prepare(self) -> None:
         """Build or find the function's package and the runtime directory."""
@@ -226,7 +228,8 @@ class Runtime:
             function_name=c.function_name,
             memory_mb=c.memory_mb,
             region=c.region,
-            credentials=Credentials(
+            credentials=self.credentials
+            or Credentials(
                 os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
                 os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
             ),

@@ -1,37 +1,54 @@
-"""The few AWS resources the emulator needs in its moto server, created only when missing.
+"""The emulator's AWS side, set up by deploy's own code: what ``dolambda deploy`` makes.
 
-This is deliberately small: ``dolambda deploy`` is the real, complete setup
-(least-privilege policy, async-invoke config, lifecycle...). Here: the bucket,
-an IAM role, the function (a placeholder zip: the emulator runs the real
-handler from this checkout), the S3 invoke permission and the bucket
-notification (the trigger filter of :mod:`dolambda._wire.keys` -> the function).
+On the emulator's moto server, :func:`ensure_all` runs deploy's steps
+(:mod:`dolambda.deploy`) with the emulator's settings: the bucket (public access
+blocked, encrypted, the lifecycle rule), the role and its least-privilege policy
+(:func:`dolambda.deploy.role.role_policy`, exactly), the function (deploy's
+handler, runtime, environment and signing key; the emulator's timeout and memory),
+its async-invoke config, the S3 invoke permission and the bucket notification. So
+``dolambda doctor --endpoint-url <emulator>`` checks the very setup deploy makes,
+and ``dolambda deploy --endpoint-url <emulator>`` finds nothing to change
+(:mod:`dolambda.deploy.emulated`: it adopts the emulator's function).
+
+The function's code in moto is a small placeholder zip: the emulator's workers run the
+function's package built for this machine (:func:`dolambda.deploy.package.build_task_root`),
+not what moto holds. The function is tagged :data:`~dolambda.deploy.emulated.EMULATOR_TAG`
+(its value: the trigger) so that deploy can tell it is an emulator's.
+
+The workers act as the role: :func:`ensure_all` returns credentials that moto's STS
+issued for it (``AssumeRole``, as Lambda does for each execution environment), and the
+server authorizes the S3 requests signed with them against the role's policy
+(:mod:`dolambda.emulator.moto.authorize`).
+
+A plain S3 server (``discovery="poll"``) has no IAM or Lambda: only
+:func:`ensure_bucket` runs there, and the workers use the client's credentials.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
-import json
 import math
 import os
-import sys
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from dolambda._aws.errors import Kind, kind_of
-from dolambda._wire import keys as _keys
+from dolambda.deploy import bucket as _bucket
+from dolambda.deploy import function as _function
+from dolambda.deploy import role as _role
+from dolambda.deploy.aws import Clients
+from dolambda.deploy.emulated import EMULATOR_TAG
+from dolambda.deploy.package import Package, cache_dir, python_version, runtime_for
+from dolambda.deploy.settings import MEMORY_RANGE, TIMEOUT_RANGE, DeploySettings
+from dolambda.emulator.config import EmulatorConfig
+from dolambda.emulator.sandbox import Credentials
 
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "lambda.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 PLACEHOLDER = (
-    "# placeholder: the dolambda emulator runs handler/lambda_function.py itself\n"
+    "# placeholder: the dolambda emulator runs the function's package it builds for this\n"
+    "# machine (dolambda.deploy.package.build_task_root), not this file\n"
     "def lambda_handler(event, context):\n    return None\n"
 )
 
@@ -47,12 +64,8 @@ def session(region: str) -> Any:
     )
 
 
-def _code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
 def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
+    """The bucket alone, on a plain S3 server (``discovery="poll"``)."""
     try:
         s3.head_bucket(Bucket=bucket)
         return
@@ -69,116 +82,82 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
             raise
 
 
-def ensure_function(
-    session: Any, endpoint_url: str, *, function_name: str, timeout: float, memory_mb: int
-) -> str:
-    """The function's ARN; the role and the function are created when missing."""
-    lam = session.client("lambda", endpoint_url=endpoint_url)
-    try:
-        return str(lam.get_function(FunctionName=function_name)["Configuration"]["FunctionArn"])
-    except Exception as exc:
-        if kind_of(exc) is not Kind.NO_SUCH_FUNCTION:
-            raise
-    iam = session.client("iam", endpoint_url=endpoint_url)
-    role_name = f"{function_name}-emulator-role"
-    try:
-        role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
-    except Exception as exc:
-        if kind_of(exc) is not Kind.NO_SUCH_ENTITY:
-            raise
-        role_arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(TRUST))[
-            "Role"
-        ]["Arn"]
+def deploy_settings(config: EmulatorConfig, endpoint_url: str) -> DeploySettings:
+    """What ``dolambda deploy`` would be asked for to make this emulator's function.
+
+    Lambda's ranges bound the recorded timeout and memory (a test emulator may use a
+    0.5 s timeout: the emulator enforces its own exactly; moto records 1 s).
+    """
+    return DeploySettings(
+        bucket=config.bucket,
+        function_name=config.function_name,
+        region=config.region,
+        prefix=config.prefix,
+        endpoint_url=endpoint_url,
+        memory_mb=min(max(config.memory_mb, MEMORY_RANGE[0]), MEMORY_RANGE[1]),
+        timeout=min(max(math.ceil(config.timeout), TIMEOUT_RANGE[0]), TIMEOUT_RANGE[1]),
+    )
+
+
+def placeholder_package() -> Package:
+    """The small zip moto holds as the function's code (deterministic: same CodeSha256)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("lambda_function.py", PLACEHOLDER)
-    created = lam.create_function(
-        FunctionName=function_name,
-        Runtime=f"python{sys.version_info.major}.{sys.version_info.minor}",
-        Role=role_arn,
-        Handler="lambda_function.lambda_handler",
-        Code={"ZipFile": buf.getvalue()},
-        Timeout=max(1, min(900, math.ceil(timeout))),
-        MemorySize=max(128, min(10240, int(memory_mb))),
-        Description="dolambda emulator (the handler runs in the emulator's workers)",
+        info = zipfile.ZipInfo("handler/lambda_function.py", (1980, 1, 1, 0, 0, 0))
+        zf.writestr(info, PLACEHOLDER)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).digest()
+    path = cache_dir() / f"emulator-placeholder-{digest.hex()[:16]}.zip"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    return Package(
+        path=Path(path),
+        code_sha256=base64.b64encode(digest).decode(),
+        size=len(data),
+        unzipped_size=len(PLACEHOLDER),
+        cached=True,
     )
-    return str(created["FunctionArn"])
 
 
-def ensure_permission(session: Any, endpoint_url: str, function_name: str, bucket: str) -> None:
-    lam = session.client("lambda", endpoint_url=endpoint_url)
-    try:
-        policy = json.loads(lam.get_policy(FunctionName=function_name)["Policy"])
-        for statement in policy.get("Statement", []):
-            principal = statement.get("Principal", {})
-            service = principal.get("Service") if isinstance(principal, dict) else principal
-            if service == "s3.amazonaws.com":
-                return
-    except Exception as exc:
-        if kind_of(exc) is not Kind.NO_SUCH_FUNCTION:
-            raise
-    try:
-        lam.add_permission(
-            FunctionName=function_name,
-            StatementId=f"s3-invoke-{bucket}"[:100],
-            Action="lambda:InvokeFunction",
-            Principal="s3.amazonaws.com",
-            SourceArn=f"arn:aws:s3:::{bucket}",
-        )
-    except Exception as exc:
-        if kind_of(exc) is not Kind.CONFLICT:
-            raise
-
-
-def ensure_notification(s3: Any, bucket: str, function_arn: str, prefix: str) -> None:
-    """Add our LambdaFunctionConfiguration unless one for this function already exists."""
-    config = s3.get_bucket_notification_configuration(Bucket=bucket)
-    config.pop("ResponseMetadata", None)
-    lambdas = list(config.get("LambdaFunctionConfigurations", []))
-    name = function_arn.split(":")[6] if function_arn.count(":") >= 6 else function_arn
-    for entry in lambdas:
-        arn = str(entry.get("LambdaFunctionArn", ""))
-        if arn == function_arn or (arn.count(":") >= 6 and arn.split(":")[6] == name):
-            return
-    prefix_rule, suffix_rule = _keys.trigger_filter(prefix)
-    lambdas.append(
-        {
-            "Id": "dolambda-queue",
-            "LambdaFunctionArn": function_arn,
-            "Events": ["s3:ObjectCreated:*"],
-            "Filter": {
-                "Key": {
-                    "FilterRules": [
-                        {"Name": "prefix", "Value": prefix_rule},
-                        {"Name": "suffix", "Value": suffix_rule},
-                    ]
-                }
-            },
-        }
+def ensure_all(session: Any, endpoint_url: str, config: EmulatorConfig) -> tuple[str, Credentials]:
+    """Deploy's setup for this emulator's function; its ARN and the role's credentials."""
+    s = deploy_settings(config, endpoint_url)
+    c = Clients(s, session=session)
+    _bucket.ensure_bucket(s, c)
+    _bucket.ensure_public_access_block(s, c)
+    _bucket.ensure_encryption(s, c)
+    _bucket.ensure_lifecycle(s, c)
+    _, role_arn = _role.ensure_role(s, c)
+    _role.ensure_role_policy(s, c)
+    _, arn = _function.ensure_function(
+        s,
+        c,
+        package=placeholder_package(),
+        runtime=runtime_for(python_version()),
+        role_arn=role_arn,
+        key=config.signing_key,
+        existing=_function.get_function(s, c),
     )
-    config["LambdaFunctionConfigurations"] = lambdas
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger})
+    _function.ensure_event_invoke_config(s, c)
+    _function.ensure_permission(s, c)
+    if config.trigger == "s3":
+        _bucket.ensure_notification(s, c, arn)
+    return arn, assume_role(c, role_arn, config.function_name)
 
 
-def ensure_all(
-    session: Any,
-    endpoint_url: str,
-    *,
-    bucket: str,
-    region: str,
-    function_name: str,
-    prefix: str,
-    timeout: float,
-    memory_mb: int,
-    notify: bool,
-) -> str:
-    """Everything above; returns the function ARN."""
-    s3 = session.client("s3", endpoint_url=endpoint_url)
-    ensure_bucket(s3, bucket, region)
-    arn = ensure_function(
-        session, endpoint_url, function_name=function_name, timeout=timeout, memory_mb=memory_mb
+def assume_role(c: Clients, role_arn: str, function_name: str) -> Credentials:
+    """The role's temporary credentials from STS, as Lambda takes them for the function's
+    environments (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``)."""
+    # Lambda names the session after the function (STS wants 2 to 64 characters)
+    name = function_name[:64] if len(function_name) >= 2 else f"{function_name}-function"
+    got = c.sts.assume_role(RoleArn=role_arn, RoleSessionName=name)
+    creds = got["Credentials"]
+    return Credentials(
+        access_key_id=str(creds["AccessKeyId"]),
+        secret_access_key=str(creds["SecretAccessKey"]),
+        session_token=str(creds["SessionToken"]),
     )
-    ensure_permission(session, endpoint_url, function_name, bucket)
-    if notify:
-        ensure_notification(s3, bucket, arn, prefix)
-    return arn

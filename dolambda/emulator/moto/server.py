@@ -20,12 +20,20 @@ The emulator long-polls the mailbox over HTTP, next to S3 on the same port::
     POST /_dolambda/reply  {"id": ..., "payload": "...", "error": false}
 
 An event taken from the mailbox belongs to the emulator (moto keeps no copy).
+
+S3 requests signed with credentials that moto's STS issued for a role (``AssumeRole``:
+the emulator's workers act as the function's role) are authorized against that role's
+policies before moto sees them (:mod:`dolambda.emulator.moto.authorize`): a denied one
+is S3's ``403 AccessDenied``, and a GET or HEAD of a missing key is 403, not 404, unless
+the role may list the bucket, as on S3. Every other request is let through as moto
+lets everything through.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -41,6 +49,7 @@ from urllib.parse import parse_qs
 
 from dolambda.emulator.events import API, s3_record
 from dolambda.emulator.moto import READY
+from dolambda.emulator.moto.authorize import S3Request, allowed, s3_request
 
 ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
 
@@ -189,7 +198,7 @@ def patch_moto() -> None:
 
 
 class App:
-    """moto's WSGI app with the mailbox endpoints in front."""
+    """moto's WSGI app with the mailbox endpoints and the role's S3 authorization in front."""
 
     def __init__(self, inner: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
         self.inner = inner
@@ -197,7 +206,10 @@ class App:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
         if not path.startswith(API + "/"):
-            return self.inner(environ, start_response)
+            session = assumed_role_session(environ)
+            if session is None:
+                return self.inner(environ, start_response)
+            return self.authorized(session, environ, start_response)
         try:
             status, data = self.handle(path[len(API) :], environ)
         except Exception as exc:  # a bad request must not take the server down
@@ -222,6 +234,176 @@ class App:
             answer = json.loads(environ["wsgi.input"].read(length) or b"{}")
             return "200 OK", {"delivered": MAILBOX.reply(answer)}
         return "404 Not Found", {"error": f"no such endpoint {API}{path}"}
+
+    # ── S3 as the role ──
+
+    def authorized(
+        self, session: Any, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Run an S3 request signed by the role's session only if its policies allow it."""
+        token = environ.get("HTTP_X_AMZ_SECURITY_TOKEN") or _query_value(
+            environ, "X-Amz-Security-Token"
+        )
+        if token != session.session_token:
+            return s3_error(
+                start_response,
+                environ,
+                "InvalidToken",
+                "The provided token is malformed or otherwise invalid.",
+                "400 Bad Request",
+            )
+        body = b""
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        query = str(environ.get("QUERY_STRING", ""))
+        if method == "POST" and "delete" in parse_qs(query, keep_blank_values=True):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+        request = s3_request(method, _raw_path(environ), query, body=body)
+        policies = role_policies(session)
+        for action, resource, context in request.checks:
+            if not allowed(policies, action, resource, context):
+                return s3_error(
+                    start_response,
+                    environ,
+                    "AccessDenied",
+                    f"User: {assumed_role_arn(session)} is not authorized to perform: {action} "
+                    f'on resource: "{resource}" because no identity-based policy allows the '
+                    f"{action} action",
+                    "403 Forbidden",
+                )
+        if not request.reads_object:
+            return self.inner(environ, start_response)
+        return self.read_object(request, policies, environ, start_response, session)
+
+    def read_object(
+        self,
+        request: S3Request,
+        policies: list[Any],
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        session: Any,
+    ) -> Iterable[bytes]:
+        """A GET/HEAD of one object: S3 answers 404 for a missing key only to a principal
+        allowed ``s3:ListBucket`` (with the key as ``s3:prefix``), 403 to any other."""
+        seen: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seen.append((status, headers))
+            return lambda data: None  # moto never uses write()
+
+        body = self.inner(environ, capture)
+        status, headers = seen[-1] if seen else ("500 Internal Server Error", [])
+        bucket_arn = f"arn:{request.partition}:s3:::{request.bucket}"
+        if status.startswith("404") and not allowed(
+            policies, "s3:ListBucket", bucket_arn, {"s3:prefix": request.key}
+        ):
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            return s3_error(
+                start_response,
+                environ,
+                "AccessDenied",
+                f"User: {assumed_role_arn(session)} is not authorized to perform: "
+                f's3:ListBucket on resource: "{bucket_arn}" because no identity-based policy '
+                "allows the s3:ListBucket action (S3 answers 403, not 404, for a missing key "
+                "to a principal that may not list the bucket)",
+                "403 Forbidden",
+            )
+        start_response(status, headers)
+        return body
+
+
+def _query_value(environ: dict[str, Any], name: str) -> str | None:
+    values = parse_qs(str(environ.get("QUERY_STRING", ""))).get(name)
+    return values[0] if values else None
+
+
+def _raw_path(environ: dict[str, Any]) -> str:
+    """The request path as sent (percent-encoded; WSGI's PATH_INFO is decoded latin-1)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw).split("?", 1)[0]
+    return str(environ.get("PATH_INFO", "")).encode("latin-1").decode("utf-8", "replace")
+
+
+def _credential(environ: dict[str, Any]) -> tuple[str, str]:
+    """``(access key id, service)`` of a SigV4-signed request (header or presigned URL)."""
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+    scope = auth.partition("Credential=")[2].partition(",")[0].strip()
+    if not scope:
+        scope = _query_value(environ, "X-Amz-Credential") or ""
+    parts = scope.split("/")
+    return (parts[0], parts[3]) if len(parts) >= 5 else ("", "")
+
+
+def assumed_role_session(environ: dict[str, Any]) -> Any | None:
+    """moto's STS session whose access key signed this S3 request, or None (not a role's)."""
+    key, service = _credential(environ)
+    if service != "s3" or not key:
+        return None
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.sts.models import sts_backends
+
+    for session in list(sts_backends[DEFAULT_ACCOUNT_ID]["aws"].assumed_roles):
+        if session.access_key_id == key:
+            return session
+    return None
+
+
+def assumed_role_arn(session: Any) -> str:
+    account, role = session.account_id, str(session.role_arn).rsplit("/", 1)[-1]
+    return f"arn:aws:sts::{account}:assumed-role/{role}/{session.session_name}"
+
+
+def role_policies(session: Any) -> list[Any]:
+    """The role's inline and attached policies, read at each request (a changed policy
+    applies at once; a deleted role allows nothing)."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[session.account_id]["aws"]
+    name = str(session.role_arn).rsplit("/", 1)[-1]
+    try:
+        role = backend.get_role(name)
+    except Exception:  # the role is gone (destroy): its credentials allow nothing
+        return []
+    docs: list[Any] = list(role.policies.values())
+    for managed in list(role.managed_policies.values()):
+        docs += [v.document for v in managed.versions if v.is_default]
+    return docs
+
+
+def s3_error(
+    start_response: StartResponse,
+    environ: dict[str, Any],
+    code: str,
+    message: str,
+    status: str,
+) -> Iterable[bytes]:
+    """S3's XML error (no body for HEAD, as S3 answers a HEAD)."""
+    request_id = uuid.uuid4().hex[:16].upper()
+    text = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{_xml(message)}</Message>"
+        f"<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId></Error>"
+    ).encode()
+    head = environ.get("REQUEST_METHOD") == "HEAD"
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/xml"),
+            ("Content-Length", "0" if head else str(len(text))),
+            ("x-amz-request-id", request_id),
+        ],
+    )
+    return [] if head else [text]
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text, {'"': "&quot;"})
 
 
 def _exit_when_parent_goes() -> None:
