@@ -372,4 +372,11 @@ def run_task_blob(
         errors, values = codec.encode_run(run.values, run.errors)
         return finish(run.ticks, errors, values, attempt=task.attempt)
     except Exception as exc:
-        return finish(failure=failure_of(exc))
+        # the attempt it answers, when the task verifies (the client ignores older ones)
+        try:
+            attempt = codec.unseal_model(
+                TaskSpec, task_blob, key=key, context=codec.task_context(job_id, task_id)
+            ).attempt
+        except Exception:
+            attempt = 0
+        return finish(failure=failure_of(exc), attempt=attempt)
