@@ -53,8 +53,13 @@ from dolambda._wire import codec
 from dolambda._wire.models import IterationError, TaskFailure, TaskOutcome, TaskSpec, pack_ticks
 
 #: seconds before the end of the invocation at which the child is stopped, so the
-#: handler can still write the timeout result (at most a quarter of the invocation)
+#: handler can still write the timeout result (at most an eighth of the invocation, but
+#: not under MIN_MARGIN, nor over a quarter of it)
 DEFAULT_MARGIN = 2.0
+MIN_MARGIN = 0.25
+#: a child killed by SIGKILL ran out of memory when it and the runtime used this share of
+#: the function's memory (the cgroup counts their shared pages once, RSS twice: a bound)
+OOM_SHARE = 0.8
 
 
 def margin_from_env() -> float:
@@ -160,7 +165,8 @@ class Watchdog:
         cold = self.tasks_run == 0
         self.tasks_run += 1
         budget = remaining()
-        margin = min(self.margin, budget / 4)
+        # short invocations (the emulator's tests) keep most of their time
+        margin = min(self.margin, max(MIN_MARGIN, budget / 8), budget / 4)
         deadline = time.monotonic() + budget - margin
         progress = _Progress()
         job_id, task_id = task.job_id, task.task_id
@@ -231,16 +237,15 @@ class Watchdog:
         _, peak = self._reap(kill=True)
         progress.child_peak_mb = peak
         done = len(progress.blobs)
-        timeout = round(budget, 1)
         where = (
             f"iteration {task.first + done} (the task's {_ordinal(done + 1)} of {task.count})"
             if task.paths is None
             else f"the task's {_ordinal(done + 1)} iteration of {task.count}"
         )
         message = (
-            f"the task ran past the function's timeout ({timeout:.2f} seconds): {where} was "
-            f"still running {budget - margin:.2f} s into the invocation, so the worker "
-            f"stopped it {margin:.2f} s before Lambda would have{_kept(done)}"
+            f"the task ran past the function's timeout: {where} was still running "
+            f"{budget - margin:.2f} s into the invocation, {margin:.2f} s before its "
+            f"deadline, so the worker stopped it{_kept(done)}"
         )
         return outcome(TaskFailure(kind="timeout", message=message), progress.errors)
 
@@ -262,9 +267,10 @@ class Watchdog:
         )
         limit = int(stats.get("memory_limit_mb", 0) or 0)
         signum = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
-        if signum == signal.SIGKILL:
-            # nothing but the kernel's OOM killer (Lambda's memory limit) sends the child
-            # SIGKILL: Lambda stops the whole environment at the timeout, not the child
+        if signum == signal.SIGKILL and (not limit or peak + memory_used_mb() >= OOM_SHARE * limit):
+            # the kernel's OOM killer (Lambda's memory limit is the environment's cgroup)
+            # kills the largest process with SIGKILL: the child, near the limit. Lambda
+            # itself stops the whole environment at the timeout, never the child alone.
             message = (
                 f"the task ran out of memory (the function's limit is {limit} MB): {where} "
                 f"was running when the worker's process was killed (SIGKILL) at a peak of "

@@ -61,7 +61,7 @@ def failing_body(marks_dir: str, how: str, victim: int) -> Callable[[int], int]:
 
 CASES = {
     # how: (function timeout, memory, the failure kind, what its message says)
-    "timeout": (4.0, 1024, "timeout", "ran past the function's timeout (4.00 seconds)"),
+    "timeout": (4.0, 1024, "timeout", "ran past the function's timeout: iteration 1 (the"),
     "memory": (20.0, 300, "memory", "the function's limit is 300 MB"),
     "exit": (20.0, 1024, "crashed", "exited with status 3"),
     "segfault": (20.0, 1024, "crashed", "killed by signal SIGSEGV"),
