@@ -2,7 +2,10 @@
 
 Environment: DOLAMBDA_SIGNING_KEY (hex or text), DOLAMBDA_PREFIX (default
 "dolambda"), optionally DOLAMBDA_BUCKET to refuse events from other buckets,
-and AWS_ENDPOINT_URL_S3 for a local S3 (the emulator).
+and AWS_ENDPOINT_URL_S3 for a local S3 (the emulator). DOLAMBDA_WATCHDOG=0 runs
+tasks in this process instead of the warm child (dolambda._aws.watchdog) that lets the
+worker report a timeout, out-of-memory kill or crash itself; DOLAMBDA_WATCHDOG_MARGIN
+(seconds, default 2) is how long before the deadline the child is stopped.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import Any
 
 import boto3
 
+from dolambda._aws.watchdog import Watchdog, enabled_from_env
 from dolambda._aws.worker import handle_event, signing_key_from_env
 from dolambda._core.execute import WorkerState
 
 _state = WorkerState()  # warm containers keep the loaded job (manifest + body)
+_watchdog = Watchdog() if enabled_from_env() else None  # the warm child runs the tasks
 _s3: Any = None
 
 
@@ -31,5 +36,6 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         signing_key=signing_key_from_env(),
         state=_state,
         only_bucket=os.environ.get("DOLAMBDA_BUCKET") or None,
+        watchdog=_watchdog,
     )
     return {"outcomes": outcomes}

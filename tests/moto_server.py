@@ -18,6 +18,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 READY = "MOTO-SERVER-READY"
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,20 @@ class MotoServer:
 
 def serve() -> None:
     """The child: bind port 0, print ``MOTO-SERVER-READY <port>``, serve until stdin closes."""
+    from moto.awslambda import models as lambda_models
     from moto.server import ThreadedMotoServer
 
+    # moto appends each PutFunctionEventInvokeConfig and answers with the first; Lambda's
+    # put overwrites the whole config ("If you exclude any settings, they are removed"):
+    # https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html
+    backend = lambda_models.LambdaBackend
+    original_put = backend.put_function_event_invoke_config
+
+    def put_overwrites(self: Any, function_name: str, config: dict[str, Any]) -> Any:
+        self.get_function(function_name).event_invoke_config.clear()
+        return original_put(self, function_name, config)
+
+    backend.put_function_event_invoke_config = put_overwrites  # type: ignore[method-assign]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(READY, server.get_host_and_port()[1], flush=True)

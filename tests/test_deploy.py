@@ -146,8 +146,9 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
     assert env["DOLAMBDA_PREFIX"] == "dolambda" and env["DOLAMBDA_BUCKET"] == BUCKET
     assert len(bytes.fromhex(env["DOLAMBDA_SIGNING_KEY"])) == 32
     eic = lam.get_function_event_invoke_config(FunctionName="dolambda")
-    assert eic["MaximumRetryAttempts"] == 2 and eic["MaximumEventAgeInSeconds"] > 0
-    assert eic["DestinationConfig"]["OnFailure"]["Destination"] == fn["FunctionArn"]
+    # the client owns retries, and the worker reports its own failures: no destination
+    assert eic["MaximumRetryAttempts"] == 0 and eic["MaximumEventAgeInSeconds"] > 0
+    assert not (eic.get("DestinationConfig") or {}).get("OnFailure", {}).get("Destination")
     # permission: S3, this bucket, this account
     st = json.loads(lam.get_policy(FunctionName="dolambda")["Policy"])["Statement"]
     assert len(st) == 1 and st[0]["Principal"] == {"Service": "s3.amazonaws.com"}
@@ -356,9 +357,22 @@ def _break_signing_key(url: str) -> None:
     lam.update_function_configuration(FunctionName="dolambda", Environment={"Variables": env})
 
 
+def _break_async_retries(url: str) -> None:
+    """What an older dolambda deployed: Lambda's 2 retries, failures sent to itself."""
+    lam = clients(url)["lambda"]
+    arn = lam.get_function(FunctionName="dolambda")["Configuration"]["FunctionArn"]
+    lam.put_function_event_invoke_config(
+        FunctionName="dolambda",
+        MaximumRetryAttempts=2,
+        MaximumEventAgeInSeconds=6 * 3600,
+        DestinationConfig={"OnFailure": {"Destination": arn}},
+    )
+
+
 @pytest.mark.parametrize(
     ("breaker", "check"),
     [
+        (_break_async_retries, "async invoke config"),
         (_break_notification, "notification"),
         (_break_permission, "permission"),
         (_break_runtime, "runtime"),
@@ -618,6 +632,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "dolambda/__init__.py",
         "dolambda/_aws/__init__.py",
         "dolambda/_aws/errors.py",
+        "dolambda/_aws/watchdog.py",
         "dolambda/_aws/worker.py",
         "dolambda/_code/__init__.py",
         "dolambda/_code/archive.py",

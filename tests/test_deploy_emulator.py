@@ -60,7 +60,6 @@ def test_job_runs_on_the_deployed_setup(moto_url: str) -> None:
         function_name=config.function_name,
         signing_key=config.signing_key,
         timeout=30.0,
-        isolated=True,
     ):
         backend = LambdaBackend()  # everything from the config file deploy wrote
         assert backend.bucket == "deployed-queue"
@@ -85,7 +84,7 @@ def test_job_runs_on_the_deployed_setup(moto_url: str) -> None:
 
 @pytest.fixture
 def running() -> Iterator[Any]:
-    with emulator.Emulator(workers=2, timeout=30.0, isolated=True) as emu:
+    with emulator.Emulator(workers=2, timeout=30.0) as emu:
         yield emu
 
 
@@ -195,7 +194,7 @@ def test_deploy_refuses_what_it_cannot_adopt_from_an_emulator(
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DOLAMBDA_EMULATOR_ISOLATED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
@@ -210,7 +209,7 @@ def _cli(*args: str, cwd: Path, timeout: float = 240.0) -> subprocess.CompletedP
 def test_rehearse_the_aws_path_from_the_cli(tmp_path: Path) -> None:
     """`dolambda emulator` running -> `deploy` -> `doctor` (with its round trip) -> a job ->
     `destroy`, each a command as a user types it, from a directory outside the checkout."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DOLAMBDA_EMULATOR_ISOLATED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dolambda", "emulator", "--workers", "2", "--timeout", "30"],
         cwd=tmp_path,

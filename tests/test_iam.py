@@ -97,7 +97,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Emulator]:
-    with Emulator(workers=2, timeout=30, isolated=True) as instance:
+    with Emulator(workers=2, timeout=30) as instance:
         yield instance
 
 

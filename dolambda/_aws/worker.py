@@ -8,9 +8,11 @@ The handler (``handler/lambda_function.py``) hands each event to :func:`handle_e
   archives it has not cached, ``<prefix>/code/<sha256>.zip``), runs it through the
   one execution path (:func:`dolambda._core.execute.run_task_blob`) and writes the
   sealed outcome once (:func:`put_result`, ``If-None-Match: *``);
-- a record from the function's own on-failure destination (a task that timed out,
-  ran out of memory or crashed; :func:`failure_records`) becomes an error result
-  (:func:`write_failure`).
+- with the deployed handler's :class:`~dolambda._aws.watchdog.Watchdog`, the
+  iterations run in a warm child process, so a task that runs past the invocation's
+  time, out of memory or crashes becomes an error result written here, in seconds
+  (Lambda's own retries are off and no on-failure destination is configured: the
+  client owns retries).
 
 ``s3`` is the boto3 client the Lambda runtime ships (this module imports neither
 boto3 nor aioboto3: the deployment package stays small).
@@ -26,10 +28,11 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
+from dolambda._aws.watchdog import Watchdog
 from dolambda._core.execute import CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.models import TaskFailure, TaskOutcome, TaskStats
+from dolambda._wire.models import TaskOutcome, TaskSpec
 
 
 def process_s3_task(
@@ -43,6 +46,7 @@ def process_s3_task(
     context: Any = None,
     inline_task: bytes | None = None,
     log: Callable[[str], None] = print,
+    watchdog: Watchdog | None = None,
 ) -> str:
     """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
 
@@ -51,6 +55,8 @@ def process_s3_task(
     A task object that is gone was cancelled. The result is written with
     ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
     ``"ignored"``, ``"gone"``, ``"done"`` or ``"duplicate"``; never raises for the body.
+    With a ``watchdog`` and a ``context`` that tells the time left, the task runs in
+    the watchdog's child process.
     """
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -93,19 +99,33 @@ def process_s3_task(
     if context is not None:
         stats["request_id"] = str(getattr(context, "aws_request_id", ""))
         stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
-    outcome = run_task_blob(
-        state,
-        blob,
-        key=signing_key,
-        job_id=job_id,
-        task_id=task_id,
-        fetch_job=lambda: (
-            get(_keys.manifest_key(prefix, job_id)),
-            get(_keys.body_key(prefix, job_id)),
-        ),
-        stats=stats,
-        fetch_code=get_code,
-    )
+
+    def fetch_job() -> tuple[bytes, bytes]:
+        return get(_keys.manifest_key(prefix, job_id)), get(_keys.body_key(prefix, job_id))
+
+    task = _verified_task(blob, signing_key, job_id, task_id)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if watchdog is not None and task is not None and callable(remaining):
+        outcome = watchdog.run(
+            blob,
+            task,
+            key=signing_key,
+            remaining=lambda: float(remaining()) / 1000,
+            fetch_job=fetch_job,
+            fetch_code=get_code,
+            stats=stats,
+        )
+    else:  # no deadline to watch (or a task that fails verification): in this process
+        outcome = run_task_blob(
+            state,
+            blob,
+            key=signing_key,
+            job_id=job_id,
+            task_id=task_id,
+            fetch_job=fetch_job,
+            stats=stats,
+            fetch_code=get_code,
+        )
     outcome = outcome.model_copy(
         update={"stats": outcome.stats.model_copy(update={"s3_requests": requests + 1})}
     )
@@ -114,6 +134,17 @@ def process_s3_task(
     if not put_result(s3, bucket, prefix, signing_key, outcome):
         return "duplicate"
     return "done"
+
+
+def _verified_task(blob: bytes, key: bytes, job_id: str, task_id: int) -> TaskSpec | None:
+    """The task, or None when it fails verification (the in-process path reports why)."""
+    try:
+        task = codec.unseal_model(
+            TaskSpec, blob, key=key, context=codec.task_context(job_id, task_id)
+        )
+    except Exception:
+        return None
+    return task if (task.job_id, task.task_id) == (job_id, task_id) else None
 
 
 def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
@@ -181,72 +212,6 @@ def signing_key_from_env(value: str | None = None) -> bytes | None:
     return codec.signing_key_bytes(text)
 
 
-# --------------------------------------------------------------------------- runtime failures
-
-
-def failure_records(event: Any) -> tuple[list[tuple[str, str, bytes | None]], str, str]:
-    """The tasks of a Lambda on-failure destination record, the failure kind and message.
-
-    Lambda sends an invocation that failed for good (timed out, ran out of memory,
-    crashed) to the function's on-failure destination, which dolambda deploy points
-    at the function itself: ``{"requestContext": {"condition": ...}, "requestPayload":
-    <original event>, "responsePayload": {"errorType", "errorMessage"}}``.
-    Returns ``([], "", "")`` for any other event.
-    """
-    if not (
-        isinstance(event, dict)
-        and isinstance(event.get("requestContext"), dict)
-        and "requestPayload" in event
-    ):
-        return [], "", ""
-    response = event.get("responsePayload")
-    error_type = str(response.get("errorType", "")) if isinstance(response, dict) else ""
-    message = str(response.get("errorMessage", "")) if isinstance(response, dict) else ""
-    condition = str(event["requestContext"].get("condition", ""))
-    if error_type == "Sandbox.Timedout" or "timed out" in message.lower():
-        kind = "timeout"
-    elif error_type == "Runtime.OutOfMemory" or "out of memory" in message.lower():
-        kind = "memory"
-    else:
-        kind = "crashed"
-    text = message or error_type or condition or "the invocation failed"
-    return task_records(event["requestPayload"]), kind, text
-
-
-def write_failure(
-    s3: Any,
-    bucket: str,
-    key: str,
-    *,
-    prefix: str,
-    signing_key: bytes,
-    kind: str,
-    message: str,
-    context: Any = None,
-) -> str:
-    """Write an error result for the task at ``key`` (unless a result already exists)."""
-    parsed = _keys.parse_task_key(prefix, key)
-    if parsed is None:
-        return "ignored"
-    job_id, task_id = parsed
-    limit = int(getattr(context, "memory_limit_in_mb", 0) or 0)
-    if kind == "memory":
-        text = f"the task ran out of memory (the function's limit is {limit} MB): {message}"
-    elif kind == "timeout":
-        text = f"the task ran past the function's timeout: {message}"
-    else:
-        text = f"the worker running the task crashed: {message}"
-    outcome = TaskOutcome(
-        job_id=job_id,
-        task_id=task_id,
-        failure=TaskFailure(kind=kind, message=text),  # type: ignore[arg-type]
-        stats=TaskStats(memory_limit_mb=limit, finished_at=time.time()),
-    )
-    if not put_result(s3, bucket, prefix, signing_key, outcome):
-        return "duplicate"
-    return "failure-recorded"
-
-
 def handle_event(
     event: Any,
     context: Any,
@@ -256,34 +221,21 @@ def handle_event(
     signing_key: bytes | None,
     state: WorkerState,
     only_bucket: str | None = None,
+    watchdog: Watchdog | None = None,
 ) -> dict[str, int]:
     """Everything the Lambda handler does with one event; counts what happened to each task.
 
-    A task event runs its task; a record from our own on-failure destination (a task
-    that timed out, ran out of memory or crashed) writes an error result for it.
+    With a ``watchdog`` (the deployed handler's), each task runs in its warm child
+    process (:mod:`dolambda._aws.watchdog`).
     """
     outcomes: dict[str, int] = {}
-    failed, kind, message = failure_records(event)
-    work: list[tuple[str, str, bytes | None, bool]] = [(b, k, None, True) for b, k, _ in failed]
-    work += [(b, k, inline, False) for b, k, inline in task_records(event)]
-    for bucket, object_key, inline, is_failure in work:
+    for bucket, object_key, inline in task_records(event):
         if only_bucket is not None and bucket != only_bucket:
             print(f"dolambda: ignoring event from bucket {bucket!r} (serving {only_bucket!r})")
             what = "ignored"
         elif signing_key is None:
             print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to run anything")
             what = "no-key"
-        elif is_failure:
-            what = write_failure(
-                s3,
-                bucket,
-                object_key,
-                prefix=prefix,
-                signing_key=signing_key,
-                kind=kind,
-                message=message,
-                context=context,
-            )
         else:
             what = process_s3_task(
                 s3,
@@ -294,6 +246,7 @@ def handle_event(
                 state=state,
                 context=context,
                 inline_task=inline,
+                watchdog=watchdog,
             )
         outcomes[what] = outcomes.get(what, 0) + 1
     return outcomes

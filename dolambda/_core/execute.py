@@ -230,6 +230,77 @@ def memory_used_mb() -> float:
         return 0.0
 
 
+def open_task(
+    state: WorkerState,
+    task_blob: bytes,
+    *,
+    key: bytes,
+    job_id: str,
+    task_id: int,
+    fetch_job: Callable[[], tuple[bytes, bytes]],
+    fetch_code: Callable[[str], bytes] | None = None,
+) -> tuple[TaskSpec, LoadedJob, list[tuple[Any, ...]]]:
+    """Verify and decode a task, load its job (warm: from ``state``), unpickle its rows.
+
+    Raises what :func:`failure_of` turns into the task's failure; see
+    :func:`run_task_blob` for ``fetch_job`` and ``fetch_code``.
+    """
+    context = codec.task_context(job_id, task_id)
+    task = codec.unseal_model(TaskSpec, task_blob, key=key, context=context)
+    if task.job_id != job_id or task.task_id != task_id:
+        raise SignatureError(
+            f"task object {context!r} holds task {task.job_id}/{task.task_id}; refusing it"
+        )
+    job = state.jobs.get(job_id)
+    if job is None:
+        if task.job_manifest is not None and task.job_body is not None:
+            manifest_blob, body_blob = task.job_manifest, task.job_body
+        else:
+            manifest_blob, body_blob = fetch_job()
+        job = load_job(manifest_blob, body_blob, key=key, job_id=job_id, fetch_code=fetch_code)
+        state.jobs = {job_id: job}  # keep only the current job: bodies may be large
+    rows: list[tuple[Any, ...]] = codec.loads(task.args)
+    if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
+        raise ValueError(
+            f"task {task_id} holds {len(rows)} argument rows and "
+            f"{'no' if task.paths is None else len(task.paths)} paths for {task.count} "
+            "iterations"
+        )
+    return task, job, rows
+
+
+def failure_of(exc: Exception) -> TaskFailure:
+    """The task failure for an exception :func:`open_task` raised (not the body's)."""
+    if isinstance(exc, SignatureError):
+        return TaskFailure(kind="signature", message=str(exc))
+    if isinstance(exc, VersionMismatch):
+        return TaskFailure(kind="version", message=str(exc))
+    if isinstance(exc, BodyNotLoaded):
+        return TaskFailure(kind="load", message=str(exc))
+    if isinstance(exc, CodeUnavailable):
+        return TaskFailure(kind="code", message=str(exc))
+    text = "".join(traceback.format_exception(exc))
+    return TaskFailure(kind="internal", message=f"{type(exc).__name__}: {exc}\n{text}")
+
+
+def task_stats(
+    extra: dict[str, Any], *, started: float, duration: float, cold: bool, memory_mb: float
+) -> TaskStats:
+    """A task's :class:`TaskStats`; ``extra`` may name the worker, request id, memory
+    limit, S3 requests and whether it was a cold start."""
+    return TaskStats(
+        worker=extra.get("worker", f"{platform.node()}:{os.getpid()}"),
+        request_id=extra.get("request_id", ""),
+        started_at=started,
+        finished_at=time.time(),
+        duration=duration,
+        cold_start=extra.get("cold_start", cold),
+        memory_used_mb=memory_mb,
+        memory_limit_mb=int(extra.get("memory_limit_mb", 0)),
+        s3_requests=int(extra.get("s3_requests", 0)),
+    )
+
+
 def run_task_blob(
     state: WorkerState,
     task_blob: bytes,
@@ -270,41 +341,25 @@ def run_task_blob(
             errors=errors,  # type: ignore[arg-type]
             values=values,
             failure=failure,
-            stats=TaskStats(
-                worker=extra.get("worker", f"{platform.node()}:{os.getpid()}"),
-                request_id=extra.get("request_id", ""),
-                started_at=started,
-                finished_at=time.time(),
+            stats=task_stats(
+                extra,
+                started=started,
                 duration=time.perf_counter() - t0,
-                cold_start=extra.get("cold_start", cold),
-                memory_used_mb=memory_used_mb(),
-                memory_limit_mb=int(extra.get("memory_limit_mb", 0)),
-                s3_requests=int(extra.get("s3_requests", 0)),
+                cold=cold,
+                memory_mb=memory_used_mb(),
             ),
         )
 
     try:
-        context = codec.task_context(job_id, task_id)
-        task = codec.unseal_model(TaskSpec, task_blob, key=key, context=context)
-        if task.job_id != job_id or task.task_id != task_id:
-            raise SignatureError(
-                f"task object {context!r} holds task {task.job_id}/{task.task_id}; refusing it"
-            )
-        job = state.jobs.get(job_id)
-        if job is None:
-            if task.job_manifest is not None and task.job_body is not None:
-                manifest_blob, body_blob = task.job_manifest, task.job_body
-            else:
-                manifest_blob, body_blob = fetch_job()
-            job = load_job(manifest_blob, body_blob, key=key, job_id=job_id, fetch_code=fetch_code)
-            state.jobs = {job_id: job}  # keep only the current job: bodies may be large
-        rows: list[tuple[Any, ...]] = codec.loads(task.args)
-        if len(rows) != task.count or (task.paths is not None and len(task.paths) != task.count):
-            raise ValueError(
-                f"task {task_id} holds {len(rows)} argument rows and "
-                f"{'no' if task.paths is None else len(task.paths)} paths for {task.count} "
-                "iterations"
-            )
+        task, job, rows = open_task(
+            state,
+            task_blob,
+            key=key,
+            job_id=job_id,
+            task_id=task_id,
+            fetch_job=fetch_job,
+            fetch_code=fetch_code,
+        )
         run = run_iterations(
             job.body,
             job.manifest.variables,
@@ -316,18 +371,12 @@ def run_task_blob(
         )
         errors, values = codec.encode_run(run.values, run.errors)
         return finish(run.ticks, errors, values, attempt=task.attempt)
-    except SignatureError as exc:
-        return finish(failure=TaskFailure(kind="signature", message=str(exc)))
-    except VersionMismatch as exc:
-        return finish(failure=TaskFailure(kind="version", message=str(exc)))
-    except BodyNotLoaded as exc:
-        return finish(failure=TaskFailure(kind="load", message=str(exc)))
-    except CodeUnavailable as exc:
-        return finish(failure=TaskFailure(kind="code", message=str(exc)))
     except Exception as exc:
-        return finish(
-            failure=TaskFailure(
-                kind="internal",
-                message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-            )
-        )
+        # the attempt it answers, when the task verifies (the client ignores older ones)
+        try:
+            attempt = codec.unseal_model(
+                TaskSpec, task_blob, key=key, context=codec.task_context(job_id, task_id)
+            ).attempt
+        except Exception:
+            attempt = 0
+        return finish(failure=failure_of(exc), attempt=attempt)

@@ -420,16 +420,15 @@ class JobRun:
         if result.stats is not None:
             self.stats.tasks.append(result.stats)
         self.stats.retries += max(0, result.attempts - 1)
-        if result.failure is not None:
-            if result.failure.kind in JOB_FAILURES:
-                raise job_failure_error(self.job_id, self.backend.name, result.failure)
-            self._fail_all(task, range(len(task)), result.failure)
-            return
+        if result.failure is not None and result.failure.kind in JOB_FAILURES:
+            raise job_failure_error(self.job_id, self.backend.name, result.failure)
         values, errors = result.values, result.errors
         ran = min(len(values), len(task))
         self.compute_seconds += result.compute_seconds
         self.computed += len(values)
-        if task.flat and not errors:
+        if not ran:
+            pass
+        elif task.flat and not errors:
             self.done += ran
             self.tree.deliver_run(
                 task.first, task.top_indexes(ran), values if ran == len(values) else values[:ran]
@@ -444,7 +443,9 @@ class JobRun:
                 leaf = task.leaf(k)
                 original = values[k] if isinstance(values[k], BaseException) else None
                 self._fail(leaf, iteration_error(leaf, err, original), original)
-        if ran < len(task) and not ctx.cancelled.is_set():
+        if result.failure is not None:  # the iterations that finished first are kept
+            self._fail_all(task, range(ran, len(task)), result.failure)
+        elif ran < len(task) and not ctx.cancelled.is_set():
             lost = TaskFailure(kind="lost", message="the worker returned no outcome for it")
             self._fail_all(task, range(ran, len(task)), lost)
 

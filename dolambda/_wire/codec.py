@@ -187,6 +187,16 @@ def encode_run(
             return [], _ALL_VALUES + dumps(list(values))
         except Exception:
             pass
+    found, blobs = encode_each(values, errors)
+    return [found[k] for k in sorted(found)], join_values(blobs)
+
+
+def encode_each(
+    values: Sequence[Any], errors: Mapping[int, IterationError]
+) -> tuple[dict[int, IterationError], list[bytes | None]]:
+    """Pickle each value on its own (``None`` for one that cannot be pickled, which
+    becomes its iteration's error); :func:`join_values` makes the encoded values of
+    the blobs, so a worker can stream its iterations' results and keep what finished."""
     found = dict(errors)
     blobs: list[bytes | None] = []
     for k, value in enumerate(values):
@@ -205,7 +215,12 @@ def encode_run(
                     ),
                 )
         blobs.append(blob)
-    return [found[k] for k in sorted(found)], _PER_VALUE + dumps(blobs)
+    return found, blobs
+
+
+def join_values(blobs: Sequence[bytes | None]) -> bytes:
+    """The encoded values (see :func:`decode_values`) of per-value pickles."""
+    return _PER_VALUE + dumps(list(blobs))
 
 
 def decode_values(outcome: TaskOutcome) -> tuple[list[Any], dict[int, IterationError]]:

@@ -25,6 +25,7 @@ from dolambda.deploy.function import (
     MAX_EVENT_AGE,
     MAX_RETRY_ATTEMPTS,
     get_function,
+    on_failure_destination,
     permission_ok,
     permission_statement,
 )
@@ -235,15 +236,24 @@ def _event_invoke(s: DeploySettings, c: Clients) -> str:
     )
     if got is None:
         raise _Failed("no async invoke config (retries and event age are Lambda's defaults)")
-    if (
-        got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS
-        or got.get("MaximumEventAgeInSeconds") != MAX_EVENT_AGE
-    ):
+    if got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS:
         raise _Failed(
-            f"retries {got.get('MaximumRetryAttempts')}, max event age "
-            f"{got.get('MaximumEventAgeInSeconds')} s differ from dolambda's"
+            f"Lambda retries a failed invocation {got.get('MaximumRetryAttempts')} time(s); "
+            f"dolambda wants {MAX_RETRY_ATTEMPTS} (the client owns retries: Lambda's come "
+            "minutes apart and run a hopeless task again); run dolambda deploy"
         )
-    return f"{MAX_RETRY_ATTEMPTS} retries"
+    if got.get("MaximumEventAgeInSeconds") != MAX_EVENT_AGE:
+        raise _Failed(
+            f"max event age {got.get('MaximumEventAgeInSeconds')} s differs from dolambda's "
+            f"{MAX_EVENT_AGE} s; run dolambda deploy"
+        )
+    destination = on_failure_destination(got)
+    if destination:
+        raise _Failed(
+            f"an on-failure destination is set ({destination}); dolambda deploys none (the "
+            "worker reports its own failures): run dolambda deploy"
+        )
+    return "Lambda's retries off, no on-failure destination"
 
 
 def _permission(s: DeploySettings, c: Clients) -> str:

@@ -1,5 +1,5 @@
 """The Lambda function and what hangs on it: code and configuration, signing key,
-async-invoke config (Lambda's retries off, failures to itself), recursion detection,
+async-invoke config (Lambda's retries off, no destination), recursion detection,
 and the permission that lets the bucket invoke it.
 
 Each ``ensure_*`` compares, changes only what differs, and reports one
@@ -24,7 +24,12 @@ from dolambda.deploy.settings import Change, DeploySettings
 
 HANDLER = "handler.lambda_function.lambda_handler"
 MAX_EVENT_AGE = 6 * 3600  # seconds an async event may wait before Lambda drops it
-MAX_RETRY_ATTEMPTS = 2
+#: Lambda's own retries of a failed asynchronous invocation: none. Lambda's schedule
+#: (1 then 2 more minutes, the on-failure record only after the last attempt) reports a
+#: timed-out task only after ~3 timeouts + 3 minutes, long after the client gave up; the
+#: worker reports its own failures instead (dolambda._aws.watchdog) and the client
+#: retries. https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html
+MAX_RETRY_ATTEMPTS = 0
 PERMISSION_SID = "dolambda-s3-invoke"
 
 
@@ -224,21 +229,23 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
         missing=True,
         FunctionName=s.function_name,
     )
+    # No on-failure destination: with the worker reporting its own timeouts, memory kills
+    # and crashes, what is left (an init failure, a runtime killed outright) the client's
+    # deadline catches. Put overwrites the whole config ("If you exclude any settings,
+    # they are removed"), so this also drops the destination older deploys set:
+    # https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html
     want: dict[str, Any] = {
         "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
         "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
-        # failed invocations (timeout, out of memory, crash) come back to the function,
-        # which writes an error result naming what happened
-        "DestinationConfig": {"OnFailure": {"Destination": function_arn(s, c)}},
     }
     detail = (
-        f"{MAX_RETRY_ATTEMPTS} retries, events kept {MAX_EVENT_AGE // 3600} h, "
-        "failures reported to itself"
+        f"Lambda's retries off ({MAX_RETRY_ATTEMPTS}), events kept {MAX_EVENT_AGE // 3600} h, "
+        "no on-failure destination"
     )
     if (
         got is not None
-        and all(got.get(k) == v for k, v in want.items() if k != "DestinationConfig")
-        and _on_failure(got) == function_arn(s, c)
+        and all(got.get(k) == v for k, v in want.items())
+        and not on_failure_destination(got)
     ):
         return Change("unchanged", what, detail)
     _retry_while_role_settles(
@@ -249,8 +256,10 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
     return Change("updated" if got else "created", what, detail)
 
 
-def _on_failure(config: dict[str, Any]) -> str:
-    return str(config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination", ""))
+def on_failure_destination(config: dict[str, Any]) -> str:
+    """The on-failure destination of an event-invoke config ("" when none)."""
+    destination = (config.get("DestinationConfig") or {}).get("OnFailure") or {}
+    return str(destination.get("Destination") or "")
 
 
 def ensure_recursion_config(s: DeploySettings, c: Clients) -> Change:

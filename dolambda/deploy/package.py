@@ -44,6 +44,7 @@ WORKER_MODULES = (
     "_errors.py",
     "_aws/__init__.py",
     "_aws/errors.py",
+    "_aws/watchdog.py",
     "_aws/worker.py",
     "_code/__init__.py",
     "_code/archive.py",

@@ -100,9 +100,14 @@ class Emulator:
     ``duplicate_events`` (every async event twice), ``drop_fraction`` (seeded),
     ``event_delay`` (seconds before delivery) and ``shuffle`` (a random delay in
     ``[0, max(event_delay, 0.05)]`` instead).
-    ``retries``: how often a failed async invocation (error, timeout, kill) is
-    queued again, as Lambda's async-invoke config does (the default 0 leaves
-    lost work to the client). ``handler``/``task_root`` name another handler
+    The function's event-invoke config, applied as Lambda does (see
+    :mod:`~dolambda.emulator.dispatch`): ``retries`` (0-2, Lambda's
+    ``MaximumRetryAttempts``; 0 as deployed: the client owns retries), retried 1 and
+    then 2 minutes after each failure; ``max_event_age`` (seconds an event may wait);
+    ``on_failure``, an S3 bucket (name or ARN) that receives the invocation record of an
+    event that failed for good, under ``aws/lambda/async/<function>/`` (None as deployed);
+    ``time_scale`` multiplies those delays and ages (tests shrink it).
+    ``handler``/``task_root`` name another handler
     (``task_root`` holds ``lambda_function.py`` unless ``handler`` says otherwise; the
     function's package is a layer after it, so it can wrap the real handler). The
     workers are isolated Lambda environments running the function's package (see the
@@ -131,7 +136,9 @@ class Emulator:
         *,
         shuffle: bool = False,
         retries: int = 0,
-        on_failure: bool = True,
+        max_event_age: float = 6 * 3600,
+        on_failure: str | None = None,
+        time_scale: float = 1.0,
         poll_interval: float = 0.1,
         port: int = 0,
         handler: str | None = None,
@@ -155,7 +162,9 @@ class Emulator:
             discovery=discovery,
             shuffle=shuffle,
             retries=retries,
+            max_event_age=max_event_age,
             on_failure=on_failure,
+            time_scale=time_scale,
             poll_interval=poll_interval,
             port=port,
             handler=handler,

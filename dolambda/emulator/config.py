@@ -40,6 +40,8 @@ class EmulatorStats:
     dropped: int = 0  #: events dropped on purpose (drop_fraction)
     duplicated: int = 0  #: events delivered twice on purpose (duplicate_events)
     retried: int = 0  #: failed async invocations queued again (retries)
+    expired: int = 0  #: async events discarded past the maximum event age
+    destination_records: int = 0  #: invocation records written to the on-failure destination
     max_concurrency: int = 0  #: most invocations running at once
 
 
@@ -62,10 +64,14 @@ class EmulatorConfig:
     seed: int
     discovery: str  # "auto" | "events" | "poll" (as asked; the emulator resolves "auto")
     shuffle: bool
+    # the function's event-invoke config (dolambda deploy: 0 retries, 6 h, no
+    # destination): Lambda's retries of a failed async invocation (0-2), the maximum
+    # event age (seconds), the S3 bucket of the on-failure destination (or None)
     retries: int
-    # like the deployed setup: an async invocation that failed for good is sent to the
-    # function itself as an on-failure destination record (it writes an error result)
-    on_failure: bool
+    max_event_age: float
+    on_failure: str | None
+    # Lambda's retry delays (1 and 2 minutes) and the event age, times this
+    time_scale: float
     poll_interval: float
     port: int
     handler: str
@@ -95,12 +101,14 @@ def make_config(
     discovery: str,
     shuffle: bool,
     retries: int,
-    on_failure: bool,
+    on_failure: str | None,
     poll_interval: float,
     port: int,
     handler: str | None,
     task_root: str | os.PathLike[str] | None,
     requirements: Iterable[str] = (),
+    max_event_age: float = 6 * 3600,
+    time_scale: float = 1.0,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -115,14 +123,28 @@ def make_config(
         raise InvalidArgument(f"Emulator: drop_fraction must be in [0, 1], got {drop_fraction}")
     if not float(timeout) > 0 or not int(memory_mb) > 0:
         raise InvalidArgument("Emulator: timeout and memory_mb must be positive")
-    if float(event_delay) < 0 or float(poll_interval) <= 0 or int(retries) < 0:
-        raise InvalidArgument("Emulator: event_delay, poll_interval and retries out of range")
+    if float(event_delay) < 0 or float(poll_interval) <= 0:
+        raise InvalidArgument("Emulator: event_delay and poll_interval out of range")
+    # the ranges PutFunctionEventInvokeConfig accepts:
+    # https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 2:
+        raise InvalidArgument(
+            f"Emulator: retries is Lambda's MaximumRetryAttempts, 0 to 2; got {retries!r}"
+        )
+    if not 60 <= float(max_event_age) <= 21600:
+        raise InvalidArgument(
+            "Emulator: max_event_age is Lambda's MaximumEventAgeInSeconds, 60 to 21600; "
+            f"got {max_event_age!r}"
+        )
+    if not float(time_scale) > 0:
+        raise InvalidArgument(f"Emulator: time_scale must be positive, got {time_scale!r}")
     wanted = (requirements,) if isinstance(requirements, str) else tuple(requirements)
     if not all(isinstance(r, str) and r.strip() for r in wanted):
         raise InvalidArgument(
             f"Emulator: requirements must be distribution names (e.g. ['pandas']), got "
             f"{requirements!r}"
         )
+    destination = _destination_bucket(on_failure)
     key = signing_key_bytes(signing_key) if signing_key else secrets.token_bytes(32)
     if len(key) < 16:
         raise InvalidArgument("Emulator: the signing key must be at least 16 bytes")
@@ -143,7 +165,9 @@ def make_config(
         discovery=discovery,
         shuffle=bool(shuffle),
         retries=int(retries),
-        on_failure=bool(on_failure),
+        max_event_age=float(max_event_age),
+        on_failure=destination,
+        time_scale=float(time_scale),
         poll_interval=float(poll_interval),
         port=port,
         # a directory of one's own holds lambda_function.py unless told otherwise
@@ -151,3 +175,22 @@ def make_config(
         task_root=str(Path(task_root).resolve()) if task_root else None,
         requirements=tuple(sorted({r.strip() for r in wanted})),
     )
+
+
+def _destination_bucket(on_failure: str | None) -> str | None:
+    """The bucket of an S3 on-failure destination given as a name or ``arn:aws:s3:::name``."""
+    if on_failure is None:
+        return None
+    if not isinstance(on_failure, str) or not on_failure:
+        raise InvalidArgument(
+            f"Emulator: on_failure is an S3 bucket (name or ARN) or None, got {on_failure!r}"
+        )
+    if on_failure.startswith("arn:"):
+        parts = on_failure.split(":")
+        if len(parts) != 6 or parts[2] != "s3" or not parts[5] or "/" in parts[5]:
+            raise InvalidArgument(
+                f"Emulator: on_failure {on_failure!r} is not an S3 bucket ARN; the emulator "
+                "delivers on-failure records to an S3 bucket only"
+            )
+        return parts[5]
+    return on_failure

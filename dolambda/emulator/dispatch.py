@@ -3,12 +3,22 @@
 Invocations wait in a heap ordered by due time (the intake may delay them). The
 dispatch loop starts the next due one when a slot is idle, at most ``workers`` at
 once, on the warmest idle slot (the one that served last; cold slots go to the
-back), each on its own thread. When an asynchronous invocation fails (an error, a
-timeout, a kill) it is queued again up to ``retries`` times, as Lambda's
-async-invoke config does; when it has failed for good and ``on_failure`` is set,
-Lambda's on-failure destination record for it is queued for the function itself
-(the deployed setup sends failures there, and the worker writes an error result).
-A synchronous ``Invoke`` gets its answer through ``reply``.
+back), each on its own thread. A synchronous ``Invoke`` gets its answer through
+``reply``. Asynchronous ones follow the function's event-invoke config, as Lambda
+does (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html):
+
+- a failed invocation (an error, a timeout, a kill) is retried up to ``retries``
+  (0-2) times, the first retry one minute after the failure and the second two
+  minutes after that (:data:`RETRY_DELAYS`);
+- an event that waited longer than ``max_event_age`` is discarded, not run;
+- an event that failed for good (``RetriesExhausted``) or aged out
+  (``EventAgeExceeded``) goes to the on-failure destination when one is set: an S3
+  bucket, where Lambda writes the invocation record as a JSON object named
+  ``aws/lambda/async/<function>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<uuid>``
+  (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html).
+
+Every delay and age is multiplied by ``time_scale`` (1.0: Lambda's own; tests shrink
+it). At-least-once delivery stays: the intake may still duplicate events.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
@@ -33,38 +43,53 @@ log = logging.getLogger("dolambda.emulator")
 Reply = Callable[[str, str, bool], None]
 
 
+#: seconds Lambda waits before the first and the second retry of a failed event
+RETRY_DELAYS = (60.0, 120.0)
+
+
 @dataclass
 class Invocation:
     """One event on its way to the handler."""
 
     event: Any
-    source: str  # "s3" | "invoke" | "poll" | "destination"
+    source: str  # "s3" | "invoke" | "poll"
     reply_id: str | None = None  # a RequestResponse Invoke waiting in moto
     attempt: int = 0
     error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
+    received: float = field(default_factory=time.monotonic)  # when Lambda queued the event
 
 
-def destination_record(invocation: Invocation, function_arn: str) -> Invocation:
-    """The on-failure destination record Lambda sends for a failed async invocation."""
-    error_type, message = invocation.error or ("Runtime.Unknown", "")
-    record = {
+def destination_record(
+    invocation: Invocation, function_arn: str, condition: str = "RetriesExhausted"
+) -> dict[str, Any]:
+    """The invocation record Lambda sends to an on-failure destination."""
+    record: dict[str, Any] = {
         "version": "1.0",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
         "requestContext": {
             "requestId": str(uuid.uuid4()),
             "functionArn": f"{function_arn}:$LATEST",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": invocation.attempt + 1,
+            "condition": condition,
+            "approximateInvokeCount": invocation.attempt + (condition != "EventAgeExceeded"),
         },
         "requestPayload": invocation.event,
-        "responseContext": {
+    }
+    if invocation.error is not None:
+        error_type, message = invocation.error
+        record["responseContext"] = {
             "statusCode": 200,
             "executedVersion": "$LATEST",
             "functionError": "Unhandled",
-        },
-        "responsePayload": {"errorType": error_type, "errorMessage": message},
-    }
-    return Invocation(event=record, source="destination")
+        }
+        record["responsePayload"] = {"errorType": error_type, "errorMessage": message}
+    return record
+
+
+def destination_key(function_name: str, when: float | None = None) -> str:
+    """Where Lambda puts an invocation record in an S3 on-failure destination."""
+    t = time.gmtime(when)
+    day, stamp = time.strftime("%Y/%m/%d", t), time.strftime("%Y-%m-%dT%H.%M.%S", t)
+    return f"aws/lambda/async/{function_name}/{day}/{stamp}-{uuid.uuid4()}"
 
 
 class Dispatcher:
@@ -80,8 +105,9 @@ class Dispatcher:
         stopping: threading.Event,
         reply: Reply,
     ) -> None:
+        self._config = config
         self._retries = config.retries
-        self._on_failure = config.on_failure
+        self._destination_s3: Any = None  # the S3 client that writes destination records
         self._runtime = runtime
         self._stats = stats
         self._cond = cond
@@ -131,6 +157,8 @@ class Dispatcher:
                             wait = due - now
                     self._cond.wait(wait if wait is not None else 1.0)
                 _, _, invocation = heapq.heappop(self._pending)
+                if self._expired(invocation):
+                    continue
                 slot = self._idle.pop()
                 self._busy += 1
                 self._stats.max_concurrency = max(self._stats.max_concurrency, self._busy)
@@ -159,25 +187,68 @@ class Dispatcher:
                     self._idle.insert(0, slot)  # cold slots last: reuse warm ones first
                 else:
                     self._idle.append(slot)
-                if (
-                    not ok
-                    and invocation.reply_id is None
-                    and invocation.attempt < self._retries
-                    and not self._stopping.is_set()
-                ):
-                    self._stats.retried += 1
-                    self.queue(replace(invocation, attempt=invocation.attempt + 1), 1.0)
-                elif (
-                    not ok
-                    and invocation.reply_id is None
-                    and self._on_failure
-                    and invocation.source != "destination"
-                    and invocation.error is not None
-                    and not self._stopping.is_set()
-                ):
-                    self.queue(destination_record(invocation, self._runtime.function_arn), 0.0)
+                if not ok and invocation.reply_id is None and not self._stopping.is_set():
+                    if invocation.attempt < self._retries:
+                        self._stats.retried += 1
+                        delay = RETRY_DELAYS[invocation.attempt] * self._config.time_scale
+                        self.queue(replace(invocation, attempt=invocation.attempt + 1), delay)
+                    else:
+                        self._to_destination(invocation, "RetriesExhausted")
                 self._running.discard(threading.current_thread())
                 self._cond.notify_all()
+
+    def _expired(self, invocation: Invocation) -> bool:
+        """An asynchronous event older than the maximum event age is discarded (the
+        caller holds ``cond``)."""
+        if invocation.reply_id is not None:
+            return False
+        age = time.monotonic() - invocation.received
+        if age <= self._config.max_event_age * self._config.time_scale:
+            return False
+        self._stats.expired += 1
+        log.warning(
+            "emulator: discarded an event after %.1f s in the queue (EventAgeExceeded)", age
+        )
+        self._to_destination(invocation, "EventAgeExceeded")
+        return True
+
+    def _to_destination(self, invocation: Invocation, condition: str) -> None:
+        """Write the invocation record to the on-failure destination, if there is one.
+
+        Lambda does it on its own time: so does this (a thread), and a record that
+        cannot be delivered is logged (Lambda counts ``DestinationDeliveryFailures``)."""
+        bucket = self._config.on_failure
+        if bucket is None:
+            return
+        record = destination_record(invocation, self._runtime.function_arn, condition)
+        key = destination_key(self._config.function_name)
+        threading.Thread(
+            target=self._deliver,
+            args=(bucket, key, record),
+            name="dolambda-emulator-destination",
+            daemon=True,
+        ).start()
+
+    def _deliver(self, bucket: str, key: str, record: dict[str, Any]) -> None:
+        try:
+            if self._destination_s3 is None:
+                from dolambda.emulator.setup import session
+
+                self._destination_s3 = session(self._config.region).client(
+                    "s3", endpoint_url=self._runtime.endpoint_url
+                )
+            self._destination_s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(record).encode(),
+                ContentType="application/json",
+            )
+            with self._cond:
+                self._stats.destination_records += 1
+        except Exception:
+            log.exception(
+                "emulator: the on-failure record for s3://%s/%s was not delivered", bucket, key
+            )
 
     def _answer(self, invocation: Invocation, answer: Answer) -> None:
         """Record a failure; answer a synchronous Invoke (asynchronous ones have nobody waiting)."""

@@ -9,7 +9,9 @@ slot and says how it ended, as Lambda would: the handler's payload, its error, L
 init error (``Runtime.ImportModuleError``...), or ``Sandbox.Timedout`` /
 ``Runtime.OutOfMemory`` / ``Runtime.ExitError`` when the environment was killed at the
 timeout, killed for passing ``memory_mb`` (:meth:`Runtime.memory_loop`: the resident
-memory of the runtime and every process it started) or died on its own. A dead
+memory of the runtime and every process it started) or died on its own (the memory
+watch kills the largest process, as Linux's OOM killer does in Lambda's cgroup, so a
+worker's child doing the work dies and the runtime lives to report it). A dead
 environment is replaced on the slot's next invocation. Each call logs Lambda's
 ``START`` and ``REPORT`` lines.
 
@@ -110,6 +112,55 @@ class SandboxProcess:
         rss = total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
         self.peak_mb = max(self.peak_mb, rss)
         return rss
+
+    def members(self) -> set[int]:
+        """The runtime and its processes: the last ``/proc`` scan's, and its direct
+        children now (a child forked since the scan counts at once)."""
+        pid = self.sandbox.pid
+        if pid is None:
+            return set()
+        found = self.pids | {pid}
+        with (
+            contextlib.suppress(OSError, ValueError),
+            open(f"/proc/{pid}/task/{pid}/children", "rb") as f,
+        ):
+            found.update(int(child) for child in f.read().split())
+        return found
+
+    def over_limit(self, limit_mb: int) -> tuple[float, int | None]:
+        """Whether the environment uses more than ``limit_mb`` as its cgroup would count
+        it, and the process the OOM killer would pick: ``(MB used, victim pid)``.
+
+        Resident sizes count a forked child's copy-on-write pages twice, a cgroup once:
+        past the limit by RSS, the proportional set sizes (``smaps_rollup``) decide.
+        The victim is the largest process (Linux's OOM killer picks by RSS), which is
+        the worker's child doing the work, not the runtime."""
+        sizes: dict[int, int] = {}
+        for member in self.members():
+            try:
+                with open(f"/proc/{member}/statm", "rb") as f:
+                    sizes[member] = int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        page_mb = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+        rss = sum(sizes.values()) * page_mb
+        self.peak_mb = max(self.peak_mb, rss)
+        if rss <= limit_mb:
+            return rss, None
+        pss_kb = 0
+        for member in sizes:
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open(f"/proc/{member}/smaps_rollup", "rb") as f,
+            ):
+                for line in f:
+                    if line.startswith(b"Pss:"):
+                        pss_kb += int(line.split()[1])
+                        break
+        used = pss_kb / 1024
+        if used <= limit_mb:
+            return used, None
+        return used, max(sizes, key=lambda m: sizes[m])
 
     def kill(self, reason: str, detail: str = "") -> None:
         if self.kill_reason is None:
@@ -387,6 +438,25 @@ class Runtime:
             for slot in self.slots:
                 process = slot.process
                 if process is None or process.kill_reason is not None:
+                    continue
+                if isinstance(process, SandboxProcess):
+                    used, victim = process.over_limit(limit)
+                    if victim is None:
+                        continue
+                    if victim != process.pid:  # the OOM killer takes the largest process
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(victim, signal.SIGKILL)
+                        with self._lock:
+                            self._stats.killed += 1
+                        log.warning(
+                            "%s out of memory: killed process %d (%.0f MB > limit %d MB)",
+                            process.tag,
+                            victim,
+                            used,
+                            limit,
+                        )
+                        continue
+                    process.kill("memory", f"{used:.0f} MB > limit {limit} MB")
                     continue
                 rss = process.rss_mb()
                 if rss > limit:

@@ -17,7 +17,7 @@ from dolambda._errors import SignatureError
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.codec import outcome_context
-from dolambda._wire.models import TaskFailure, TaskOutcome
+from dolambda._wire.models import JOB_FAILURES, TaskFailure, TaskOutcome
 
 # LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
@@ -26,7 +26,7 @@ RESULTS_PER_LIST = 100
 # once every task is out: with this few left (or this little time to go), poll fast
 TAIL_TASKS, TAIL_SECONDS = 4, 0.1
 POLL_TAIL = 0.02  # while waiting on the tail, LIST at least this often (the first minute)
-# failures the Lambda runtime reports through the on-failure destination: worth a retry
+# failures the worker reports for the Lambda runtime (its watchdog): worth a retry
 RUNTIME_FAILURES = ("timeout", "memory", "crashed")
 
 
@@ -75,8 +75,15 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         )
     except SignatureError as exc:
         raise SignatureError(f"result s3://{run.settings.bucket}/{key}: {exc}") from None
-    run.last_progress = time.monotonic()
     failure = outcome.failure
+    if outcome.attempt < entry.attempt and (failure is None or failure.kind not in JOB_FAILURES):
+        # a result of an attempt the client already gave up on (it ran late, or a
+        # duplicate event ran it again): not this attempt's. Clear it, so the current
+        # attempt's result can be written; a job failure holds for every attempt.
+        await run.s3.delete_keys([key])
+        run.seen.discard(task_id)
+        return
+    run.last_progress = time.monotonic()
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
