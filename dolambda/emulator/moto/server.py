@@ -42,7 +42,12 @@ from urllib.parse import parse_qs
 from dolambda.emulator.events import API, s3_record
 from dolambda.emulator.moto import READY
 
-ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
+#: the request bytes Lambda's Invoke accepts: 1 MB for ``InvocationType="Event"`` (since
+#: October 2025; 256 KB before), 6 MB for ``RequestResponse``. Lambda answers 413
+#: ``RequestEntityTooLargeException`` past them, with these messages.
+#: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
+ASYNC_PAYLOAD_LIMIT = 1024 * 1024
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
 
@@ -141,10 +146,26 @@ def patch_moto() -> None:
             return
         MAILBOX.put(function_key(fn.region, fn.function_name), _item("s3", json.dumps(event_body)))
 
+    def too_large(message: str) -> Exception:
+        error = LambdaClientError("RequestEntityTooLargeException", message)
+        error.code = 413
+        return error
+
     def invoke(self: Any, body: Any, request_headers: Any, response_headers: Any) -> bytes:
         headers = request_headers or {}
         kind = headers.get("x-amz-invocation-type") or headers.get("X-Amz-Invocation-Type")
         kind = kind or "RequestResponse"
+        size = len(body) if isinstance(body, bytes) else len((body or "").encode())
+        if kind == "Event" and size > ASYNC_PAYLOAD_LIMIT:
+            raise too_large(
+                f"{size} byte payload is too large for the Event invocation type "
+                f"(limit {ASYNC_PAYLOAD_LIMIT} bytes)"
+            )
+        if kind != "Event" and size > SYNC_PAYLOAD_LIMIT:
+            raise too_large(
+                f"Request must be smaller than {SYNC_PAYLOAD_LIMIT} bytes for the "
+                "InvokeFunction operation"
+            )
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         payload = body or "{}"
@@ -154,14 +175,6 @@ def patch_moto() -> None:
             raise LambdaClientError(
                 "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
             ) from exc
-        if kind == "Event" and len(payload.encode()) > ASYNC_PAYLOAD_LIMIT:
-            error = LambdaClientError(
-                "RequestEntityTooLargeException",
-                f"Request must be smaller than {ASYNC_PAYLOAD_LIMIT} bytes for the "
-                "InvokeFunction operation",
-            )
-            error.code = 413
-            raise error
         if kind == "DryRun":
             return b""
         target = function_key(self.region, self.function_name)
