@@ -125,3 +125,172 @@ def test_tasks_travel_inline_when_they_fit_and_through_s3_when_not(
     assert ("task" in event) is inline
     if inline:
         assert len(json.dumps(event).encode()) <= INLINE_LIMIT
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def test_direct_upload_keeps_a_margin_under_lambdas_request_limit() -> None:
+    """The zip rides base64'd in a JSON request Lambda caps at 69,905,067 bytes: at the
+    threshold, with the largest configuration deploy sends, the request still fits
+    (50 MiB, Lambda's nominal "50 MB", does not)."""
+    from botocore import serialize
+    from botocore.session import get_session
+
+    from dolambda.deploy.package import DIRECT_UPLOAD_LIMIT, LAMBDA_REQUEST_LIMIT
+
+    operation = get_session().get_service_model("lambda").operation_model("CreateFunction")
+    serializer = serialize.create_serializer(operation.metadata["protocol"])
+
+    def request_bytes(zipped: int) -> int:
+        params = {
+            "FunctionName": "f" * 64,
+            "Runtime": "python3.14",
+            "Role": "arn:aws:iam::123456789012:role/" + "r" * 64,
+            "Handler": "handler.lambda_function.lambda_handler",
+            "Code": {"ZipFile": bytes(zipped)},
+            "Description": "dolambda worker (S3 queue)",
+            "Timeout": 900,
+            "MemorySize": 10240,
+            "PackageType": "Zip",
+            "Architectures": ["arm64"],
+            # Lambda caps a function's environment at 4 KB in all
+            "Environment": {"Variables": {"DOLAMBDA_SIGNING_KEY": "k" * 4000}},
+        }
+        return len(serializer.serialize_to_request(params, operation)["body"])
+
+    assert request_bytes(DIRECT_UPLOAD_LIMIT) <= LAMBDA_REQUEST_LIMIT - 1024 * 1024
+    assert request_bytes(50 * MB) > LAMBDA_REQUEST_LIMIT
+
+
+@pytest.mark.parametrize(("python", "since"), [("3.9", "2025-12-15"), ("3.10", "2026-06-30")])
+def test_deprecated_runtimes_are_not_offered(python: str, since: str) -> None:
+    from dolambda import deploy as dep
+    from dolambda._errors import InvalidArgument
+
+    assert dep.LAMBDA_PYTHONS == ("3.11", "3.12", "3.13", "3.14")
+    settings = dep.DeploySettings(bucket="good-bucket", region="us-east-1")
+    # refused before any AWS call (nothing listens on this endpoint)
+    with pytest.raises(InvalidArgument, match=rf"python{python} runtime is deprecated") as info:
+        dep.deploy(settings, python=python)
+    assert since in str(info.value) and "python3.11, python3.12" in str(info.value)
+
+
+# --------------------------------------------------------------------------- failure labels
+
+
+def record(condition: str, response: dict[str, str] | None, count: int = 1) -> dict[str, Any]:
+    """An on-failure destination record as Lambda writes one."""
+    task = {"bucket": "b", "key": "dolambda/queue/job/00000003.invoke"}
+    out: dict[str, Any] = {
+        "version": "1.0",
+        "requestContext": {
+            "requestId": "r",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:f:$LATEST",
+            "condition": condition,
+            "approximateInvokeCount": count,
+        },
+        "requestPayload": task,
+    }
+    if response is not None:
+        out["responseContext"] = {"statusCode": 200, "functionError": "Unhandled"}
+        out["responsePayload"] = response
+    return out
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        (
+            record(
+                "RetriesExhausted",
+                {
+                    "errorType": "Sandbox.Timedout",
+                    "errorMessage": "RequestId: r Error: Task timed out after 3.00 seconds",
+                },
+            ),
+            "timeout",
+        ),
+        (
+            record(
+                "RetriesExhausted",
+                {
+                    "errorType": "Runtime.OutOfMemory",
+                    "errorMessage": "RequestId: r Error: Runtime exited with error: signal: killed",
+                },
+            ),
+            "memory",
+        ),
+        # the runtime SIGKILLed at the memory limit, reported as an exit: memory, not a crash
+        (
+            record(
+                "RetriesExhausted",
+                {
+                    "errorType": "Runtime.ExitError",
+                    "errorMessage": "RequestId: r Error: Runtime exited with error: signal: killed",
+                },
+            ),
+            "memory",
+        ),
+        (
+            record(
+                "RetriesExhausted",
+                {"errorMessage": "RequestId: r Process exited before completing request"},
+            ),
+            "crashed",
+        ),
+        # a body's own message that mentions a timeout is not Lambda's timeout
+        (
+            record(
+                "RetriesExhausted",
+                {"errorType": "Runtime.ExitError", "errorMessage": "connect timed out; exit 1"},
+            ),
+            "crashed",
+        ),
+        # the event outlived the maximum event age without running: lost, not crashed
+        (record("EventAgeExceeded", None, count=0), "lost"),
+    ],
+    ids=["timeout", "oom", "oom-exit", "crash", "not-a-timeout", "event-age"],
+)
+def test_destination_records_are_labelled_as_lambda_means_them(
+    event: dict[str, Any], kind: str
+) -> None:
+    from dolambda._aws.worker import failure_records
+
+    tasks, got, message = failure_records(event)
+    assert tasks == [("b", "dolambda/queue/job/00000003.invoke", None)]
+    assert got == kind
+    if kind == "lost":
+        assert "EventAgeExceeded" in message and "maximum event age" in message
+
+
+def test_an_event_age_record_becomes_a_lost_result_through_the_real_handler(
+    invoke_emulator: Emulator,
+) -> None:
+    """What Lambda sends the function when a task's event aged out unrun (the emulator's
+    dispatcher does not age events out itself: this is the record, sent as Lambda would)."""
+    from dolambda._wire import keys as _keys
+    from tests.test_emulator import make_job, put_job, s3_client, wait_results
+
+    def ident(x: int) -> int:
+        return x
+
+    emu = invoke_emulator
+    job, _ = make_job(emu, ident, 1, job_id=f"age-{uuid.uuid4().hex[:8]}")
+    s3 = s3_client(emu)
+    put_job(s3, emu, job)
+    event = record("EventAgeExceeded", None, count=0)
+    event["requestPayload"] = {
+        "bucket": emu.bucket,
+        "key": _keys.task_key(emu.prefix, job.job_id, 0, invoke=True),
+    }
+    lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+    try:
+        lam.invoke(
+            FunctionName=emu.function_name, InvocationType="Event", Payload=json.dumps(event)
+        )
+    finally:
+        lam.close()
+    failure = wait_results(s3, emu, job, [0])[0].failure
+    assert failure is not None and failure.kind == "lost"
+    assert "maximum event age" in failure.message

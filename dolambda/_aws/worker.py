@@ -202,10 +202,32 @@ def failure_records(event: Any) -> tuple[list[tuple[str, str, bytes | None]], st
     response = event.get("responsePayload")
     error_type = str(response.get("errorType", "")) if isinstance(response, dict) else ""
     message = str(response.get("errorMessage", "")) if isinstance(response, dict) else ""
-    condition = str(event["requestContext"].get("condition", ""))
-    if error_type == "Sandbox.Timedout" or "timed out" in message.lower():
+    context = event["requestContext"]
+    condition = str(context.get("condition", ""))
+    low = message.lower()
+    # Lambda's record says why: "RetriesExhausted" (the last attempt's error in
+    # responsePayload) or "EventAgeExceeded" (the event waited in the async queue past
+    # MaximumEventAgeInSeconds; if it never ran there is no responsePayload)
+    # https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html
+    if condition == "EventAgeExceeded" and not (error_type or message):
+        count = context.get("approximateInvokeCount")
+        return (
+            task_records(event["requestPayload"]),
+            "lost",
+            "Lambda dropped the task's event: it waited in the function's asynchronous "
+            "queue longer than the maximum event age (EventAgeExceeded"
+            + (f", {count} invocation(s)" if count else "")
+            + "), e.g. while the function was throttled at its concurrency limit",
+        )
+    if error_type == "Sandbox.Timedout" or "task timed out" in low:
         kind = "timeout"
-    elif error_type == "Runtime.OutOfMemory" or "out of memory" in message.lower():
+    elif (
+        error_type == "Runtime.OutOfMemory"
+        or "out of memory" in low
+        # the runtime SIGKILLed (Runtime.ExitError "signal: killed"): Lambda kills a
+        # runtime that passes its memory limit so; a timeout is Sandbox.Timedout above
+        or "signal: killed" in low
+    ):
         kind = "memory"
     else:
         kind = "crashed"
@@ -234,6 +256,8 @@ def write_failure(
         text = f"the task ran out of memory (the function's limit is {limit} MB): {message}"
     elif kind == "timeout":
         text = f"the task ran past the function's timeout: {message}"
+    elif kind == "lost":
+        text = message
     else:
         text = f"the worker running the task crashed: {message}"
     outcome = TaskOutcome(

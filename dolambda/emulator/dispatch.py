@@ -44,26 +44,35 @@ class Invocation:
     error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
 
 
-def destination_record(invocation: Invocation, function_arn: str) -> Invocation:
-    """The on-failure destination record Lambda sends for a failed async invocation."""
-    error_type, message = invocation.error or ("Runtime.Unknown", "")
-    record = {
+def destination_record(
+    invocation: Invocation, function_arn: str, condition: str = "RetriesExhausted"
+) -> Invocation:
+    """The on-failure destination record Lambda sends for a failed async invocation.
+
+    ``condition`` is Lambda's reason: ``"RetriesExhausted"`` (the last attempt's error
+    is the ``responsePayload``) or ``"EventAgeExceeded"`` (the event outlived the maximum
+    event age in the queue; one that never ran has no response at all).
+    https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html
+    """
+    record: dict[str, Any] = {
         "version": "1.0",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
         "requestContext": {
             "requestId": str(uuid.uuid4()),
             "functionArn": f"{function_arn}:$LATEST",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": invocation.attempt + 1,
+            "condition": condition,
+            "approximateInvokeCount": invocation.attempt + (invocation.error is not None),
         },
         "requestPayload": invocation.event,
-        "responseContext": {
+    }
+    if invocation.error is not None or condition == "RetriesExhausted":
+        error_type, message = invocation.error or ("Runtime.Unknown", "")
+        record["responseContext"] = {
             "statusCode": 200,
             "executedVersion": "$LATEST",
             "functionError": "Unhandled",
-        },
-        "responsePayload": {"errorType": error_type, "errorMessage": message},
-    }
+        }
+        record["responsePayload"] = {"errorType": error_type, "errorMessage": message}
     return Invocation(event=record, source="destination")
 
 
