@@ -294,3 +294,91 @@ def test_an_event_age_record_becomes_a_lost_result_through_the_real_handler(
     failure = wait_results(s3, emu, job, [0])[0].failure
     assert failure is not None and failure.kind == "lost"
     assert "maximum event age" in failure.message
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def ident(x: int) -> int:
+    return x
+
+
+def test_the_client_sizes_jobs_from_the_accounts_concurrency() -> None:
+    """A new account's quota of 10 (the emulator's GetAccountSettings says so): the client
+    plans ~4 tasks per available execution instead of assuming 1,000; a reservation on
+    the function wins; a reservation of 0 fails before anything is sent."""
+    from dolambda._errors import ConfigError
+
+    with Emulator(workers=2, timeout=30, account_concurrency=10) as emu:
+        lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+        try:
+            settings = lam.get_account_settings()["AccountLimit"]
+            assert settings["ConcurrentExecutions"] == 10
+            assert settings["UnreservedConcurrentExecutions"] == 10
+
+            backend = LambdaBackend(**{**emu.backend_settings(), "max_concurrency": None})
+            assert backend.workers == 1000  # nothing read yet
+            assert foreach(x=range(200)).do_lambda(ident, backend=backend) == list(range(200))
+            assert backend.workers == 10
+            assert emu.wait_idle(20)
+            # 200 iterations over 4 x 10 tasks: 40 tasks of 5, not 200 tasks of 1
+            assert emu.stats.invocations == 40
+
+            lam.put_function_concurrency(
+                FunctionName=emu.function_name, ReservedConcurrentExecutions=3
+            )
+            reserved = LambdaBackend(**{**emu.backend_settings(), "max_concurrency": None})
+            assert foreach(x=range(12)).do_lambda(ident, backend=reserved) == list(range(12))
+            assert reserved.workers == 3 and reserved.chunk_size_for(120) == 10
+
+            # explicit max_concurrency wins and asks nothing
+            explicit = LambdaBackend(**{**emu.backend_settings(), "max_concurrency": 7})
+            assert foreach(x=range(3)).do_lambda(ident, backend=explicit) == [0, 1, 2]
+            assert explicit.workers == 7
+
+            lam.put_function_concurrency(
+                FunctionName=emu.function_name, ReservedConcurrentExecutions=0
+            )
+            events = emu.stats.events
+            throttled = LambdaBackend(**{**emu.backend_settings(), "max_concurrency": None})
+            with pytest.raises(ConfigError, match="reserved concurrency of 0") as info:
+                foreach(x=range(3)).do_lambda(ident, backend=throttled)
+            assert emu.function_name in str(info.value)
+            assert emu.stats.events == events  # nothing was sent
+        finally:
+            lam.close()
+
+
+def test_doctor_reports_the_concurrency(tmp_path: Any) -> None:
+    from dolambda import deploy as dep
+
+    with Emulator(workers=1, timeout=30, account_concurrency=10) as emu:
+        settings = dep.DeploySettings(
+            bucket=emu.bucket,
+            function_name=emu.function_name,
+            region=emu.region,
+            endpoint_url=emu.endpoint_url,
+        )
+        # deployed as `dolambda deploy` does it, so the function check (and this one) runs
+        dep.deploy(settings, package=dep.build_package(dependencies=False, cache=tmp_path))
+
+        def concurrency() -> Any:
+            [result] = [r for r in dep.doctor(settings) if r.name == "concurrency"]
+            return result
+
+        low = concurrency()
+        assert low.ok, str(low)
+        assert low.detail.startswith("10 at once (the account's quota is 10, 10 unreserved)")
+        assert "below AWS's default of 1,000" in low.detail and "Service Quotas" in low.detail
+
+        lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+        try:
+            lam.put_function_concurrency(
+                FunctionName=emu.function_name, ReservedConcurrentExecutions=0
+            )
+        finally:
+            lam.close()
+        blocked = concurrency()
+        assert not blocked.ok
+        assert "reserved concurrency of 0" in blocked.detail
+        assert blocked.fix.startswith("aws lambda delete-function-concurrency")

@@ -103,6 +103,10 @@ class Emulator:
     ``isolated``: run the function's package in isolated Lambda environments (see the
     module docstring); None reads ``DOLAMBDA_EMULATOR_ISOLATED`` (``1``: on), default off
     until the body's own code travels with the job (issue 13).
+    ``account_concurrency``: the account's concurrency quota that Lambda's
+    ``GetAccountSettings`` reports (AWS's default 1,000; new accounts get far less), which
+    the client sizes its jobs from; set on the emulator's moto server (shared by the
+    emulators on it), it does not change how many invocations run here (``workers``).
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class Emulator:
         handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
         isolated: bool | None = None,
+        account_concurrency: int = 1000,
     ) -> None:
         if isolated is None:  # the default: DOLAMBDA_EMULATOR_ISOLATED=1 turns it on
             isolated = os.environ.get("DOLAMBDA_EMULATOR_ISOLATED", "") not in ("", "0")
@@ -157,6 +162,7 @@ class Emulator:
             handler=handler,
             task_root=task_root,
             isolated=isolated,
+            account_concurrency=account_concurrency,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -249,6 +255,8 @@ class Emulator:
                 "(discovery='poll') only sees task objects, so use trigger='s3'"
             )
         self.discovery = mode
+        if mode == "events":  # the emulator's own moto server answers GetAccountSettings
+            mailbox.set_account_concurrency(c.account_concurrency)
         session = setup.session(c.region)
         if mode == "events":
             self.function_arn = setup.ensure_all(

@@ -75,6 +75,8 @@ class EmulatorConfig:
     # the workers are isolated Lambda environments (Sandbox), not the legacy worker
     # processes that share this interpreter's environment
     isolated: bool
+    # the account's concurrency quota (GetAccountSettings), as the client reads it
+    account_concurrency: int = 1000
 
 
 def make_config(
@@ -101,6 +103,7 @@ def make_config(
     handler: str | None,
     task_root: str | os.PathLike[str] | None,
     isolated: bool = False,
+    account_concurrency: int = 1000,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -117,6 +120,14 @@ def make_config(
         raise InvalidArgument("Emulator: timeout and memory_mb must be positive")
     if float(event_delay) < 0 or float(poll_interval) <= 0 or int(retries) < 0:
         raise InvalidArgument("Emulator: event_delay, poll_interval and retries out of range")
+    if (
+        isinstance(account_concurrency, bool)
+        or not isinstance(account_concurrency, int)
+        or account_concurrency < 1
+    ):
+        raise InvalidArgument(
+            f"Emulator: account_concurrency must be a positive integer, got {account_concurrency!r}"
+        )
     key = signing_key_bytes(signing_key) if signing_key else secrets.token_bytes(32)
     if len(key) < 16:
         raise InvalidArgument("Emulator: the signing key must be at least 16 bytes")
@@ -145,4 +156,5 @@ def make_config(
         task_root=str(Path(task_root).resolve()) if task_root else None,
         pythonpath=str(SOURCE_ROOT),
         isolated=bool(isolated),
+        account_concurrency=account_concurrency,
     )

@@ -18,6 +18,9 @@ The emulator long-polls the mailbox over HTTP, next to S3 on the same port::
     GET  /_dolambda/ping                                     -> {"dolambda": 1}
     GET  /_dolambda/poll?function=NAME&region=R&wait=S&max=N -> {"events": [...]}
     POST /_dolambda/reply  {"id": ..., "payload": "...", "error": false}
+    POST /_dolambda/account {"concurrent_executions": N}    (GetAccountSettings' quota)
+
+Lambda's ``GetAccountSettings``, which moto lacks, is answered in front of moto too.
 
 An event taken from the mailbox belongs to the emulator (moto keeps no copy).
 """
@@ -29,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -50,6 +54,15 @@ ASYNC_PAYLOAD_LIMIT = 1024 * 1024
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
+
+#: GetAccountSettings (``GET /2016-08-19/account-settings``), which moto lacks, answered
+#: from here: AccountLimit.ConcurrentExecutions is this quota (AWS's default is 1,000;
+#: new accounts get less), UnreservedConcurrentExecutions what the functions' reserved
+#: concurrency leaves of it. ``POST /_dolambda/account {"concurrent_executions": N}``
+#: sets it (``Emulator(account_concurrency=N)`` does).
+#: https://docs.aws.amazon.com/lambda/latest/api/API_GetAccountSettings.html
+ACCOUNT_SETTINGS_PATH = re.compile(r"^/2016-08-19/account-settings/?$")
+ACCOUNT = {"concurrent_executions": 1000}
 
 
 class Mailbox:
@@ -201,6 +214,32 @@ def patch_moto() -> None:
 # --------------------------------------------------------------------------- HTTP
 
 
+def account_settings(environ: dict[str, Any]) -> dict[str, Any]:
+    """Lambda's GetAccountSettings answer for the caller's account and region."""
+    from moto.awslambda.models import lambda_backends
+    from moto.iam.models import get_account_id_from
+
+    # SigV4: "... Credential=<key id>/<date>/<region>/lambda/aws4_request, ..."
+    scope = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/", str(environ.get("HTTP_AUTHORIZATION")))
+    key, region = scope.groups() if scope else ("", "us-east-1")
+    functions = list(lambda_backends[get_account_id_from(key)][region].list_functions())
+    limit = ACCOUNT["concurrent_executions"]
+    reserved = sum(int(f.reserved_concurrency or 0) for f in functions)
+    return {
+        "AccountLimit": {
+            "TotalCodeSize": 80_530_636_800,
+            "CodeSizeUnzipped": 262_144_000,
+            "CodeSizeZipped": 52_428_800,
+            "ConcurrentExecutions": limit,
+            "UnreservedConcurrentExecutions": max(limit - reserved, 0),
+        },
+        "AccountUsage": {
+            "TotalCodeSize": sum(int(f.code_size or 0) for f in functions),
+            "FunctionCount": len(functions),
+        },
+    }
+
+
 class App:
     """moto's WSGI app with the mailbox endpoints in front."""
 
@@ -209,6 +248,13 @@ class App:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
+        if ACCOUNT_SETTINGS_PATH.match(path) and environ.get("REQUEST_METHOD") == "GET":
+            body = json.dumps(account_settings(environ)).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
         if not path.startswith(API + "/"):
             return self.inner(environ, start_response)
         try:
@@ -230,6 +276,14 @@ class App:
             wait = min(max(float(query.get("wait", "0")), 0.0), 20.0)
             events = MAILBOX.take(target, wait, max(1, int(query.get("max", "10"))))
             return "200 OK", {"events": events}
+        if path == "/account":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            asked = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            limit = asked["concurrent_executions"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"concurrent_executions must be a positive integer, got {limit!r}")
+            ACCOUNT["concurrent_executions"] = limit
+            return "200 OK", dict(ACCOUNT)
         if path == "/reply":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             answer = json.loads(environ["wsgi.input"].read(length) or b"{}")
