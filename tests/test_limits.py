@@ -382,3 +382,32 @@ def test_doctor_reports_the_concurrency(tmp_path: Any) -> None:
         assert not blocked.ok
         assert "reserved concurrency of 0" in blocked.detail
         assert blocked.fix.startswith("aws lambda delete-function-concurrency")
+
+
+def test_a_zip_past_the_request_limit_goes_through_s3(moto_url: str, tmp_path: Any) -> None:
+    """The emulator's Lambda refuses a CreateFunction past 69,905,067 bytes as Lambda does;
+    deploy's threshold sends such a zip through S3 instead."""
+    import base64
+    import hashlib
+
+    from dolambda import deploy as dep
+    from dolambda._errors import DeployError
+
+    zipped = tmp_path / "big.zip"
+    data = bytes(50 * MB)  # Lambda's nominal "50 MB", which base64 takes past the limit
+    zipped.write_bytes(data)
+    package = dep.Package(
+        path=zipped,
+        code_sha256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        size=len(data),
+        unzipped_size=len(data),
+        cached=False,
+    )
+    name = f"lim-{uuid.uuid4().hex[:10]}"
+    settings = dep.DeploySettings(
+        bucket=name, function_name=name, region="us-east-1", endpoint_url=moto_url
+    )
+    with pytest.raises(DeployError, match="smaller than 69905067 bytes for the CreateFunction"):
+        dep.deploy(settings, package=package, upload_limit=len(data))
+    changes = dep.deploy(settings, package=package)  # the default threshold: via S3
+    assert any(str(c).startswith("created   function") for c in changes), changes
