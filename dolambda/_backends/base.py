@@ -151,6 +151,11 @@ class Backend(abc.ABC):
         """How many tasks may run at once."""
         return 1
 
+    async def prepare(self) -> None:
+        """Called before each job sizes its chunks (:meth:`chunk_size_for`, :attr:`workers`):
+        a backend may look up what sizes them here. The default does nothing."""
+        return None
+
     def chunk_size_for(self, total: int | None, per_iteration: float | None = None) -> int:
         """The chunk size used when the loop says ``"auto"``; ``per_iteration`` is the
         mean seconds an iteration of the same body took last time, when known."""

@@ -326,6 +326,7 @@ class JobRun:
         digest = self._check_body(ctx)
         if self.backend.keeps_records and not ctx.resumed:
             ctx.record = JobRecord(pickled_spec(self.loop))
+        await self.backend.prepare()  # (the Lambda backend reads the account's concurrency)
         ctx.chunk_size = self._chunk_size(digest)
         self.bar = _progress_bar(self.show_progress, self.total, self.backend.name)
         try:

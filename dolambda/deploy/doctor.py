@@ -117,6 +117,7 @@ def doctor(
         fn = function
         check("runtime", lambda: _runtime(fn, python))
         check("async invoke config", lambda: _event_invoke(s, c))
+        check("concurrency", lambda: _concurrency(s, c))
         check("permission", lambda: _permission(s, c))
         if bucket_ok:
             check("notification", lambda: _notification(s, c, str(fn["FunctionArn"])))
@@ -352,3 +353,35 @@ def _signing_key(s: DeploySettings, fn: dict[str, Any], key: str | None) -> str:
             "every task would fail its signature check"
         )
     return "function and client config agree"
+
+
+def _concurrency(s: DeploySettings, c: Clients) -> str:
+    """How many invocations Lambda runs at once for the function (the client sizes its
+    jobs from it): a reservation of 0 fails; a quota below AWS's default is said."""
+    from dolambda._aws.concurrency import DEFAULT_CONCURRENCY, concurrency_from
+
+    what = f"function {s.function_name}"
+    try:
+        settings = call("lambda:GetAccountSettings", "the account", c.lam.get_account_settings)
+        reserved = call(
+            "lambda:GetFunctionConcurrency",
+            what,
+            c.lam.get_function_concurrency,
+            missing=True,
+            FunctionName=s.function_name,
+        )
+    except DolambdaError as exc:  # e.g. no lambda:GetAccountSettings: the client assumes 1,000
+        return f"unknown ({exc}); the client assumes {DEFAULT_CONCURRENCY:,}"
+    found = concurrency_from(settings, reserved)
+    if found.reserved == 0:
+        raise _Failed(
+            f"{what} has a reserved concurrency of 0: Lambda throttles every invocation",
+            f"aws lambda delete-function-concurrency --function-name {s.function_name}",
+        )
+    line = found.describe()
+    if found.account is not None and found.account < DEFAULT_CONCURRENCY:
+        line += (
+            f"; below AWS's default of {DEFAULT_CONCURRENCY:,} (new accounts start lower and "
+            "are raised with use): ask for more in Service Quotas (Lambda, Concurrent executions)"
+        )
+    return line

@@ -59,7 +59,16 @@ WORKER_MODULES = (
     "_wire/models.py",
 )
 HANDLER_FILES = ("__init__.py", "lambda_function.py")
-DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # zipped bytes Lambda accepts in the request itself
+# A zip up to this size goes in the CreateFunction/UpdateFunctionCode request itself
+# (``ZipFile``), a larger one through S3. Lambda's quota is "50 MB zipped, for direct
+# upload", but the zip travels base64'd in a JSON request that Lambda caps at 69,905,067
+# bytes ("Request must be smaller than 69905067 bytes for the CreateFunction operation"):
+# 50 MiB in base64 is 69,905,068 bytes before the rest of the request. 48 MiB leaves
+# ~2.8 MB for the configuration and environment that share the request.
+# https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
+DIRECT_UPLOAD_LIMIT = 48 * 1024 * 1024
+#: the most bytes a CreateFunction or UpdateFunctionCode request may carry
+LAMBDA_REQUEST_LIMIT = 69_905_067
 UNZIPPED_LIMIT = 250 * 1024 * 1024  # Lambda's limit for the unzipped package
 EXCLUDED = ("boto3", "botocore", "s3transfer", "bin")  # the runtime ships boto3
 _BUILD_FORMAT = "dolambda-package-1"
@@ -113,13 +122,16 @@ class Package:
         return self.path.read_bytes()
 
 
-# The Python versions AWS Lambda has a managed runtime for (``python3.X``). The one list.
-LAMBDA_PYTHONS: tuple[str, ...] = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
+# The Python versions AWS Lambda has a supported managed runtime for (``python3.X``), from
+# dolambda's own floor (3.11) up. The one list. python3.9 was deprecated on 2025-12-15 and
+# python3.10 on 2026-06-30 (no more patches, then no creates or updates):
+# https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
+LAMBDA_PYTHONS: tuple[str, ...] = ("3.11", "3.12", "3.13", "3.14")
+#: runtimes Lambda deprecated, and since when: deploy refuses them with that reason
+DEPRECATED_PYTHONS: dict[str, str] = {"3.9": "2025-12-15", "3.10": "2026-06-30"}
 ARCHITECTURES: dict[str, str] = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda -> wheel tag
 # The glibc of each runtime's OS: Amazon Linux 2 (2.26) up to 3.11, Amazon Linux 2023 (2.34) after.
 LAMBDA_GLIBC: dict[str, int] = {
-    "3.9": 26,
-    "3.10": 26,
     "3.11": 26,
     "3.12": 34,
     "3.13": 34,
@@ -141,6 +153,15 @@ def wheel_platforms(version: str, architecture: str) -> list[str]:
 
 def runtime_for(version: str) -> str:
     """``python3.X`` for ``version``, or an error explaining that Lambda has no such runtime."""
+    if version in DEPRECATED_PYTHONS:
+        raise InvalidArgument(
+            f"AWS Lambda's python{version} runtime is deprecated (since "
+            f"{DEPRECATED_PYTHONS[version]}: no security patches, then no new or updated "
+            f"functions); dolambda deploys only supported runtimes "
+            f"({', '.join('python' + v for v in LAMBDA_PYTHONS)}). The function must run the "
+            "client's own Python minor version (dill pickles are not portable across "
+            "versions): run dolambda from one of those Pythons"
+        )
     if version not in LAMBDA_PYTHONS:
         raise InvalidArgument(
             f"AWS Lambda has no python{version} runtime (it has "

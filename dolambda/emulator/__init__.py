@@ -114,6 +114,10 @@ class Emulator:
     module docstring); ``requirements`` names installed distributions the package holds
     besides dolambda's own, as ``dolambda deploy --requirements`` adds them on AWS (e.g.
     ``["pandas"]`` for bodies that use pandas).
+    ``account_concurrency``: the account's concurrency quota that Lambda's
+    ``GetAccountSettings`` reports (AWS's default 1,000; new accounts get far less), which
+    the client sizes its jobs from; set on the emulator's moto server (shared by the
+    emulators on it), it does not change how many invocations run here (``workers``).
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class Emulator:
         handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
         requirements: Iterable[str] = (),
+        account_concurrency: int = 1000,
     ) -> None:
         self.config: EmulatorConfig = make_config(
             workers=workers,
@@ -170,6 +175,7 @@ class Emulator:
             handler=handler,
             task_root=task_root,
             requirements=requirements,
+            account_concurrency=account_concurrency,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -262,6 +268,8 @@ class Emulator:
                 "(discovery='poll') only sees task objects, so use trigger='s3'"
             )
         self.discovery = mode
+        if mode == "events":  # the emulator's own moto server answers GetAccountSettings
+            mailbox.set_account_concurrency(c.account_concurrency)
         session = setup.session(c.region)
         if mode == "events":
             # deploy's own setup; the workers get the role's credentials from STS

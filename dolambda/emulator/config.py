@@ -81,6 +81,8 @@ class EmulatorConfig:
     # distributions installed here that the function's package holds besides dolambda's
     # own (as `dolambda deploy --requirements` adds them), sorted
     requirements: tuple[str, ...]
+    # the account's concurrency quota (GetAccountSettings), as the client reads it
+    account_concurrency: int = 1000
 
 
 def make_config(
@@ -109,6 +111,7 @@ def make_config(
     requirements: Iterable[str] = (),
     max_event_age: float = 6 * 3600,
     time_scale: float = 1.0,
+    account_concurrency: int = 1000,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -145,6 +148,14 @@ def make_config(
             f"{requirements!r}"
         )
     destination = _destination_bucket(on_failure)
+    if (
+        isinstance(account_concurrency, bool)
+        or not isinstance(account_concurrency, int)
+        or account_concurrency < 1
+    ):
+        raise InvalidArgument(
+            f"Emulator: account_concurrency must be a positive integer, got {account_concurrency!r}"
+        )
     key = signing_key_bytes(signing_key) if signing_key else secrets.token_bytes(32)
     if len(key) < 16:
         raise InvalidArgument("Emulator: the signing key must be at least 16 bytes")
@@ -174,6 +185,7 @@ def make_config(
         handler=handler or ("lambda_function.lambda_handler" if task_root else PACKAGE_HANDLER),
         task_root=str(Path(task_root).resolve()) if task_root else None,
         requirements=tuple(sorted({r.strip() for r in wanted})),
+        account_concurrency=account_concurrency,
     )
 
 

@@ -28,6 +28,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from dolambda._errors import BackendError
 from dolambda._wire import keys as _keys
 from dolambda.emulator import setup
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats
@@ -87,6 +88,23 @@ class MailboxClient:
         if conn is not None and conn.sock is not None:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def set_account_concurrency(self, limit: int) -> None:
+        """The concurrency quota the server's GetAccountSettings reports."""
+        conn = self._connection(10)
+        try:
+            body = json.dumps({"concurrent_executions": limit})
+            conn.request(
+                "POST", f"{API}/account", body=body, headers={"Content-Type": "application/json"}
+            )
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise BackendError(
+                    f"Emulator: the moto server refused the account quota: {answer!r}"
+                )
+        finally:
+            conn.close()
 
     def reply(self, reply_id: str, payload: str, error: bool) -> None:
         """Answer a synchronous Invoke waiting in the moto server."""

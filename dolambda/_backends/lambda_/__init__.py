@@ -59,12 +59,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from dolambda._aws.concurrency import (
+    DEFAULT_CONCURRENCY,
+    Concurrency,
+    read_function_concurrency,
+)
 from dolambda._aws.s3 import S3, RequestCounter, open_s3, resolve_region
 from dolambda._backends.base import AttachedJob, Backend, JobContext, TaskResult
 from dolambda._backends.fan_in import fan_in
@@ -77,6 +84,12 @@ from dolambda._backends.sealing import SealedJob
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import ConfigError
 from dolambda._wire import keys as _keys
+
+log = logging.getLogger("dolambda")
+
+#: seconds a concurrency reading (the account's quota, the function's reservation) is
+#: used before Lambda is asked again
+CONCURRENCY_TTL = 300.0
 
 # seconds of client work per task (its PUT and its result's LIST share and GET; measured
 # ~1-2 ms against S3 with 64 connections, ~7 ms against moto): sizes measured chunks
@@ -152,6 +165,9 @@ class LambdaBackend(Backend):
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
         # code archives this backend put in (or found in) the bucket: digest -> when
         self._code_known: dict[str, float] = {}
+        # what Lambda said about the function's concurrency, and when (monotonic)
+        self._concurrency: Concurrency | None = None
+        self._concurrency_at: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # warm clients and sessions belong to this process's loops and threads
@@ -241,7 +257,44 @@ class LambdaBackend(Backend):
 
     @property
     def workers(self) -> int:
-        return self.max_concurrency or 1000
+        """How many tasks run at once: ``max_concurrency`` when given, else what Lambda
+        allows the function (its reserved concurrency, else the account's unreserved
+        quota: new accounts get far less than the default 1,000), read before each job
+        (:meth:`prepare`), else 1,000."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        available = None if self._concurrency is None else self._concurrency.available
+        return available if available else DEFAULT_CONCURRENCY
+
+    async def prepare(self) -> None:
+        """Before a job sizes its chunks: unless ``max_concurrency`` was given, ask Lambda
+        how many of the function's invocations it runs at once (at most every
+        :data:`CONCURRENCY_TTL` seconds). A function whose reserved concurrency is 0 runs
+        nothing: that is a ConfigError before anything is sent."""
+        if self.max_concurrency is not None:
+            return
+        now = time.monotonic()
+        if self._concurrency_at is None or now - self._concurrency_at >= CONCURRENCY_TTL:
+            self._concurrency_at = now
+            sessions = getattr(self._sessions, "by_key", None)
+            try:
+                self._concurrency = await read_function_concurrency(
+                    function_name=self.function_name,
+                    region=resolve_region(self.region, self.profile),
+                    profile=self.profile,
+                    endpoint_url=self.endpoint_url,
+                    credentials=self.settings.credentials,
+                    sessions=sessions,
+                )
+            except Exception as exc:  # (no permission, no network): the job itself will say
+                log.debug("dolambda: cannot read %s's concurrency: %s", self.function_name, exc)
+        if self._concurrency is not None and self._concurrency.reserved == 0:
+            raise ConfigError(
+                f"Lambda function {self.function_name!r} has a reserved concurrency of 0, so "
+                "Lambda throttles every invocation and no task would run; remove the "
+                f"reservation (aws lambda delete-function-concurrency --function-name "
+                f"{self.function_name}) or set it above 0"
+            )
 
     def chunk_size_for(self, total: int | None, per_iteration: float | None = None) -> int:
         """Iterations per task for ``chunk_size="auto"``.

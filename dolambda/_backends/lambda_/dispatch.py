@@ -20,7 +20,20 @@ from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.codec import plan_context
 
-INLINE_LIMIT = 200 * 1024  # async Invoke payloads may be 256 KB
+#: the most bytes an asynchronous (``InvocationType="Event"``) Invoke request may carry:
+#: 1 MB since October 2025 (256 KB before); synchronous ones may carry 6 MB.
+#: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html and
+#: https://docs.aws.amazon.com/lambda/latest/dg/API_Invoke.html
+EVENT_PAYLOAD_LIMIT = 1024 * 1024
+#: room left in the payload: Lambda's on-failure record for an invocation embeds its
+#: payload (``requestPayload``) next to ``requestContext``, ``responseContext`` and the
+#: error (``responsePayload``, a message and maybe a stack trace), so a payload at the
+#: limit would leave no room for the record that reports its failure
+RECORD_HEADROOM = 64 * 1024
+#: the largest JSON payload (bucket, key and the base64 task) dolambda sends inline;
+#: a larger task goes to S3 and the payload names its key. Base64 grows a task by 4/3,
+#: so tasks up to ~720 KiB travel inline.
+INLINE_LIMIT = EVENT_PAYLOAD_LIMIT - RECORD_HEADROOM
 
 
 async def put_job_objects(run: RunState) -> None:
@@ -38,14 +51,30 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
     invoke = run.settings.trigger == "invoke"
     key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=invoke)
     if invoke:
-        payload: dict[str, Any] = {"bucket": run.settings.bucket, "key": key}
-        if len(blob) <= INLINE_LIMIT:
-            payload["task"] = base64.b64encode(blob).decode()
-        else:
+        payload = invoke_payload(run.settings.bucket, key, blob)
+        if "task" not in payload:
             await run.s3.put(key, blob)
         await run.s3.invoker.invoke(payload)
     else:
         await run.s3.put(key, blob)
+
+
+def invoke_payload(bucket: str, key: str, blob: bytes) -> dict[str, Any]:
+    """The Invoke payload for the task ``blob`` at ``key``: the task inline when the
+    encoded payload stays within :data:`INLINE_LIMIT`, else only its key (then the
+    caller PUTs the task first).
+
+    >>> len(json.dumps(invoke_payload("b", "k", bytes(700 * 1024)))) <= INLINE_LIMIT
+    True
+    >>> "task" in invoke_payload("b", "k", bytes(800 * 1024))
+    False
+    """
+    payload: dict[str, Any] = {"bucket": bucket, "key": key}
+    if 4 * -(-len(blob) // 3) < INLINE_LIMIT:  # base64 length: skip encoding what cannot fit
+        inline = {**payload, "task": base64.b64encode(blob).decode()}
+        if len(json.dumps(inline).encode()) <= INLINE_LIMIT:
+            return inline
+    return payload
 
 
 async def _send_and_release(run: RunState, task_id: int, blob: bytes) -> None:

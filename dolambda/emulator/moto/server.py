@@ -18,6 +18,9 @@ The emulator long-polls the mailbox over HTTP, next to S3 on the same port::
     GET  /_dolambda/ping                                     -> {"dolambda": 1}
     GET  /_dolambda/poll?function=NAME&region=R&wait=S&max=N -> {"events": [...]}
     POST /_dolambda/reply  {"id": ..., "payload": "...", "error": false}
+    POST /_dolambda/account {"concurrent_executions": N}    (GetAccountSettings' quota)
+
+Lambda's ``GetAccountSettings``, which moto lacks, is answered in front of moto too.
 
 An event taken from the mailbox belongs to the emulator (moto keeps no copy).
 
@@ -37,6 +40,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -51,9 +55,32 @@ from dolambda.emulator.events import API, s3_record
 from dolambda.emulator.moto import READY
 from dolambda.emulator.moto.authorize import S3Request, allowed, s3_request
 
-ASYNC_PAYLOAD_LIMIT = 256 * 1024  # bytes, as on AWS for InvocationType="Event"
+#: the request bytes Lambda's Invoke accepts: 1 MB for ``InvocationType="Event"`` (since
+#: October 2025; 256 KB before), 6 MB for ``RequestResponse``. Lambda answers 413
+#: ``RequestEntityTooLargeException`` past them, with these messages.
+#: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
+ASYNC_PAYLOAD_LIMIT = 1024 * 1024
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
+
+#: GetAccountSettings (``GET /2016-08-19/account-settings``), which moto lacks, answered
+#: from here: AccountLimit.ConcurrentExecutions is this quota (AWS's default is 1,000;
+#: new accounts get less), UnreservedConcurrentExecutions what the functions' reserved
+#: concurrency leaves of it. ``POST /_dolambda/account {"concurrent_executions": N}``
+#: sets it (``Emulator(account_concurrency=N)`` does).
+#: https://docs.aws.amazon.com/lambda/latest/api/API_GetAccountSettings.html
+ACCOUNT_SETTINGS_PATH = re.compile(r"^/2016-08-19/account-settings/?$")
+ACCOUNT = {"concurrent_executions": 1000}
+
+#: CreateFunction and UpdateFunctionCode requests (the zip base64'd in JSON) that Lambda
+#: refuses, as it says: "Request must be smaller than 69905067 bytes for the ... operation"
+#: (its "50 MB zipped" direct-upload quota, once base64'd). moto takes any size.
+CODE_REQUEST_LIMIT = 69_905_067
+CODE_REQUESTS = (
+    ("POST", re.compile(r"^/2015-03-31/functions/?$"), "CreateFunction"),
+    ("PUT", re.compile(r"^/2015-03-31/functions/[^/]+/code/?$"), "UpdateFunctionCode"),
+)
 
 
 class Mailbox:
@@ -150,10 +177,26 @@ def patch_moto() -> None:
             return
         MAILBOX.put(function_key(fn.region, fn.function_name), _item("s3", json.dumps(event_body)))
 
+    def too_large(message: str) -> Exception:
+        error = LambdaClientError("RequestEntityTooLargeException", message)
+        error.code = 413
+        return error
+
     def invoke(self: Any, body: Any, request_headers: Any, response_headers: Any) -> bytes:
         headers = request_headers or {}
         kind = headers.get("x-amz-invocation-type") or headers.get("X-Amz-Invocation-Type")
         kind = kind or "RequestResponse"
+        size = len(body) if isinstance(body, bytes) else len((body or "").encode())
+        if kind == "Event" and size > ASYNC_PAYLOAD_LIMIT:
+            raise too_large(
+                f"{size} byte payload is too large for the Event invocation type "
+                f"(limit {ASYNC_PAYLOAD_LIMIT} bytes)"
+            )
+        if kind != "Event" and size > SYNC_PAYLOAD_LIMIT:
+            raise too_large(
+                f"Request must be smaller than {SYNC_PAYLOAD_LIMIT} bytes for the "
+                "InvokeFunction operation"
+            )
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         payload = body or "{}"
@@ -163,14 +206,6 @@ def patch_moto() -> None:
             raise LambdaClientError(
                 "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
             ) from exc
-        if kind == "Event" and len(payload.encode()) > ASYNC_PAYLOAD_LIMIT:
-            error = LambdaClientError(
-                "RequestEntityTooLargeException",
-                f"Request must be smaller than {ASYNC_PAYLOAD_LIMIT} bytes for the "
-                "InvokeFunction operation",
-            )
-            error.code = 413
-            raise error
         if kind == "DryRun":
             return b""
         target = function_key(self.region, self.function_name)
@@ -197,6 +232,69 @@ def patch_moto() -> None:
 # --------------------------------------------------------------------------- HTTP
 
 
+def code_request_too_large(
+    environ: dict[str, Any], path: str
+) -> Callable[[StartResponse], Iterable[bytes]] | None:
+    """Lambda's 413 for a function-code request past :data:`CODE_REQUEST_LIMIT` (None: fine)."""
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    if size <= CODE_REQUEST_LIMIT or "/lambda/" not in str(environ.get("HTTP_AUTHORIZATION")):
+        return None
+    method = environ.get("REQUEST_METHOD")
+    operation = next((op for m, rx, op in CODE_REQUESTS if m == method and rx.match(path)), None)
+    if operation is None:
+        return None
+    stream = environ["wsgi.input"]
+    while size > 0:  # read it all: a client cut off mid-send sees a reset, not the answer
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            break
+        size -= len(chunk)
+    body = json.dumps(
+        {
+            "Type": "User",
+            "message": f"Request must be smaller than {CODE_REQUEST_LIMIT} bytes for the "
+            f"{operation} operation",
+        }
+    ).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("x-amzn-ErrorType", "RequestEntityTooLargeException"),
+    ]
+
+    def answer(start_response: StartResponse) -> Iterable[bytes]:
+        start_response("413 Request Entity Too Large", headers)
+        return [body]
+
+    return answer
+
+
+def account_settings(environ: dict[str, Any]) -> dict[str, Any]:
+    """Lambda's GetAccountSettings answer for the caller's account and region."""
+    from moto.awslambda.models import lambda_backends
+    from moto.iam.models import get_account_id_from
+
+    # SigV4: "... Credential=<key id>/<date>/<region>/lambda/aws4_request, ..."
+    scope = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/", str(environ.get("HTTP_AUTHORIZATION")))
+    key, region = scope.groups() if scope else ("", "us-east-1")
+    functions = list(lambda_backends[get_account_id_from(key)][region].list_functions())
+    limit = ACCOUNT["concurrent_executions"]
+    reserved = sum(int(f.reserved_concurrency or 0) for f in functions)
+    return {
+        "AccountLimit": {
+            "TotalCodeSize": 80_530_636_800,
+            "CodeSizeUnzipped": 262_144_000,
+            "CodeSizeZipped": 52_428_800,
+            "ConcurrentExecutions": limit,
+            "UnreservedConcurrentExecutions": max(limit - reserved, 0),
+        },
+        "AccountUsage": {
+            "TotalCodeSize": sum(int(f.code_size or 0) for f in functions),
+            "FunctionCount": len(functions),
+        },
+    }
+
+
 class App:
     """moto's WSGI app with the mailbox endpoints and the role's S3 authorization in front."""
 
@@ -205,6 +303,16 @@ class App:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
+        if ACCOUNT_SETTINGS_PATH.match(path) and environ.get("REQUEST_METHOD") == "GET":
+            body = json.dumps(account_settings(environ)).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        refused = code_request_too_large(environ, path)
+        if refused is not None:
+            return refused(start_response)
         if not path.startswith(API + "/"):
             session = assumed_role_session(environ)
             if session is None:
@@ -229,6 +337,14 @@ class App:
             wait = min(max(float(query.get("wait", "0")), 0.0), 20.0)
             events = MAILBOX.take(target, wait, max(1, int(query.get("max", "10"))))
             return "200 OK", {"events": events}
+        if path == "/account":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            asked = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            limit = asked["concurrent_executions"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"concurrent_executions must be a positive integer, got {limit!r}")
+            ACCOUNT["concurrent_executions"] = limit
+            return "200 OK", dict(ACCOUNT)
         if path == "/reply":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             answer = json.loads(environ["wsgi.input"].read(length) or b"{}")
