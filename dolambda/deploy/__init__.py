@@ -47,6 +47,7 @@ from dolambda.deploy.package import (
     LAMBDA_PYTHONS,
     Package,
     build_package,
+    ensure_package_record,
     python_version,
     runtime_for,
 )
@@ -83,13 +84,15 @@ def deploy(
     python: str | None = None,
     cache: Path | None = None,
     upload_limit: int = DIRECT_UPLOAD_LIMIT,
+    rebuild: bool = False,
     echo: Echo | None = None,
 ) -> list[Change]:
     """Create or update everything ``settings`` describes; returns (and echoes) one line each.
 
     ``package`` skips the build (a prebuilt zip); ``dependencies=False`` builds a zip
     with dolambda's own files only; ``python`` overrides the client's minor version
-    (the runtime is ``python<python>``); zips over ``upload_limit`` bytes go via S3.
+    (the runtime is ``python<python>``); zips over ``upload_limit`` bytes go via S3;
+    ``rebuild`` builds the package even when the cache has it.
     """
     settings.validate()
     version = python or python_version()
@@ -112,6 +115,7 @@ def deploy(
             requirements=s.requirements,
             dependencies=dependencies,
             cache=cache,
+            rebuild=rebuild,
         )
     size = f"{package.size / 1e6:.1f} MB zipped, {package.unzipped_size / 1e6:.1f} MB unzipped"
     fresh = built and not package.cached
@@ -137,6 +141,7 @@ def deploy(
         upload_limit=upload_limit,
     )
     step(fn_change)
+    step(ensure_package_record(s, c, package))
     step(ensure_event_invoke_config(s, c))
     step(ensure_recursion_config(s, c))
     step(ensure_permission(s, c))

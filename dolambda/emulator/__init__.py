@@ -283,6 +283,12 @@ class Emulator:
             stopping=stopping,
         )
         runtime.prepare()  # the function's package and runtime directory (isolated)
+        if runtime.package is not None:  # what it holds, where deploy puts it for clients
+            session.client("s3", endpoint_url=self.endpoint_url).put_object(
+                Bucket=c.bucket,
+                Key=_keys.package_record_key(c.prefix, c.function_name),
+                Body=(runtime.package / "package.json").read_bytes(),
+            )
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )

@@ -152,6 +152,8 @@ class LambdaBackend(Backend):
         self.counter = RequestCounter()  # cumulative client requests over this backend's life
         # code archives this backend put in (or found in) the bucket: digest -> when
         self._code_known: dict[str, float] = {}
+        # the function's package record, as read (check_function_distributions)
+        self._records: dict[str, tuple[float, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # warm clients and sessions belong to this process's loops and threads
@@ -275,11 +277,11 @@ class LambdaBackend(Backend):
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
     ) -> AsyncGenerator[TaskResult, None]:
         region = resolve_region(self.region, self.profile)
-        archive = None
+        archive = needs = None
         if not job.resumed:  # (an attached job's manifest names its code already)
             # what cannot travel is refused here, before anything is uploaded
             first, tasks = await _code.peek(tasks)
-            archive = await asyncio.to_thread(_code.job_archive, job, first)
+            needs, archive = await asyncio.to_thread(_code.job_code, job, first)
         sealed = SealedJob(
             job,
             key=self.key,
@@ -292,6 +294,15 @@ class LambdaBackend(Backend):
         try:
             async with self._open(region, pool, counter) as s3:
                 await self._check_setup(s3)
+                if needs is not None:  # a distribution the function lacks: nothing is sent
+                    await _code.check_function_distributions(
+                        s3,
+                        needs,
+                        prefix=self.prefix,
+                        function_name=self.function_name,
+                        ident=_code.record_id(self.function_name, region, self.endpoint_url),
+                        cache=self._records,
+                    )
                 if archive is not None:  # before any task a worker could run
                     await _code.upload_archive(
                         s3, self.prefix, archive, key=self.key, known=self._code_known

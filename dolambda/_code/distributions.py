@@ -1,0 +1,104 @@
+"""The installed distributions a job needs, against what the function's package holds.
+
+``dolambda deploy`` records the distributions (and versions) the function's package
+holds (``package.json``, :mod:`dolambda.deploy.package`). Before dispatch the client
+compares what the finder saw the job import (:attr:`CodeNeeds.distributions`) with
+that record: a distribution the function lacks is one :class:`ConfigError` naming the
+import, the distribution and the deploy command that adds it, instead of every
+iteration failing with ``ModuleNotFoundError`` on the worker. A distribution that
+carries data across (pickled arrays, frames, seeded random streams: numpy, pandas,
+...) at another version than the client's is a warning (once per versions pair).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dolambda._code.finder import PICKLED, CodeNeeds, NeededDistribution
+from dolambda._errors import ConfigError
+
+# the same list as dolambda.deploy.package.DATA_DISTRIBUTIONS (deploy pins them)
+DATA_DISTRIBUTIONS = frozenset(
+    {"numpy", "pandas", "pyarrow", "scipy", "polars", "scikit-learn", "xarray"}
+)
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalized distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class FunctionPackage:
+    """What a deployed function's package holds, from its record."""
+
+    function_name: str
+    distributions: Mapping[str, str]  # normalized name -> version
+    where: str  # where the record was read, for messages
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], function_name: str, where: str) -> Any:
+        """None when ``record`` is not a package record this client understands."""
+        dists = record.get("distributions")
+        if not isinstance(dists, dict):
+            return None
+        return cls(
+            function_name=function_name,
+            distributions={normalize(str(k)): str(v) for k, v in dists.items()},
+            where=where,
+        )
+
+
+def _who(dist: NeededDistribution) -> str:
+    users = [u for u in dist.needed_by if u != PICKLED]
+    via = []
+    if PICKLED in dist.needed_by:
+        via.append("the body or its arguments")
+    if users:
+        via.append("module " + ", ".join(users))
+    return " and ".join(via) or "the job"
+
+
+def check_distributions(needs: CodeNeeds, function: FunctionPackage) -> list[str]:
+    """Raise ConfigError when the function lacks a distribution the job imports (not
+    an optional one); return one warning per data-carrying distribution whose
+    version differs between the client and the function."""
+    missing = []
+    warnings = []
+    for dist in needs.distributions:
+        name = normalize(dist.name)
+        there = function.distributions.get(name)
+        if there is None:
+            if not dist.optional:
+                missing.append(dist)
+            continue
+        if name in DATA_DISTRIBUTIONS and dist.version and there != dist.version:
+            warnings.append(
+                f"the function {function.function_name!r} has {dist.name} {there} and this "
+                f"client {dist.version}: pickled {dist.name} objects and seeded random "
+                f"streams may differ between the two. Redeploy from here (`dolambda deploy`) "
+                f"to pin {dist.name}=={dist.version}, or install {dist.name}=={there} here"
+            )
+    if missing:
+        lines = [
+            f"import {', '.join(d.imports)} (distribution {d.name} {d.version}, imported by "
+            f"{_who(d)})"
+            for d in missing
+        ]
+        pins = " ".join(f"{d.name}=={d.version}" if d.version else d.name for d in missing)
+        held = ", ".join(sorted(function.distributions)) or "nothing"
+        imports = ", ".join(repr(i) for d in missing for i in d.imports)
+        raise ConfigError(
+            f"the job needs {len(missing)} distribution(s) the function "
+            f"{function.function_name!r} does not have: "
+            + "; ".join(lines)
+            + f". Its package holds only {held} (as recorded in {function.where}). Add them "
+            f"to the function: write `{pins}` in a requirements file and run "
+            f"`dolambda deploy --requirements FILE`; or, if the job does not really import "
+            f"them, keep them out with .noexport({imports}). "
+            "Nothing was dispatched"
+        )
+    return warnings
