@@ -161,6 +161,34 @@ def test_optional_imports_and_held_distributions_pass_the_check(src: Path) -> No
     with pytest.raises(ConfigError, match=r"1 distribution\(s\) the function 'f' does not have"):
         check_distributions(needs, lacking)
 
+    # imported only inside a function: it fails only if called, so a warning, not an error
+    lazy = unique("lazy")
+    write(src, {f"{lazy}.py": "def body(x):\n    return x\n\ndef plot():\n    import hypothesis\n"})
+    needs = find_code(objects=[importlib.import_module(lazy).body])
+    (said,) = check_distributions(needs, lacking)
+    assert "does not have hypothesis (imported inside a function of module" in said
+
+
+def test_the_packages_own_boto3_comes_first_in_the_isolated_worker(
+    isolated: Emulator, src: Path
+) -> None:
+    mod = unique("b3")
+    write(
+        src,
+        {
+            f"{mod}.py": """
+                def where(x):
+                    import os, boto3, botocore
+                    return boto3.__file__, botocore.__version__, os.environ["LAMBDA_TASK_ROOT"]
+            """
+        },
+    )
+    where = importlib.import_module(mod).where
+    backend = LambdaBackend(**isolated.backend_settings())
+    ((file, botocore, root),) = foreach(x=[0]).do_lambda(where, backend=backend, progress=False)
+    assert file.startswith(root + "/boto3/"), (file, root)
+    assert botocore == version("botocore")
+
 
 def test_deploy_records_the_package_in_the_bucket_and_next_to_the_config(
     moto_url: str, src: Path, tmp_path: Path
@@ -272,3 +300,97 @@ def test_a_warm_worker_forgets_archives_the_next_job_does_not_list(
         "a b 2",
         f"missing {a_mod} missing {b_mod}",
     ]
+
+
+# ------------------------------------------------------------------ items 14.8, 15.11: the build
+
+
+def make_wheel(where: Path, name: str, version: str, payload: str = "") -> Path:
+    """A pure-Python wheel written by hand (a wheel is a zip with a dist-info)."""
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n{payload}",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, text in {**files, f"{info}/RECORD": record}.items():
+            zf.writestr(n, text)
+    return path
+
+
+def test_the_build_cache_follows_what_the_requirements_resolve_to(tmp_path: Path) -> None:
+    """pip runs for real, offline: a local wheel directory and a local wheel file."""
+    index = tmp_path / "index"
+    make_wheel(index, "tinydist", "1.0")
+    local = make_wheel(tmp_path / "mine", "minedist", "0.1", "X = 1\n")
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"--no-index\n--find-links {index}\ntinydist\n{local}\n")
+    cache = tmp_path / "cache"
+
+    def build(**kw: bool) -> package.Package:
+        return package.build_package(
+            target="local", dependencies=False, requirements=req, cache=cache, **kw
+        )
+
+    first = build()
+    assert not first.cached
+    assert first.record["distributions"] == {"minedist": "0.1", "tinydist": "1.0"}
+    assert build().cached  # the same resolution
+    assert not build(rebuild=True).cached  # --rebuild
+
+    make_wheel(index, "tinydist", "1.1")  # a new release of an unpinned name
+    newer = build()
+    assert not newer.cached and newer.path != first.path
+    assert newer.record["distributions"]["tinydist"] == "1.1"
+
+    make_wheel(tmp_path / "mine", "minedist", "0.1", "X = 2\n")  # edited, same version
+    edited = build()
+    assert not edited.cached and edited.path != newer.path
+    with zipfile.ZipFile(edited.path) as zf:
+        assert b"X = 2" in zf.read("minedist/__init__.py")
+    assert build().cached
+
+
+PIP_NO_WHEEL = [
+    "ERROR: Could not find a version that satisfies the requirement numpy==9.9.9 (from "
+    "versions: 1.26.4, 2.0.2, 2.2.5, 2.2.6)",
+    "ERROR: No matching distribution found for numpy==9.9.9",
+]
+
+
+def test_a_data_distribution_without_a_wheel_for_the_clients_version_names_the_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resolver seam: the client has numpy 9.9.9, the platform's newest is 2.2.6."""
+    asked: list[list[str]] = []
+
+    def resolve(reqs: list[str], requirements: Path | None, **kw: str) -> list[package.Resolved]:
+        asked.append(reqs)
+        if "numpy==9.9.9" in reqs:
+            raise package.PipFailed(PIP_NO_WHEEL, 1)
+        return [package.Resolved("dill", version("dill")), package.Resolved("numpy", "2.2.6")]
+
+    real = package._version
+    monkeypatch.setattr(package, "_version", lambda d: "9.9.9" if d == "numpy" else real(d))
+    monkeypatch.setattr(package, "resolve_requirements", resolve)
+    with pytest.raises(dep.DeployError) as info:
+        package.build_package(python="3.11", cache=tmp_path)
+    text = str(info.value)
+    assert "numpy 9.9.9 (the version installed here) has no wheel for the Lambda runtime " in text
+    assert "python3.11 on x86_64 (manylinux_2_26_x86_64 or older)" in text
+    assert "python3.12 and later" in text  # another runtime
+    assert "pip install 'numpy==2.2.6'" in text  # another version here
+    assert "`numpy==2.2.6` with `dolambda deploy --requirements FILE`" in text
+    assert "numpy" in asked[0] and "numpy==9.9.9" in asked[1]
+
+    # the user's own pin wins: no pin, so no failure for it (and no second resolve)
+    req = tmp_path / "requirements.txt"
+    req.write_text("numpy==2.2.6\n")
+    assert package.data_pins({"numpy": "2.2.6"}, req.read_text()) == {}
+    assert package.data_pins({"numpy": "2.2.6"}, "numpy\n") == {"numpy": "9.9.9"}
+    assert package.data_pins({"numpy": "9.9.9"}, "") == {}

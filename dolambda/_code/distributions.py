@@ -64,15 +64,24 @@ def _who(dist: NeededDistribution) -> str:
 
 def check_distributions(needs: CodeNeeds, function: FunctionPackage) -> list[str]:
     """Raise ConfigError when the function lacks a distribution the job imports (not
-    an optional one); return one warning per data-carrying distribution whose
-    version differs between the client and the function."""
+    an optional one, nor one imported only inside functions); return the warnings:
+    one per data-carrying distribution whose version differs between the client and
+    the function, one per lacking distribution imported only inside functions."""
     missing = []
     warnings = []
     for dist in needs.distributions:
         name = normalize(dist.name)
         there = function.distributions.get(name)
         if there is None:
-            if not dist.optional:
+            if dist.lazy and not dist.optional:  # maybe never called: say so, run
+                imports = ", ".join(dist.imports)
+                warnings.append(
+                    f"the function {function.function_name!r} does not have {dist.name} "
+                    f"(imported inside a function of {_who(dist)}): a call that imports "
+                    f"{imports} fails there. Add it with `dolambda deploy --requirements "
+                    f"FILE` listing {dist.name}=={dist.version}"
+                )
+            elif not dist.optional:
                 missing.append(dist)
             continue
         if name in DATA_DISTRIBUTIONS and dist.version and there != dist.version:

@@ -323,9 +323,7 @@ def _local_requirement_paths(requirements: Path) -> list[Path]:
             text = urllib.parse.unquote(urllib.parse.urlparse(text).path)
         elif not text.startswith((".", "/", "~")):
             continue
-        path = Path(text.split("[", 1)[0]).expanduser()
-        if not path.is_absolute():
-            path = requirements.parent / path
+        path = Path(text.split("[", 1)[0]).expanduser()  # relative: to the cwd, as pip does
         if path.exists():
             out.append(path)
     return out
