@@ -664,6 +664,25 @@ def _describe(path: Path, *, cached: bool) -> Package:
     )
 
 
+def environment_record() -> dict[str, Any]:
+    """A package record of every distribution installed in this interpreter: what the
+    emulator's legacy workers, which run in the client's own environment, can import."""
+    dists = {
+        normalize(d.metadata["Name"]): d.version
+        for d in metadata.distributions()
+        if d.metadata["Name"]
+    }
+    return {
+        "format": RECORD_FORMAT,
+        "python": python_version(),
+        "architecture": platform.machine(),
+        "platform": "client-environment",
+        "dolambda": _dolambda_version(),
+        "distributions": dict(sorted(dists.items())),
+        "pinned": {},
+    }
+
+
 def ensure_package_record(s: DeploySettings, c: Clients, package: Package) -> Change:
     """Store what the deployed package holds where clients read it: the bucket
     (``<prefix>/deploy/<function>.package.json``, shared by every client) and

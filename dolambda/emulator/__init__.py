@@ -283,12 +283,17 @@ class Emulator:
             stopping=stopping,
         )
         runtime.prepare()  # the function's package and runtime directory (isolated)
-        if runtime.package is not None:  # what it holds, where deploy puts it for clients
-            session.client("s3", endpoint_url=self.endpoint_url).put_object(
-                Bucket=c.bucket,
-                Key=_keys.package_record_key(c.prefix, c.function_name),
-                Body=(runtime.package / "package.json").read_bytes(),
-            )
+        # what the workers can import, where deploy puts it for clients: the package's
+        # record, or (legacy workers, in this environment) every distribution here
+        if runtime.package is not None:
+            record = (runtime.package / "package.json").read_bytes()
+        else:
+            from dolambda.deploy.package import environment_record
+
+            record = json.dumps(environment_record()).encode()
+        session.client("s3", endpoint_url=self.endpoint_url).put_object(
+            Bucket=c.bucket, Key=_keys.package_record_key(c.prefix, c.function_name), Body=record
+        )
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )
