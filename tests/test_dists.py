@@ -394,3 +394,22 @@ def test_a_data_distribution_without_a_wheel_for_the_clients_version_names_the_c
     assert package.data_pins({"numpy": "2.2.6"}, req.read_text()) == {}
     assert package.data_pins({"numpy": "2.2.6"}, "numpy\n") == {"numpy": "9.9.9"}
     assert package.data_pins({"numpy": "9.9.9"}, "") == {}
+
+
+def test_a_boto3_the_user_pins_is_theirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def resolve(reqs: list[str], requirements: Path | None, **kw: str) -> list[package.Resolved]:
+        asked.append(reqs)
+        raise package.PipFailed(["ERROR: stop here"], 1)
+
+    monkeypatch.setattr(package, "resolve_requirements", resolve)
+    with pytest.raises(dep.DeployError, match="stop here"):
+        package.build_package(cache=tmp_path)
+    assert f"boto3=={version('boto3')}" in asked[-1]  # bundled at the client's version
+    assert f"botocore=={version('botocore')}" in asked[-1]
+    req = tmp_path / "requirements.txt"
+    req.write_text("boto3==1.35.99  # mine\n")
+    with pytest.raises(dep.DeployError, match="stop here"):
+        package.build_package(requirements=req, cache=tmp_path)
+    assert not any(r.startswith(("boto3", "botocore")) for r in asked[-1])  # pip picks it

@@ -405,6 +405,10 @@ def build_package(
     sources = _sources()
     reqs_text = Path(requirements).read_text() if requirements is not None else ""
     deps = worker_requirements() if dependencies else []
+    # a boto3 or botocore the user's requirements pin is theirs: never replaced (nor
+    # stripped); the other follows it (each boto3 release requires its own botocore)
+    if _user_pinned(reqs_text) & set(BUNDLED_SDK):
+        deps = [d for d in deps if requirement_name(d) not in BUNDLED_SDK]
     resolved: list[Resolved] = []
     pins: dict[str, str] = {}
     if deps or requirements is not None:
