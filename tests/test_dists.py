@@ -361,6 +361,11 @@ PIP_NO_WHEEL = [
     "versions: 1.26.4, 2.0.2, 2.2.5, 2.2.6)",
     "ERROR: No matching distribution found for numpy==9.9.9",
 ]
+PIP_WITH_THE_REST = [  # what pip 26 says when requirements.txt also names numpy
+    "ERROR: Cannot install numpy and numpy==9.9.9 because these package versions have "
+    "conflicting dependencies.",
+    "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/...",
+]
 
 
 def test_a_data_distribution_without_a_wheel_for_the_clients_version_names_the_choices(
@@ -371,8 +376,10 @@ def test_a_data_distribution_without_a_wheel_for_the_clients_version_names_the_c
 
     def resolve(reqs: list[str], requirements: Path | None, **kw: str) -> list[package.Resolved]:
         asked.append(reqs)
-        if "numpy==9.9.9" in reqs:
+        if reqs == ["numpy==9.9.9"]:  # asked alone: pip says there is no such wheel
             raise package.PipFailed(PIP_NO_WHEEL, 1)
+        if "numpy==9.9.9" in reqs:  # with the rest: pip's reason is less direct
+            raise package.PipFailed(PIP_WITH_THE_REST, 1)
         return [package.Resolved("dill", version("dill")), package.Resolved("numpy", "2.2.6")]
 
     real = package._version
@@ -386,7 +393,8 @@ def test_a_data_distribution_without_a_wheel_for_the_clients_version_names_the_c
     assert "python3.12 and later" in text  # another runtime
     assert "pip install 'numpy==2.2.6'" in text  # another version here
     assert "`numpy==2.2.6` with `dolambda deploy --requirements FILE`" in text
-    assert "numpy" in asked[0] and "numpy==9.9.9" in asked[1]
+    assert "numpy" in asked[0] and "numpy==9.9.9" in asked[1] and "numpy" not in asked[1]
+    assert asked[2] == ["numpy==9.9.9"]
 
     # the user's own pin wins: no pin, so no failure for it (and no second resolve)
     req = tmp_path / "requirements.txt"

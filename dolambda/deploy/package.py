@@ -415,7 +415,8 @@ def build_package(
         resolved = _resolve(deps, requirements, python=python, arch=architecture, target=target)
         pins = data_pins({r.name: r.version for r in resolved}, reqs_text)
         if pins:
-            deps = [*deps, *(f"{n}=={v}" for n, v in sorted(pins.items()))]
+            deps = [d for d in deps if requirement_name(d) not in pins]
+            deps += [f"{n}=={v}" for n, v in sorted(pins.items())]
             resolved = _resolve(
                 deps, requirements, python=python, arch=architecture, target=target, pins=pins
             )
@@ -469,9 +470,17 @@ def _resolve(
     try:
         return resolve_requirements(deps, requirements, python=python, arch=arch, target=target)
     except PipFailed as failed:
-        explained = _no_wheel(failed, pins or {}, python, arch)
-        if explained:
-            raise DeployError(explained) from None
+        # pip's reason names a conflict when the file asks for the name too: ask for
+        # each pin alone to tell "no wheel for this version" from a real conflict
+        for name, version in sorted((pins or {}).items()):
+            try:
+                resolve_requirements(
+                    [f"{name}=={version}"], None, python=python, arch=arch, target=target
+                )
+            except PipFailed as alone:
+                explained = _no_wheel(alone, {name: version}, python, arch)
+                if explained:
+                    raise DeployError(explained) from None
         raise _pip_error(failed, requirements, python, arch, target) from None
 
 
