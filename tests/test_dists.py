@@ -161,6 +161,13 @@ def test_optional_imports_and_held_distributions_pass_the_check(src: Path) -> No
     with pytest.raises(ConfigError, match=r"1 distribution\(s\) the function 'f' does not have"):
         check_distributions(needs, lacking)
 
+    # a seeded job's streams come from the worker's numpy, even when the body has none
+    plain = find_code(objects=[len])
+    other = FunctionPackage("f", {"numpy": "1.0.0"}, "test")
+    assert check_distributions(plain, other) == []
+    (said,) = check_distributions(plain, other, seeded=True)
+    assert f"has numpy 1.0.0 and this client {version('numpy')}" in said
+
     # imported only inside a function: it fails only if called, so a warning, not an error
     lazy = unique("lazy")
     write(src, {f"{lazy}.py": "def body(x):\n    return x\n\ndef plot():\n    import hypothesis\n"})

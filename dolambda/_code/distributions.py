@@ -12,6 +12,7 @@ carries data across (pickled arrays, frames, seeded random streams: numpy, panda
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,11 +63,30 @@ def _who(dist: NeededDistribution) -> str:
     return " and ".join(via) or "the job"
 
 
-def check_distributions(needs: CodeNeeds, function: FunctionPackage) -> list[str]:
+def _client_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _version_warning(function: FunctionPackage, dist: str, there: str, here: str) -> str:
+    return (
+        f"the function {function.function_name!r} has {dist} {there} and this "
+        f"client {here}: pickled {dist} objects and seeded random "
+        f"streams may differ between the two. Redeploy from here (`dolambda deploy`) "
+        f"to pin {dist}=={here}, or install {dist}=={there} here"
+    )
+
+
+def check_distributions(
+    needs: CodeNeeds, function: FunctionPackage, *, seeded: bool = False
+) -> list[str]:
     """Raise ConfigError when the function lacks a distribution the job imports (not
     an optional one, nor one imported only inside functions); return the warnings:
     one per data-carrying distribution whose version differs between the client and
-    the function, one per lacking distribution imported only inside functions."""
+    the function (numpy also when the job is ``seeded``: the worker seeds from it),
+    one per lacking distribution imported only inside functions."""
     missing = []
     warnings = []
     for dist in needs.distributions:
@@ -85,12 +105,12 @@ def check_distributions(needs: CodeNeeds, function: FunctionPackage) -> list[str
                 missing.append(dist)
             continue
         if name in DATA_DISTRIBUTIONS and dist.version and there != dist.version:
-            warnings.append(
-                f"the function {function.function_name!r} has {dist.name} {there} and this "
-                f"client {dist.version}: pickled {dist.name} objects and seeded random "
-                f"streams may differ between the two. Redeploy from here (`dolambda deploy`) "
-                f"to pin {dist.name}=={dist.version}, or install {dist.name}=={there} here"
-            )
+            warnings.append(_version_warning(function, dist.name, there, dist.version))
+    # a seeded job's streams come from numpy on the worker, whatever the body imports
+    numpy_there, numpy_here = function.distributions.get("numpy"), _client_version("numpy")
+    named = {normalize(d.name) for d in needs.distributions}
+    if seeded and "numpy" not in named and numpy_there and numpy_here != numpy_there:
+        warnings.append(_version_warning(function, "numpy", numpy_there, numpy_here))
     if missing:
         lines = [
             f"import {', '.join(d.imports)} (distribution {d.name} {d.version}, imported by "

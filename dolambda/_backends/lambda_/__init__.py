@@ -302,6 +302,7 @@ class LambdaBackend(Backend):
                         function_name=self.function_name,
                         ident=_code.record_id(self.function_name, region, self.endpoint_url),
                         cache=self._records,
+                        seeded=job.seed is not None,
                     )
                 if archive is not None:  # before any task a worker could run
                     await _code.upload_archive(

@@ -169,15 +169,16 @@ async def check_function_distributions(
     function_name: str,
     ident: str,
     cache: dict[str, tuple[float, FunctionPackage | None]],
+    seeded: bool = False,
 ) -> None:
     """ConfigError when the function lacks a distribution the job imports; a warning
     (once per process and versions) when a data-carrying one differs in version."""
-    if not needs.distributions:
+    if not needs.distributions and not seeded:
         return
     function = await function_package(s3, prefix, function_name, ident, cache)
     if function is None:
         return
-    for message in check_distributions(needs, function):
+    for message in check_distributions(needs, function, seeded=seeded):
         if message not in _warned:
             _warned.add(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
