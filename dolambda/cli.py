@@ -188,6 +188,12 @@ def emulator_command(
     help="Extra requirements file to package for the worker.",
 )
 @click.option(
+    "--rebuild",
+    is_flag=True,
+    default=False,
+    help="Build the package even when the build cache has one for the same requirements.",
+)
+@click.option(
     "--expire-days",
     type=int,
     default=7,
@@ -208,8 +214,9 @@ def deploy_command(**options: Any) -> None:
       dolambda deploy --bucket my-dolambda-queue --region eu-west-1 --memory 2048
       dolambda deploy --bucket my-dolambda-queue --rotate-key   # new signing key
     """
+    rebuild = bool(options.pop("rebuild", False))
     options = {k: v for k, v in options.items() if v is not None}
-    deploy(DeploySettings(**options), echo=click.echo)
+    deploy(DeploySettings(**options), rebuild=rebuild, echo=click.echo)
 
 
 ROUND_TRIP_TIMEOUT = 45.0

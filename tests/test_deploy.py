@@ -255,7 +255,8 @@ def test_large_package_goes_through_s3(url: str, small_package: dep.Package) -> 
             "Contents"
         ]
     ]
-    assert len(keys) == 1 and keys[0].endswith(".zip")
+    zips = [k for k in keys if k.endswith(".zip")]
+    assert len(zips) == 1 and set(keys) - set(zips) == {"dolambda/deploy/dolambda.package.json"}
     fn = clients(url)["lambda"].get_function_configuration(FunctionName="dolambda")
     assert fn["CodeSha256"] == small_package.code_sha256
 
@@ -624,8 +625,18 @@ def test_the_package_ships_exactly_what_the_handler_imports() -> None:
 
 def test_small_package_contents(small_package: dep.Package) -> None:
     with zipfile.ZipFile(small_package.path) as zf:
-        names = set(zf.namelist())
+        every = set(zf.namelist())
         init = zf.read("dolambda/__init__.py").decode()
+    pycs = {n for n in every if "/__pycache__/" in n}
+    names = every - pycs - {"package.json"}
+    tag = sys.implementation.cache_tag
+    assert (
+        pycs
+        == {  # compiled: a zip's 1980 mtimes would make pip's timestamp pycs stale
+            f"{n.rpartition('/')[0]}/__pycache__/{n.rpartition('/')[2][:-3]}.{tag}.pyc"
+            for n in names
+        }
+    )
     assert {
         "handler/lambda_function.py",
         "handler/__init__.py",
@@ -667,7 +678,24 @@ def test_local_package_runs_the_handler_without_aioboto3(
         zf.extractall(tmp_path / "pkg")
     tops = {n.split("/")[0] for n in names}
     assert {"dill", "pydantic", "pydantic_core", "numpy", "handler", "dolambda"} <= tops
-    assert not tops & {"boto3", "botocore", "aioboto3", "aiobotocore"}
+    # the SDK is bundled, pinned to the client's (AWS no longer documents the runtime's)
+    assert {"boto3", "botocore", "s3transfer"} <= tops
+    assert not tops & {"aioboto3", "aiobotocore", "bin"}
+    from importlib.metadata import version
+
+    held = local_package.record["distributions"]
+    for dist in ("boto3", "botocore", "dill", "pydantic", "numpy"):
+        assert held[dist] == version(dist), dist
+    assert (
+        json.loads(
+            dict.fromkeys(names) and zipfile.ZipFile(local_package.path).read("package.json")
+        )
+        == local_package.record
+    )
+    # every module is compiled to an unchecked hash-based pyc (flags 0b01 in the header)
+    with zipfile.ZipFile(local_package.path) as zf:
+        pyc = zf.read(next(n for n in names if n.startswith("numpy/__pycache__/__init__.")))
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
     assert "dolambda/_loop.py" not in names
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

@@ -424,7 +424,7 @@ def test_the_function_package_is_built_offline_once_and_keyed_by_its_inputs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """deploy's builder, local mode: the handler, the worker's modules and their
-    dependencies copied from this interpreter (no boto3: the runtime's), hash-based pycs,
+    dependencies copied from this interpreter (boto3 too, as deploy bundles it), hash-based pycs,
     one line printed when it builds, reused after; a changed worker module is a new tree."""
     import importlib.util
 
@@ -442,8 +442,11 @@ def test_the_function_package_is_built_offline_once_and_keyed_by_its_inputs(
     record = json.loads((root / "package.json").read_text())
     assert record["distributions"]["dill"] == metadata.version("dill")
     assert record["distributions"]["numpy"] == metadata.version("numpy")
-    assert not {"boto3", "botocore", "aioboto3", "pytest"} & set(record["distributions"])
-    assert not (root / "boto3").exists()
+    # boto3 bundled at the client's version (as deploy does): it precedes the runtime's
+    assert record["distributions"]["boto3"] == metadata.version("boto3")
+    assert record["distributions"]["botocore"] == metadata.version("botocore")
+    assert (root / "boto3" / "__init__.py").is_file()
+    assert not {"aioboto3", "aiobotocore", "pytest"} & set(record["distributions"])
     pyc = Path(importlib.util.cache_from_source(str(root / "dill" / "_dill.py")))
     flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
     assert flags == 0b01  # PEP 552: hash-based, unchecked

@@ -13,7 +13,8 @@ Two sources of truth, followed to a fixed point:
    recursively, so a local module importing another local module ships both, and a
    local module importing an installed distribution reports that distribution.
    Imports under ``if TYPE_CHECKING:`` are skipped; imports inside a ``try`` that
-   catches ``ImportError`` are marked optional.
+   catches ``ImportError`` are marked optional, and imports inside a function or lambda
+   lazy (they run only if it is called).
 
 Each top-level name is classified as an :class:`Origin`. The unit of shipping is the
 top-level package (its whole directory) or the single module file; ``__main__`` is
@@ -88,6 +89,7 @@ class NeededDistribution:
     imports: tuple[str, ...]  # the top-level import names that need it, e.g. ("sklearn",)
     needed_by: tuple[str, ...]  # local modules importing it, or PICKLED
     optional: bool  # every import of it sits in a try/except ImportError
+    lazy: bool = False  # every import of it is inside a function (runs only if called)
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class SourceImport:
     module: str  # absolute dotted name
     maybe_submodule: bool  # from X import name: X.name may be a module or an attribute
     optional: bool
+    lazy: bool = False  # inside a function or lambda: runs only when it is called
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -254,34 +257,35 @@ def source_imports(source: bytes | str, module: str, *, is_package: bool) -> lis
     package = module if is_package else module.rpartition(".")[0]
     found: list[SourceImport] = []
 
-    def visit(node: ast.AST, optional: bool) -> None:
+    def visit(node: ast.AST, optional: bool, lazy: bool) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for stmt in node.orelse:
-                visit(stmt, optional)
+                visit(stmt, optional, lazy)
             return
         if isinstance(node, ast.Try):
             inner = optional or _catches_import_error(node)
             for stmt in node.body:
-                visit(stmt, inner)
+                visit(stmt, inner, lazy)
             for part in (node.handlers, node.orelse, node.finalbody):
                 for sub in part:
-                    visit(sub, optional)
+                    visit(sub, optional, lazy)
             return
         if isinstance(node, ast.Import):
-            found.extend(SourceImport(alias.name, False, optional) for alias in node.names)
+            found.extend(SourceImport(alias.name, False, optional, lazy) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _resolve_from(node, package)
             if base:
-                found.append(SourceImport(base, False, optional))
+                found.append(SourceImport(base, False, optional, lazy))
                 found.extend(
-                    SourceImport(f"{base}.{alias.name}", True, optional)
+                    SourceImport(f"{base}.{alias.name}", True, optional, lazy)
                     for alias in node.names
                     if alias.name != "*"
                 )
+        inner_lazy = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         for child in ast.iter_child_nodes(node):
-            visit(child, optional)
+            visit(child, optional, inner_lazy)
 
-    visit(tree, False)
+    visit(tree, False, False)
     return found
 
 
@@ -355,7 +359,8 @@ class _Finder:
     exclude: frozenset[str]
     origins: dict[str, Origin] = field(default_factory=dict)
     local: dict[str, LocalModule] = field(default_factory=dict)
-    needed: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # top -> users
+    # top -> its users: (module, optional, lazy)
+    needed: dict[str, list[tuple[str, bool, bool]]] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
     excluded: set[str] = field(default_factory=set)
     scanned: set[Path] = field(default_factory=set)
@@ -383,7 +388,9 @@ class _Finder:
             self.local[top] = _local_module(top, spec, forced=False)
         return Origin.LOCAL
 
-    def need(self, dotted: str, by: str, optional: bool, queue: list[str]) -> None:
+    def need(
+        self, dotted: str, by: str, optional: bool, queue: list[str], lazy: bool = False
+    ) -> None:
         """Record that ``by`` imports ``dotted``; queue local modules for scanning."""
         top = dotted.partition(".")[0]
         if not top.isidentifier():
@@ -393,7 +400,7 @@ class _Finder:
             return
         origin = self.origin(top)
         if origin is Origin.DISTRIBUTION:
-            self.needed.setdefault(top, []).append((by, optional))
+            self.needed.setdefault(top, []).append((by, optional, lazy))
         elif origin is Origin.MISSING and not optional:
             self.missing.add(dotted)
         elif origin is Origin.LOCAL:
@@ -422,7 +429,7 @@ class _Finder:
                 for imp in imports:
                     if imp.maybe_submodule and not self._is_local_submodule(imp.module):
                         continue
-                    self.need(imp.module, module, imp.optional, queue)
+                    self.need(imp.module, module, imp.optional, queue, imp.lazy)
 
     def _is_local_submodule(self, dotted: str) -> bool:
         top = dotted.partition(".")[0]
@@ -574,13 +581,20 @@ def find_code(
 def _result(finder: _Finder) -> CodeNeeds:
     # a local module is classified only once something needs it (or it is forced)
     shipped = {n: m for n, m in finder.local.items() if finder.origins.get(n) is Origin.LOCAL}
-    by_dist: dict[str, tuple[set[str], set[str], bool]] = {}
+    by_dist: dict[str, tuple[set[str], set[str], bool, bool]] = {}
     for top, users in finder.needed.items():
         for dist in finder.distributions_by_module[top]:
-            imports, needed_by, optional = by_dist.setdefault(dist, (set(), set(), True))
+            imports, needed_by, optional, lazy = by_dist.setdefault(
+                dist, (set(), set(), True, True)
+            )
             imports.add(top)
-            needed_by.update(by for by, _ in users)
-            by_dist[dist] = (imports, needed_by, optional and all(o for _, o in users))
+            needed_by.update(by for by, _, _ in users)
+            by_dist[dist] = (
+                imports,
+                needed_by,
+                optional and all(o for _, o, _ in users),
+                lazy and all(z for _, _, z in users),
+            )
     distributions = tuple(
         NeededDistribution(
             name=dist,
@@ -588,8 +602,9 @@ def _result(finder: _Finder) -> CodeNeeds:
             imports=tuple(sorted(imports)),
             needed_by=tuple(sorted(needed_by)),
             optional=optional,
+            lazy=lazy,
         )
-        for dist, (imports, needed_by, optional) in sorted(by_dist.items())
+        for dist, (imports, needed_by, optional, lazy) in sorted(by_dist.items())
     )
     stdlib = sorted(
         top for top, o in finder.origins.items() if o in (Origin.STDLIB, Origin.BUILTIN)

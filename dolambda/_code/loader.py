@@ -8,6 +8,10 @@ and those modules (and their submodules) leave ``sys.modules``, so the next
 unpickling imports the new source: a warm worker never runs stale code. Installing
 the digest that is already active does no filesystem work at all.
 
+:func:`retain` takes every archive a job does not list off ``sys.path`` (and its
+modules out of ``sys.modules``): on a warm worker, a module that job A shipped is not
+importable by job B unless B ships it too, as it would not be on a fresh worker.
+
 The Lambda worker imports this module, so it uses the standard library only (the
 signature is checked by the caller, with the codec, before the bytes get here).
 """
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from dolambda._errors import InvalidArgument, SignatureError
@@ -69,6 +74,35 @@ def activate(digest: str, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR)
             return False
         _activate(digest, target)
         return True
+
+
+def retain(digests: Iterable[str]) -> list[str]:
+    """Deactivate every active archive not in ``digests``: its directory leaves
+    ``sys.path`` and its modules leave ``sys.modules`` (the extracted directory stays
+    cached, for :func:`activate`). Returns the digests deactivated."""
+    keep = set(digests)
+    with _lock:
+        gone = sorted(d for d in _dirs if d not in keep)
+        names: set[str] = set()
+        for digest in gone:
+            where = _dirs.pop(digest)
+            while where in sys.path:
+                sys.path.remove(where)
+            sys.path_importer_cache.pop(where, None)
+            for name in _names.get(digest, frozenset()):
+                if _owner.get(name) == digest:
+                    del _owner[name]
+                    names.add(name)
+        if names:
+            _forget_modules(names)
+        return gone
+
+
+def _forget_modules(tops: set[str]) -> None:
+    for module in list(sys.modules):
+        if module.partition(".")[0] in tops:
+            del sys.modules[module]
+    importlib.invalidate_caches()
 
 
 def installed() -> dict[str, str]:
@@ -143,9 +177,6 @@ def _activate(digest: str, target: Path) -> None:
     sys.path.insert(0, where)
     changed = {name for name in names if _owner.get(name) != digest}
     if changed:
-        for module in list(sys.modules):
-            if module.partition(".")[0] in changed:
-                del sys.modules[module]
-        importlib.invalidate_caches()
+        _forget_modules(changed)
     for name in names:
         _owner[name] = digest

@@ -202,7 +202,9 @@ class BodyNotLoaded(Exception):
 def install_code(
     manifest: JobManifest, *, key: bytes, fetch_code: Callable[[str], bytes] | None
 ) -> None:
-    """Put each of the job's code archives on ``sys.path`` (warm workers: from the cache)."""
+    """Put each of the job's code archives on ``sys.path`` (warm workers: from the cache),
+    and take off it those of earlier jobs that this one does not list."""
+    loader.retain(manifest.code)
     for digest in manifest.code:
         if loader.activate(digest):
             continue

@@ -109,6 +109,12 @@ def deploy_package_key(prefix: str, function_name: str, package_name: str) -> st
     return f"{_p(prefix)}deploy/{function_name}-{package_name}.zip"
 
 
+def package_record_key(prefix: str, function_name: str) -> str:
+    """What the function's package holds (its ``package.json``), for clients to read:
+    written by ``dolambda deploy`` and by the emulator."""
+    return f"{_p(prefix)}deploy/{function_name}.package.json"
+
+
 def code_root(prefix: str) -> str:
     return f"{_p(prefix)}code/"
 

@@ -49,6 +49,7 @@ from dolambda.deploy.package import (
     LAMBDA_PYTHONS,
     Package,
     build_package,
+    ensure_package_record,
     python_version,
     runtime_for,
 )
@@ -85,6 +86,7 @@ def deploy(
     python: str | None = None,
     cache: Path | None = None,
     upload_limit: int = DIRECT_UPLOAD_LIMIT,
+    rebuild: bool = False,
     echo: Echo | None = None,
 ) -> list[Change]:
     """Create or update everything ``settings`` describes; returns (and echoes) one line each.
@@ -94,6 +96,7 @@ def deploy(
     (the runtime is ``python<python>``); zips over ``upload_limit`` bytes go via S3.
     On a running emulator's function (``endpoint_url`` of a ``dolambda emulator``) nothing
     is built and the emulator's settings are kept (:mod:`dolambda.deploy.emulated`).
+    ``rebuild`` builds the package even when the cache has it.
     """
     settings.validate()
     version = python or python_version()
@@ -125,6 +128,7 @@ def deploy(
                 requirements=s.requirements,
                 dependencies=dependencies,
                 cache=cache,
+                rebuild=rebuild,
             )
         size = f"{package.size / 1e6:.1f} MB zipped, {package.unzipped_size / 1e6:.1f} MB unzipped"
         fresh = built and not package.cached
@@ -152,6 +156,7 @@ def deploy(
         upload_limit=upload_limit,
     )
     step(fn_change)
+    step(ensure_package_record(s, c, package))
     step(ensure_event_invoke_config(s, c))
     step(ensure_recursion_config(s, c))
     step(ensure_permission(s, c))

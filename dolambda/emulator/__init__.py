@@ -297,6 +297,12 @@ class Emulator:
         )
         runtime.credentials = role_credentials
         runtime.prepare()  # the function's package and runtime directory (built or cached)
+        # what the workers can import, where deploy puts it for clients: the package's record
+        assert runtime.package is not None
+        record = (runtime.package / "package.json").read_bytes()
+        session.client("s3", endpoint_url=self.endpoint_url).put_object(
+            Bucket=c.bucket, Key=_keys.package_record_key(c.prefix, c.function_name), Body=record
+        )
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )

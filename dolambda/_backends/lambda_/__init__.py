@@ -168,6 +168,8 @@ class LambdaBackend(Backend):
         # what Lambda said about the function's concurrency, and when (monotonic)
         self._concurrency: Concurrency | None = None
         self._concurrency_at: float | None = None
+        # the function's package record, as read (check_function_distributions)
+        self._records: dict[str, tuple[float, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # warm clients and sessions belong to this process's loops and threads
@@ -328,11 +330,11 @@ class LambdaBackend(Backend):
         self, job: JobContext, tasks: AsyncIterator[PlannedTask]
     ) -> AsyncGenerator[TaskResult, None]:
         region = resolve_region(self.region, self.profile)
-        archive = None
+        archive = needs = None
         if not job.resumed:  # (an attached job's manifest names its code already)
             # what cannot travel is refused here, before anything is uploaded
             first, tasks = await _code.peek(tasks)
-            archive = await asyncio.to_thread(_code.job_archive, job, first)
+            needs, archive = await asyncio.to_thread(_code.job_code, job, first)
         sealed = SealedJob(
             job,
             key=self.key,
@@ -345,6 +347,16 @@ class LambdaBackend(Backend):
         try:
             async with self._open(region, pool, counter) as s3:
                 await self._check_setup(s3)
+                if needs is not None:  # a distribution the function lacks: nothing is sent
+                    await _code.check_function_distributions(
+                        s3,
+                        needs,
+                        prefix=self.prefix,
+                        function_name=self.function_name,
+                        ident=_code.record_id(self.function_name, region, self.endpoint_url),
+                        cache=self._records,
+                        seeded=job.seed is not None,
+                    )
                 if archive is not None:  # before any task a worker could run
                     await _code.upload_archive(
                         s3, self.prefix, archive, key=self.key, known=self._code_known

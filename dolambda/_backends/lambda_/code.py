@@ -10,6 +10,21 @@ it to ``<prefix>/code/<sha256>.zip`` with ``If-None-Match: *`` (one request; a 4
 means it is there already) unless the backend remembers that digest, and the
 digest goes in the job's manifest: the workers install it before they unpickle the
 body (:func:`dolambda._core.execute.install_code`).
+
+The installed distributions the job imports are checked against what the function's
+package holds (:func:`check_function_distributions`), before dispatch. That record is
+written by ``dolambda deploy`` in two places, read in this order:
+
+1. ``<prefix>/deploy/<function>.package.json`` in the bucket (:func:`~dolambda._wire.
+   keys.package_record_key`; the emulator writes it too). The bucket is the one truth
+   every client shares: whichever machine deployed last wrote it. The client reads it
+   only for a job that imports an installed distribution, and trusts it for
+   :data:`RECORD_TRUST_SECONDS`. The prefix's lifecycle rule expires it with the
+   rest, hence:
+2. ``packages.json`` next to the client config (:func:`records_path`), keyed by the
+   endpoint or region and the function, for the deploys made from this machine.
+
+With neither (a function deployed by an older dolambda) the check is skipped.
 """
 
 from __future__ import annotations
@@ -17,15 +32,22 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import os
 import sys
 import time
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
 
 from dolambda._aws.s3 import S3
 from dolambda._backends.base import JobContext
 from dolambda._code.archive import CodeArchive, build_archive, seal_archive
+from dolambda._code.distributions import FunctionPackage, check_distributions
 from dolambda._code.finder import CodeNeeds, ForceItem, find_code, pickled_modules
+from dolambda._config import config_dir
 from dolambda._core.tasks import PlannedTask
+from dolambda._errors import StorageError
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 
@@ -60,11 +82,106 @@ def job_needs(job: JobContext, sample: PlannedTask | None) -> CodeNeeds:
     return needs
 
 
-def job_archive(job: JobContext, sample: PlannedTask | None) -> CodeArchive | None:
-    """The archive of the job's local modules (None when it needs none); raises
-    SerializationError (what cannot ship) or InvalidArgument (a bad ``export``)."""
+def job_code(job: JobContext, sample: PlannedTask | None) -> tuple[CodeNeeds, CodeArchive | None]:
+    """What the job needs, and the archive of its local modules (None when it needs
+    none); raises SerializationError (what cannot ship) or InvalidArgument (a bad
+    ``export``)."""
     needs = job_needs(job, sample)
-    return build_archive(needs.local) if needs.local else None
+    return needs, (build_archive(needs.local) if needs.local else None)
+
+
+RECORD_TRUST_SECONDS = 60.0  # a redeploy reaches a running client within this
+_warned: set[str] = set()  # version warnings given in this process
+
+
+def records_path() -> Path:
+    """``packages.json`` next to the client config: the package records of the
+    functions deployed from this machine."""
+    return config_dir() / "packages.json"
+
+
+def record_id(function_name: str, region: str | None, endpoint_url: str | None) -> str:
+    """The key of one function in :func:`records_path`."""
+    return f"{endpoint_url or 'aws:' + (region or '')}/{function_name}"
+
+
+def save_local_record(record: Mapping[str, Any], ident: str) -> Path:
+    """Store ``record`` for the function ``ident`` (:func:`record_id`) in :func:`records_path`."""
+    path = records_path()
+    records = _read_records(path)
+    records[ident] = dict(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def load_local_record(ident: str) -> dict[str, Any] | None:
+    record = _read_records(records_path()).get(ident)
+    return record if isinstance(record, dict) else None
+
+
+def _read_records(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+async def function_package(
+    s3: S3,
+    prefix: str,
+    function_name: str,
+    ident: str,
+    cache: dict[str, tuple[float, FunctionPackage | None]],
+) -> FunctionPackage | None:
+    """The function's package record: the bucket's copy, else this machine's; None
+    when neither exists. Cached in ``cache`` for :data:`RECORD_TRUST_SECONDS`."""
+    held = cache.get(ident)
+    if held is not None and time.monotonic() - held[0] < RECORD_TRUST_SECONDS:
+        return held[1]
+    key = _keys.package_record_key(prefix, function_name)
+    found: FunctionPackage | None = None
+    try:
+        blob = await s3.get(key)
+    except StorageError:  # not readable with these credentials: the local copy may do
+        blob = None
+    if blob is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            found = FunctionPackage.from_record(
+                json.loads(blob), function_name, f"s3://{s3.bucket}/{key}"
+            )
+    if found is None:
+        local = load_local_record(ident)
+        if local is not None:
+            found = FunctionPackage.from_record(local, function_name, str(records_path()))
+    cache[ident] = (time.monotonic(), found)
+    return found
+
+
+async def check_function_distributions(
+    s3: S3,
+    needs: CodeNeeds,
+    *,
+    prefix: str,
+    function_name: str,
+    ident: str,
+    cache: dict[str, tuple[float, FunctionPackage | None]],
+    seeded: bool = False,
+) -> None:
+    """ConfigError when the function lacks a distribution the job imports; a warning
+    (once per process and versions) when a data-carrying one differs in version."""
+    if not needs.distributions and not seeded:
+        return
+    function = await function_package(s3, prefix, function_name, ident, cache)
+    if function is None:
+        return
+    for message in check_distributions(needs, function, seeded=seeded):
+        if message not in _warned:
+            _warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 async def upload_archive(
