@@ -94,7 +94,11 @@ class Emulator:
     function, S3 invoke permission and, for ``trigger="s3"``, the bucket
     notification. Test knobs: ``duplicate_events`` (every async event twice),
     ``drop_fraction`` (seeded), ``event_delay`` (seconds before delivery) and
-    ``shuffle`` (a random delay in ``[0, max(event_delay, 0.05)]`` instead).
+    ``shuffle`` (a random delay in ``[0, max(event_delay, 0.05)]`` instead), and
+    ``slow_fraction`` (seeded, per invocation: a backup of a slowed task is normally not
+    slowed): that fraction of invocations takes ``slow_factor`` times as long as a
+    typical one (it holds its slot for ``slow_factor - 1`` times the median duration of
+    the invocations so far before the handler runs, as a stalled environment would).
     ``retries``: how often a failed async invocation (error, timeout, kill) is
     queued again, as Lambda's async-invoke config does (the default 0 leaves
     lost work to the client). ``handler``/``task_root`` name another handler
@@ -131,6 +135,8 @@ class Emulator:
         handler: str | None = None,
         task_root: str | os.PathLike[str] | None = None,
         isolated: bool | None = None,
+        slow_fraction: float = 0.0,
+        slow_factor: float = 20.0,
     ) -> None:
         if isolated is None:  # the default: DOLAMBDA_EMULATOR_ISOLATED=1 turns it on
             isolated = os.environ.get("DOLAMBDA_EMULATOR_ISOLATED", "") not in ("", "0")
@@ -157,6 +163,8 @@ class Emulator:
             handler=handler,
             task_root=task_root,
             isolated=isolated,
+            slow_fraction=slow_fraction,
+            slow_factor=slow_factor,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""

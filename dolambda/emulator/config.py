@@ -38,6 +38,7 @@ class EmulatorStats:
     crashed: int = 0  #: workers that died on their own (os._exit, segfault, ...)
     dropped: int = 0  #: events dropped on purpose (drop_fraction)
     duplicated: int = 0  #: events delivered twice on purpose (duplicate_events)
+    slowed: int = 0  #: invocations slowed on purpose (slow_fraction)
     retried: int = 0  #: failed async invocations queued again (retries)
     max_concurrency: int = 0  #: most invocations running at once
 
@@ -75,6 +76,9 @@ class EmulatorConfig:
     # the workers are isolated Lambda environments (Sandbox), not the legacy worker
     # processes that share this interpreter's environment
     isolated: bool
+    # this fraction of invocations (seeded) takes slow_factor times a typical one's time
+    slow_fraction: float = 0.0
+    slow_factor: float = 20.0
 
 
 def make_config(
@@ -101,6 +105,8 @@ def make_config(
     handler: str | None,
     task_root: str | os.PathLike[str] | None,
     isolated: bool = False,
+    slow_fraction: float = 0.0,
+    slow_factor: float = 20.0,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -113,6 +119,12 @@ def make_config(
         )
     if not 0.0 <= float(drop_fraction) <= 1.0:
         raise InvalidArgument(f"Emulator: drop_fraction must be in [0, 1], got {drop_fraction}")
+    if not 0.0 <= float(slow_fraction) <= 1.0:
+        raise InvalidArgument(f"Emulator: slow_fraction must be in [0, 1], got {slow_fraction}")
+    if not float(slow_factor) >= 1.0:
+        raise InvalidArgument(
+            f"Emulator: slow_factor must be >= 1 (times a typical invocation), got {slow_factor}"
+        )
     if not float(timeout) > 0 or not int(memory_mb) > 0:
         raise InvalidArgument("Emulator: timeout and memory_mb must be positive")
     if float(event_delay) < 0 or float(poll_interval) <= 0 or int(retries) < 0:
@@ -145,4 +157,6 @@ def make_config(
         task_root=str(Path(task_root).resolve()) if task_root else None,
         pythonpath=str(SOURCE_ROOT),
         isolated=bool(isolated),
+        slow_fraction=float(slow_fraction),
+        slow_factor=float(slow_factor),
     )

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from dolambda._backends.base import TaskResult
-from dolambda._backends.lambda_ import dispatch
+from dolambda._backends.lambda_ import backups, dispatch
 from dolambda._backends.lambda_.state import RunState
 from dolambda._backends.sealing import decode_outcome
 from dolambda._errors import SignatureError
@@ -54,6 +54,7 @@ async def gather_results(run: RunState) -> None:
             idle = time.monotonic() - run.last_progress
             floor = POLL_TAIL if _on_tail(run) else POLL_FAST_MAX  # see the last ones soon
             interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
+        await backups.launch_due(run)
         run.wake.clear()
         await sleep_unless_woken(run.wake, interval)
 
@@ -80,6 +81,12 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
+        and await backups.drop_failed_copy(run, task_id, key, entry)
+    ):
+        return  # a backup or its original failed while the other is still out
+    if (
+        failure is not None
+        and failure.kind in RUNTIME_FAILURES
         and entry.attempt < run.settings.retries
         and not run.job.cancelled.is_set()
     ):
@@ -92,6 +99,8 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         return
     del run.pending[task_id]
     run.last_progress = time.monotonic()
+    if run.backups is not None:
+        run.backups.finished(run, entry, outcome, run.last_progress)
     await run.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
 
 
@@ -120,7 +129,7 @@ async def _requeue_lost(run: RunState) -> None:
     for task_id, entry in list(run.pending.items()):
         if task_id in run.seen:
             continue
-        since = now - max(entry.dispatched_at, run.last_progress)
+        since = now - max(entry.last_sent, run.last_progress)
         if since < run.deadline:
             continue
         if entry.attempt >= run.settings.retries:
