@@ -480,7 +480,7 @@ def fanin_section(server: Server, quick: bool) -> list[Row]:
     return rows
 
 
-# --------------------------------------------------------------------------- section 6
+# --------------------------------------------------------------------------- section 5b
 
 
 def backups_section(server: Server, quick: bool) -> list[Row]:
@@ -532,7 +532,7 @@ def backups_section(server: Server, quick: bool) -> list[Row]:
         slowed, sent, won = (sum(c[i] for c in counts[label]) for i in range(3))
         rows.append(
             Row(
-                "6 stragglers",
+                "5b stragglers",
                 f"{n_tasks} x {seconds * 1000:.0f} ms tasks on {workers} workers, 2% of "
                 f"invocations 20x slower: {name}",
                 value,
