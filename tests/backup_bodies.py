@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import time
 
-from dolambda import rng
+# not `from dolambda import rng`: the function's package holds a dolambda without the
+# public names (its __init__ "imports nothing"), so a shipped module importing them fails
+# on isolated workers (noticed here, not fixed: the package is not this change's)
+from dolambda._core.seeds import rng
 
 STRAGGLER = 7
 

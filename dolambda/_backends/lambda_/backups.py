@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from dolambda._backends.lambda_ import dispatch
 from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._errors import InvalidArgument, InvalidArgumentType
-from dolambda._wire.models import TaskOutcome
+from dolambda._wire.models import TaskFailure, TaskOutcome
 
 #: a backup's attempt number is its twin's plus this (attempts are otherwise 0..retries)
 BACKUP_ATTEMPT = 1 << 16
@@ -195,12 +195,15 @@ async def send_backup(run: RunState, task_id: int, entry: Pending) -> None:
         await dispatch.send(run, task_id, blob)
 
 
-async def drop_failed_copy(run: RunState, task_id: int, key: str, entry: Pending) -> bool:
+async def drop_failed_copy(
+    run: RunState, task_id: int, key: str, entry: Pending, failure: TaskFailure
+) -> bool:
     """A copy failed at runtime while its twin is still out: clear its error result (so
     the twin's can be written) and wait for the twin. False when no twin is out."""
     if entry.copies < 2 or run.backups is None:
         return False
     entry.copies -= 1
+    entry.last_failure = failure.message  # named if the twin is lost too
     run.backups.failed_copies += 1
     await run.s3.delete_keys([key])
     run.seen.discard(task_id)

@@ -81,7 +81,7 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
-        and await backups.drop_failed_copy(run, task_id, key, entry)
+        and await backups.drop_failed_copy(run, task_id, key, entry, failure)
     ):
         return  # a backup or its original failed while the other is still out
     if (
