@@ -48,3 +48,11 @@ def backup_crashes(x: int, flag: str | None) -> tuple[int, float]:
 def quick(x: int) -> tuple[int, float]:
     time.sleep(0.05)
     return x, float(rng().random())
+
+
+def hangs_on(x: int, bad: tuple[int, ...]) -> tuple[int, float]:
+    """Iterations in ``bad`` run far past any test timeout; the others are quick."""
+    if x in bad:
+        time.sleep(60)
+    time.sleep(0.02)
+    return x, float(rng().random())

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from dolambda._backends.base import TaskResult
-from dolambda._backends.lambda_ import backups, dispatch
+from dolambda._backends.lambda_ import backups, dispatch, split
 from dolambda._backends.lambda_.state import RunState
 from dolambda._backends.sealing import decode_outcome
 from dolambda._errors import SignatureError
@@ -86,6 +86,14 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         return  # a backup or its original failed while the other is still out
     if (
         failure is not None
+        and failure.kind == "timeout"
+        and split.can_split(task_id, entry)
+        and not run.job.cancelled.is_set()
+    ):
+        await split.split_task(run, task_id, entry)  # its halves go out instead
+        return
+    if (
+        failure is not None
         and failure.kind in RUNTIME_FAILURES
         and entry.attempt < run.settings.retries
         and not run.job.cancelled.is_set()
@@ -101,7 +109,14 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
     run.last_progress = time.monotonic()
     if run.backups is not None:
         run.backups.finished(run, entry, outcome, run.last_progress)
-    await run.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
+    await _deliver(run, decode_outcome(outcome, attempts=entry.attempt + 1))
+
+
+async def _deliver(run: RunState, result: TaskResult) -> None:
+    """A task's final result to the engine (a split task's once its halves are in)."""
+    merged = split.absorb(run, result)
+    if merged is not None:
+        await run.out.put(merged)
 
 
 async def _poll_once(run: RunState) -> int:
@@ -142,12 +157,13 @@ async def _requeue_lost(run: RunState) -> None:
             )
             if entry.last_failure:
                 message += f"; an earlier attempt failed: {entry.last_failure}"
-            await run.out.put(
+            await _deliver(
+                run,
                 TaskResult(
                     task_id,
                     failure=TaskFailure(kind="lost", message=message),
                     attempts=entry.attempt + 1,
-                )
+                ),
             )
             continue
         await dispatch.resend(run, task_id, entry)

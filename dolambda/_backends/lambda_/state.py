@@ -15,6 +15,7 @@ from dolambda._core.tasks import PlannedTask
 
 if TYPE_CHECKING:
     from dolambda._backends.lambda_.backups import Backups
+    from dolambda._backends.lambda_.split import Halves
 
 # a job whose sealed manifest + body are at most this big travels inside every task: a
 # worker new to the job then makes no request for them (2 GETs per worker per job, i.e.
@@ -78,6 +79,7 @@ class RunState:
         self.first_send = 0.0  # seconds the first task's PUT (or Invoke) took
         self.deadline = settings.task_timeout + settings.grace
         self.backups = backups  # straggler backups (None: off)
+        self.splits: dict[int, Halves] = {}  # timed-out chunks waiting for their halves
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
