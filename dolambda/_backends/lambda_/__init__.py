@@ -23,6 +23,7 @@
       concurrently, adaptive poll interval
     lost work: no result past the deadline ──► re-PUT the task (attempt+1), up to `retries`
     straggler: out > 3x the median finished ──► re-PUT it once (a backup): first result wins
+    timed-out chunk of n > 1 iterations ──► PUT its two halves as new tasks (recursively)
     cancel / stop: PUT jobs/<id>/cancel, DELETE the queued tasks (workers then skip them)
     cleanup: DELETE the job's objects unless keep=True
 
@@ -53,6 +54,9 @@ The walk of one job, module by module:
   the tasks are done, a task out longer than three times the median finished
   duration is sent once more; both copies write the same result key once
   (``If-None-Match: *``), so the first result wins and the result is the same.
+- A timed-out chunk (:mod:`~dolambda._backends.lambda_.split`): its halves are sent
+  as tasks of their own, recursively, down to single iterations; their results are
+  merged back into one for the engine, so only the iterations that time out fail.
 - The end: a finished job's objects are deleted (unless ``keep=True``); a
   stopped one first PUTs ``jobs/<id>/cancel`` so workers skip its queued tasks.
   ``Job.attach`` (:mod:`~dolambda._backends.lambda_.attach`) rebuilds a job from
