@@ -32,6 +32,11 @@ class JobStats:
     client_s3_requests: dict[str, int] = field(default_factory=dict)
     memory_mb: int = 0
     architecture: str = "x86_64"
+    #: straggler backups sent (Lambda backend), how many of them won, and the estimated
+    #: seconds the losing copies ran (a typical task's each: their results are refused)
+    backups: int = 0
+    backups_won: int = 0
+    backup_seconds: float = 0.0
 
     @property
     def task_count(self) -> int:
@@ -48,13 +53,21 @@ class JobStats:
     @property
     def billed_gb_seconds(self) -> float:
         mem_gb = (self.memory_mb or 0) / 1024
-        return sum(math.ceil(t.duration * 1000) / 1000 * mem_gb for t in self.tasks)
+        tasks = sum(math.ceil(t.duration * 1000) / 1000 * mem_gb for t in self.tasks)
+        return tasks + self.backup_gb_seconds
+
+    @property
+    def backup_gb_seconds(self) -> float:
+        """Estimated GB-seconds of the copies that lost (backups or their originals)."""
+        return self.backup_seconds * (self.memory_mb or 0) / 1024
 
     @property
     def cost_usd(self) -> float:
         """Estimated AWS cost: Lambda compute + requests + S3 requests."""
         gbs = PRICES[f"lambda_gb_second_{self.architecture}"] * self.billed_gb_seconds
-        invocations = PRICES["lambda_request"] * len(self.tasks) if self.memory_mb else 0.0
+        invocations = (
+            PRICES["lambda_request"] * (len(self.tasks) + self.backups) if self.memory_mb else 0.0
+        )
         puts = self.client_s3_requests.get("put", 0) + self.client_s3_requests.get("list", 0)
         gets = self.client_s3_requests.get("get", 0) + self.client_s3_requests.get("other", 0)
         # each task's worker does about one PUT (its result) and the rest GETs
@@ -75,6 +88,11 @@ class JobStats:
                 f", {self.billed_gb_seconds:.3f} GB-s billed, ~${self.cost_usd:.6f}, "
                 f"{self.cold_starts} cold starts, {self.retries} retries"
             )
+            if self.backups:
+                text += (
+                    f", {self.backups} backups ({self.backups_won} won, "
+                    f"~{self.backup_gb_seconds:.3f} GB-s)"
+                )
         return text
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """What the deployed package holds, recorded by deploy and checked by the client.
 
-The emulator's workers run the function's package (``isolated=True``): a body that
+The emulator's workers run the function's package : a body that
 imports a distribution installed here but absent from that package fails on AWS on
 every iteration; here it is one ConfigError before anything is dispatched. The
 package's own record (``package.json``) is what the client checks against.
@@ -67,7 +67,7 @@ def isolated(moto_url: str) -> Iterator[Emulator]:
     """One isolated Lambda environment running the function's package."""
     name = f"dists-{uuid.uuid4().hex[:10]}"
     with Emulator(
-        workers=1, timeout=30, endpoint_url=moto_url, bucket=name, function_name=name, isolated=True
+        workers=1, timeout=30, endpoint_url=moto_url, bucket=name, function_name=name
     ) as emu:
         yield emu
 

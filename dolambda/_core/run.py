@@ -412,8 +412,13 @@ class JobRun:
     def _show(self, advanced: int) -> None:
         if self.bar is not None:
             self.bar.update(advanced)
+            postfix: dict[str, object] = {}
             if self.failed:
-                self.bar.set_postfix(failed=self.failed, refresh=False)
+                postfix["failed"] = self.failed
+            if self.stats.backups:  # straggler backups sent (the Lambda backend)
+                postfix["backups"] = f"{self.stats.backups} ({self.stats.backups_won} won)"
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
 
     def _absorb(self, ctx: JobContext, result: TaskResult) -> None:
         """One task's outcome into the combine tree, iteration by iteration."""

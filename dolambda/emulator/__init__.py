@@ -99,7 +99,11 @@ class Emulator:
     the role (its STS credentials; the S3 server enforces its policy). Test knobs:
     ``duplicate_events`` (every async event twice), ``drop_fraction`` (seeded),
     ``event_delay`` (seconds before delivery) and ``shuffle`` (a random delay in
-    ``[0, max(event_delay, 0.05)]`` instead).
+    ``[0, max(event_delay, 0.05)]`` instead), and
+    ``slow_fraction`` (seeded, per invocation: a backup of a slowed task is normally not
+    slowed): that fraction of invocations takes ``slow_factor`` times as long as a
+    typical one (it holds its slot for ``slow_factor - 1`` times the median duration of
+    the invocations so far before the handler runs, as a stalled environment would).
     The function's event-invoke config, applied as Lambda does (see
     :mod:`~dolambda.emulator.dispatch`): ``retries`` (0-2, Lambda's
     ``MaximumRetryAttempts``; 0 as deployed: the client owns retries), retried 1 and
@@ -149,6 +153,8 @@ class Emulator:
         task_root: str | os.PathLike[str] | None = None,
         requirements: Iterable[str] = (),
         account_concurrency: int = 1000,
+        slow_fraction: float = 0.0,
+        slow_factor: float = 20.0,
     ) -> None:
         self.config: EmulatorConfig = make_config(
             workers=workers,
@@ -176,6 +182,8 @@ class Emulator:
             task_root=task_root,
             requirements=requirements,
             account_concurrency=account_concurrency,
+            slow_fraction=slow_fraction,
+            slow_factor=slow_factor,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""

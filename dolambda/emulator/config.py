@@ -39,6 +39,7 @@ class EmulatorStats:
     crashed: int = 0  #: workers that died on their own (os._exit, segfault, ...)
     dropped: int = 0  #: events dropped on purpose (drop_fraction)
     duplicated: int = 0  #: events delivered twice on purpose (duplicate_events)
+    slowed: int = 0  #: invocations slowed on purpose (slow_fraction)
     retried: int = 0  #: failed async invocations queued again (retries)
     expired: int = 0  #: async events discarded past the maximum event age
     destination_records: int = 0  #: invocation records written to the on-failure destination
@@ -83,6 +84,9 @@ class EmulatorConfig:
     requirements: tuple[str, ...]
     # the account's concurrency quota (GetAccountSettings), as the client reads it
     account_concurrency: int = 1000
+    # this fraction of invocations (seeded) takes slow_factor times a typical one's time
+    slow_fraction: float = 0.0
+    slow_factor: float = 20.0
 
 
 def make_config(
@@ -112,6 +116,8 @@ def make_config(
     max_event_age: float = 6 * 3600,
     time_scale: float = 1.0,
     account_concurrency: int = 1000,
+    slow_fraction: float = 0.0,
+    slow_factor: float = 20.0,
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -124,6 +130,12 @@ def make_config(
         )
     if not 0.0 <= float(drop_fraction) <= 1.0:
         raise InvalidArgument(f"Emulator: drop_fraction must be in [0, 1], got {drop_fraction}")
+    if not 0.0 <= float(slow_fraction) <= 1.0:
+        raise InvalidArgument(f"Emulator: slow_fraction must be in [0, 1], got {slow_fraction}")
+    if not float(slow_factor) >= 1.0:
+        raise InvalidArgument(
+            f"Emulator: slow_factor must be >= 1 (times a typical invocation), got {slow_factor}"
+        )
     if not float(timeout) > 0 or not int(memory_mb) > 0:
         raise InvalidArgument("Emulator: timeout and memory_mb must be positive")
     if float(event_delay) < 0 or float(poll_interval) <= 0:
@@ -186,6 +198,8 @@ def make_config(
         task_root=str(Path(task_root).resolve()) if task_root else None,
         requirements=tuple(sorted({r.strip() for r in wanted})),
         account_concurrency=account_concurrency,
+        slow_fraction=float(slow_fraction),
+        slow_factor=float(slow_factor),
     )
 
 

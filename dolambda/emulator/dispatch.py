@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -57,6 +58,7 @@ class Invocation:
     attempt: int = 0
     error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
     received: float = field(default_factory=time.monotonic)  # when Lambda queued the event
+    slowed: float = 1.0  # slow_fraction: runs this many times as long as a typical one
 
 
 def destination_record(
@@ -118,6 +120,8 @@ class Dispatcher:
         self._idle: list[Slot] = list(reversed(runtime.slots))  # pop() takes the warmest
         self._busy = 0
         self._running: set[threading.Thread] = set()
+        # seconds the recent invocations' handlers took (for slow_fraction)
+        self._durations: deque[float] = deque(maxlen=64)
 
     def queue(self, invocation: Invocation, delay: float) -> None:
         """Push onto the pending heap; the caller holds ``cond``."""
@@ -174,7 +178,13 @@ class Dispatcher:
     def _run(self, slot: Slot, invocation: Invocation) -> None:
         ok = False
         try:
+            if invocation.slowed > 1.0:  # a stalled environment: it holds its slot
+                self._stopping.wait((invocation.slowed - 1.0) * self._typical_duration())
+            started = time.monotonic()
             answer = self._runtime.invoke(slot, invocation.event)
+            if answer is not None and answer.ok:  # (a slowed one's handler time only)
+                with self._cond:
+                    self._durations.append(time.monotonic() - started)
             if answer is not None:
                 self._answer(invocation, answer)
                 ok = answer.ok
@@ -249,6 +259,12 @@ class Dispatcher:
             log.exception(
                 "emulator: the on-failure record for s3://%s/%s was not delivered", bucket, key
             )
+
+    def _typical_duration(self) -> float:
+        """The median of the recent invocations' durations (0.1 s before any returned)."""
+        with self._cond:
+            recent = sorted(self._durations)
+        return recent[len(recent) // 2] if recent else 0.1
 
     def _answer(self, invocation: Invocation, answer: Answer) -> None:
         """Record a failure; answer a synchronous Invoke (asynchronous ones have nobody waiting)."""

@@ -12,7 +12,10 @@ Two ways to discover events:
 
 Every event then goes through :meth:`Intake.receive`, which applies the test knobs
 (seeded): ``drop_fraction`` and ``duplicate_events`` (asynchronous events only), and
-``event_delay`` or ``shuffle`` (a random delay), before it joins the dispatcher's heap.
+``event_delay`` or ``shuffle`` (a random delay), before it joins the dispatcher's heap;
+``slow_fraction`` marks invocations (each copy of a duplicated event on its own, so a
+task sent again is normally not slowed again) that the dispatcher runs ``slow_factor``
+times as long as a typical one.
 """
 
 from __future__ import annotations
@@ -263,7 +266,22 @@ class Intake:
                     self._stats.duplicated += 1
             self._recent.append((source, event))
             for _ in range(copies):
-                self._dispatcher.queue(Invocation(event, source, reply_id), self._delay())
+                invocation = Invocation(event, source, reply_id, slowed=self._slowed())
+                self._dispatcher.queue(invocation, self._delay())
+
+    def _slowed(self) -> float:
+        """The factor this invocation is slowed by (1.0: not at all); the caller holds cond.
+
+        No draw when the knob is off, so the other knobs' seeded choices stay the same.
+        """
+        c = self.config
+        if not c.slow_fraction or self._rng.random() >= c.slow_fraction:
+            return 1.0
+        self._stats.slowed += 1
+        log.info(
+            "emulator: slowing an invocation %gx (slow_fraction=%g)", c.slow_factor, c.slow_fraction
+        )
+        return c.slow_factor
 
     def _delay(self) -> float:
         if self.config.shuffle:

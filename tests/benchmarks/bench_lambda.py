@@ -478,3 +478,71 @@ def fanin_section(server: Server, quick: bool) -> list[Row]:
     ]
     log(f"fan-in: median {median(ms):.0f} ms, p90 {p90(ms):.0f} ms")
     return rows
+
+
+# --------------------------------------------------------------------------- section 5b
+
+
+def backups_section(server: Server, quick: bool) -> list[Row]:
+    """Stragglers (issue 16): a 200-task job where 2% of invocations are slowed 20x
+    (the emulator's slow_fraction knob), with and without backups, against the same job
+    with no slow invocation."""
+    n_tasks, workers = 200, 8
+    seconds = 0.1 if quick else 0.2
+    repeats = 1 if quick else 3
+    loop = foreach(x=range(n_tasks), seconds=[seconds] * n_tasks).chunk_size(1)
+    times: dict[str, list[float]] = {"clean": [], "backups": [], "none": []}
+    counts: dict[str, list[tuple[int, int, int]]] = {"backups": [], "none": []}
+    for name, slow_fraction in (("clean", 0.0), ("slow", 0.02)):
+        emu = Emulator(
+            workers=workers,
+            endpoint_url=server.url,
+            bucket=f"bench-bk-{name}",
+            function_name=f"bench-bk-{name}",
+            discovery="events" if server.events else "poll",
+            slow_fraction=slow_fraction,
+            slow_factor=20,
+            seed=16,
+        )
+        with emu:
+            settings = emu.backend_settings()
+            with_backups = LambdaBackend(**settings)
+            without = LambdaBackend(**settings, backups=False)
+            run_job(foreach(x=range(workers)).chunk_size(1), without, workloads.noop)  # warm
+            runs = [("clean", with_backups)] if name == "clean" else []
+            runs += [("backups", with_backups), ("none", without)] if name == "slow" else []
+            for _ in range(repeats):
+                for label, backend in runs:
+                    slowed = emu.stats.slowed
+                    t0 = time.perf_counter()
+                    job = run_job(loop, backend, workloads.nap)
+                    times[label].append(time.perf_counter() - t0)
+                    if label in counts:
+                        counts[label].append(
+                            (emu.stats.slowed - slowed, job.stats.backups, job.stats.backups_won)
+                        )
+                    log(f"backups: {label}: {times[label][-1]:.2f}s, {job.stats.summary()}")
+    clean = median(times["clean"])
+    rows = []
+    for label, name, target in (
+        ("backups", "with backups", "ratio <= 1.3"),
+        ("none", "without backups (bounded by the slow tasks)", ""),
+    ):
+        value = median(times[label])
+        slowed, sent, won = (sum(c[i] for c in counts[label]) for i in range(3))
+        rows.append(
+            Row(
+                "5b stragglers",
+                f"{n_tasks} x {seconds * 1000:.0f} ms tasks on {workers} workers, 2% of "
+                f"invocations 20x slower: {name}",
+                value,
+                "s",
+                baseline_name="the same job, no slow invocation",
+                baseline_value=clean,
+                ratio=value / clean,
+                target=target,
+                spread=spread(times[label], "s"),
+                note=f"{slowed} invocations slowed, {sent} backups, {won} won (over all runs)",
+            )
+        )
+    return rows

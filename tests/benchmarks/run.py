@@ -3,7 +3,8 @@
 Every run measures its own baselines, prints a table of ratios and writes JSON
 (``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
 
-Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, memory, peer.
+Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, backups,
+memory, peer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if str(ROOT) not in sys.path:
 from tests.benchmarks import _common  # noqa: E402
 from tests.benchmarks._common import Row, Server, log  # noqa: E402
 
-SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "memory", "peer")
+SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "backups", "memory", "peer")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with section("fanin", rows, errors):
                 rows += bench_lambda.fanin_section(servers.main(), args.quick)
+        if "backups" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("backups", rows, errors):
+                rows += bench_lambda.backups_section(servers.main(), args.quick)
         if "memory" in wanted:
             from tests.benchmarks import bench_memory
 

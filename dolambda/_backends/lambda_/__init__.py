@@ -22,6 +22,8 @@
       the first missing task), GET new ones
       concurrently, adaptive poll interval
     lost work: no result past the deadline ──► re-PUT the task (attempt+1), up to `retries`
+    straggler: out > 3x the median finished ──► re-PUT it once (a backup): first result wins
+    timed-out chunk of n > 1 iterations ──► PUT its two halves as new tasks (recursively)
     cancel / stop: PUT jobs/<id>/cancel, DELETE the queued tasks (workers then skip them)
     cleanup: DELETE the job's objects unless keep=True
 
@@ -48,6 +50,13 @@ The walk of one job, module by module:
   grace period, or whose worker reported a timeout, memory or crash failure, is
   sent again (a new attempt) up to ``retries`` times, then reported as a
   ``"lost"`` failure naming its iterations: never a hang.
+- Stragglers (:mod:`~dolambda._backends.lambda_.backups`): once more than half of
+  the tasks are done, a task out longer than three times the median finished
+  duration is sent once more; both copies write the same result key once
+  (``If-None-Match: *``), so the first result wins and the result is the same.
+- A timed-out chunk (:mod:`~dolambda._backends.lambda_.split`): its halves are sent
+  as tasks of their own, recursively, down to single iterations; their results are
+  merged back into one for the engine, so only the iterations that time out fail.
 - The end: a finished job's objects are deleted (unless ``keep=True``); a
   stopped one first PUTs ``jobs/<id>/cancel`` so workers skip its queued tasks.
   ``Job.attach`` (:mod:`~dolambda._backends.lambda_.attach`) rebuilds a job from
@@ -76,6 +85,7 @@ from dolambda._aws.s3 import S3, RequestCounter, open_s3, resolve_region
 from dolambda._backends.base import AttachedJob, Backend, JobContext, TaskResult
 from dolambda._backends.fan_in import fan_in
 from dolambda._backends.lambda_ import attach as _attach
+from dolambda._backends.lambda_ import backups as _backups
 from dolambda._backends.lambda_ import code as _code
 from dolambda._backends.lambda_ import dispatch, gather
 from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
@@ -102,6 +112,11 @@ class LambdaBackend(Backend):
     Settings not given come from the config file that ``dolambda deploy`` writes.
     Credentials come from the standard AWS chain (environment, profile, config
     files, instance role) unless ``aws_access_key_id``/``aws_secret_access_key`` are given.
+
+    Straggler backups are on (``backups=False`` turns them off): once at least
+    ``backup_min_tasks`` tasks exist and more than ``backup_min_done`` of them are done,
+    a task out longer than ``backup_slow_factor`` times the median finished duration is
+    sent once more; the first of the two results wins (the same result either way).
 
     >>> from dolambda import LambdaBackend, foreach, register
     >>> backend = LambdaBackend(bucket="my-queue", region="us-east-1", signing_key="00" * 32)
@@ -134,7 +149,15 @@ class LambdaBackend(Backend):
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
+        backups: bool = True,
+        backup_slow_factor: float = 3.0,
+        backup_min_tasks: int = 10,
+        backup_min_done: float = 0.5,
     ) -> None:
+        #: straggler backups (None: ``backups=False``); see the backups module
+        self.backup_policy = _backups.backup_policy(
+            backups, backup_min_tasks, backup_min_done, backup_slow_factor
+        )
         self.settings: LambdaSettings = resolve_settings(
             bucket,
             function_name,
@@ -361,7 +384,11 @@ class LambdaBackend(Backend):
                     await _code.upload_archive(
                         s3, self.prefix, archive, key=self.key, known=self._code_known
                     )
-                run = RunState(self.settings, s3, job, sealed, pool)
+                backups = None
+                if self.backup_policy is not None:
+                    concurrency = self.max_concurrency or _backups.DEFAULT_CONCURRENCY
+                    backups = _backups.Backups(self.backup_policy, concurrency)
+                run = RunState(self.settings, s3, job, sealed, pool, backups)
                 finished = False
                 try:
                     producers = [dispatch.send_tasks(run, tasks), gather.gather_results(run)]
@@ -373,6 +400,7 @@ class LambdaBackend(Backend):
                         yield result
                     finished = True
                 finally:
+                    _backups.record_stats(run)
                     await asyncio.shield(dispatch.withdraw(run, finished))
         finally:
             for kind, n in counter.counts.items():

@@ -18,6 +18,7 @@ from typing import cast
 from dolambda._aws.s3 import S3, gather_limited
 from dolambda._backends.base import AttachedJob
 from dolambda._backends.lambda_.settings import LambdaSettings
+from dolambda._backends.lambda_.split import is_split
 from dolambda._core.spec import LoopSpec
 from dolambda._core.tasks import InnerDone, PlannedTask
 from dolambda._errors import InvalidArgument, InvalidArgumentType
@@ -78,8 +79,8 @@ async def find_job(s3: S3, settings: LambdaSettings, job_id: str) -> AttachedJob
     items: list[PlannedTask | InnerDone] = []
     for task_key, tblob in zip(task_keys, blobs, strict=True):
         parsed = _keys.parse_task_key(prefix, task_key)
-        if parsed is None or tblob is None:
-            continue
+        if parsed is None or tblob is None or is_split(parsed[1]):
+            continue  # (a timed-out chunk's halves: the client that attaches splits it again)
         task = codec.unseal_model(TaskSpec, tblob, key=key, context=task_context(job_id, parsed[1]))
         items.append(
             PlannedTask(

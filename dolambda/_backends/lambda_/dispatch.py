@@ -144,6 +144,7 @@ async def resend(run: RunState, task_id: int, entry: Pending) -> None:
     """Enqueue the task again (a new ObjectCreated event, or a new Invoke)."""
     entry.attempt += 1
     entry.dispatched_at = time.monotonic()
+    entry.copies = 1  # the copies out before are given up (a late result still counts)
     blob = run.sealed.sealed_task(entry.planned, attempt=entry.attempt, with_job=run.inline_job)
     async with run.uploads:
         await send(run, task_id, blob)

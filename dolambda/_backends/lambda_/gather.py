@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from dolambda._backends.base import TaskResult
-from dolambda._backends.lambda_ import dispatch
+from dolambda._backends.lambda_ import backups, dispatch, split
 from dolambda._backends.lambda_.state import RunState
 from dolambda._backends.sealing import decode_outcome
 from dolambda._errors import SignatureError
@@ -54,6 +54,7 @@ async def gather_results(run: RunState) -> None:
             idle = time.monotonic() - run.last_progress
             floor = POLL_TAIL if _on_tail(run) else POLL_FAST_MAX  # see the last ones soon
             interval = min(floor + idle / 60 * POLL_MAX, POLL_MAX, interval * 1.5)
+        await backups.launch_due(run)
         run.wake.clear()
         await sleep_unless_woken(run.wake, interval)
 
@@ -87,6 +88,20 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
+        and await backups.drop_failed_copy(run, task_id, key, entry, failure)
+    ):
+        return  # a backup or its original failed while the other is still out
+    if (
+        failure is not None
+        and failure.kind == "timeout"
+        and split.can_split(task_id, entry)
+        and not run.job.cancelled.is_set()
+    ):
+        await split.split_task(run, task_id, entry)  # its halves go out instead
+        return
+    if (
+        failure is not None
+        and failure.kind in RUNTIME_FAILURES
         and entry.attempt < run.settings.retries
         and not run.job.cancelled.is_set()
     ):
@@ -99,7 +114,16 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         return
     del run.pending[task_id]
     run.last_progress = time.monotonic()
-    await run.out.put(decode_outcome(outcome, attempts=entry.attempt + 1))
+    if run.backups is not None:
+        run.backups.finished(run, entry, outcome, run.last_progress)
+    await _deliver(run, decode_outcome(outcome, attempts=entry.attempt + 1))
+
+
+async def _deliver(run: RunState, result: TaskResult) -> None:
+    """A task's final result to the engine (a split task's once its halves are in)."""
+    merged = split.absorb(run, result)
+    if merged is not None:
+        await run.out.put(merged)
 
 
 async def _poll_once(run: RunState) -> int:
@@ -127,7 +151,7 @@ async def _requeue_lost(run: RunState) -> None:
     for task_id, entry in list(run.pending.items()):
         if task_id in run.seen:
             continue
-        since = now - max(entry.dispatched_at, run.last_progress)
+        since = now - max(entry.last_sent, run.last_progress)
         if since < run.deadline:
             continue
         if entry.attempt >= run.settings.retries:
@@ -140,12 +164,13 @@ async def _requeue_lost(run: RunState) -> None:
             )
             if entry.last_failure:
                 message += f"; an earlier attempt failed: {entry.last_failure}"
-            await run.out.put(
+            await _deliver(
+                run,
                 TaskResult(
                     task_id,
                     failure=TaskFailure(kind="lost", message=message),
                     attempts=entry.attempt + 1,
-                )
+                ),
             )
             continue
         await dispatch.resend(run, task_id, entry)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dolambda._aws.s3 import S3
 from dolambda._backends.base import JobContext, TaskResult
 from dolambda._backends.lambda_.settings import LambdaSettings
 from dolambda._backends.sealing import SealedJob
 from dolambda._core.tasks import PlannedTask
+
+if TYPE_CHECKING:
+    from dolambda._backends.lambda_.backups import Backups
+    from dolambda._backends.lambda_.split import Halves
 
 # a job whose sealed manifest + body are at most this big travels inside every task: a
 # worker new to the job then makes no request for them (2 GETs per worker per job, i.e.
@@ -27,13 +32,34 @@ class Pending:
     attempt: int
     dispatched_at: float
     last_failure: str = ""  # what the runtime said about the previous attempt
+    #: copies of the task out (a straggler's backup makes two; a retry starts again at one)
+    copies: int = 1
+    #: when its backup was sent (a task gets at most one), None: none
+    backup_at: float | None = None
+    #: when it could start running (the function runs at most ``max_concurrency`` at once)
+    running_since: float | None = None
+
+    @property
+    def last_sent(self) -> float:
+        """When the newest copy of the task went out (its deadline runs from then)."""
+        return (
+            self.dispatched_at
+            if self.backup_at is None
+            else max(self.dispatched_at, self.backup_at)
+        )
 
 
 class RunState:
     """One job's dispatch and gather over one pooled client."""
 
     def __init__(
-        self, settings: LambdaSettings, s3: S3, job: JobContext, sealed: SealedJob, pool: int
+        self,
+        settings: LambdaSettings,
+        s3: S3,
+        job: JobContext,
+        sealed: SealedJob,
+        pool: int,
+        backups: Backups | None = None,
     ) -> None:
         self.settings = settings
         self.s3 = s3
@@ -52,6 +78,8 @@ class RunState:
         self.sent_any = asyncio.Event()  # no result can exist before a task was sent
         self.first_send = 0.0  # seconds the first task's PUT (or Invoke) took
         self.deadline = settings.task_timeout + settings.grace
+        self.backups = backups  # straggler backups (None: off)
+        self.splits: dict[int, Halves] = {}  # timed-out chunks waiting for their halves
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
