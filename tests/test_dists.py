@@ -1,6 +1,6 @@
 """What the deployed package holds, recorded by deploy and checked by the client.
 
-The emulator's workers run the function's package : a body that
+The emulator's workers run the function's package: a body that
 imports a distribution installed here but absent from that package fails on AWS on
 every iteration; here it is one ConfigError before anything is dispatched. The
 package's own record (``package.json``) is what the client checks against.
