@@ -289,6 +289,7 @@ class JobRun:
         self.mode = leaf_error_mode(loop)
         self.tree = CombineTree(loop, on_top)
         self.pending: dict[int, PlannedTask] = {}  # planned, not yet answered
+        self.planned_all = False  # the task source is exhausted
         # seconds the body ran and iterations that ran: the next run's chunk size
         self.compute_seconds = 0.0
         self.computed = 0
@@ -313,6 +314,11 @@ class JobRun:
             raise
         finally:
             self._count(started)
+
+    @property
+    def answered(self) -> bool:
+        """Every task was planned and answered: what is left is the backend's cleanup."""
+        return self.planned_all and not self.pending
 
     def _count(self, started: float) -> None:
         self.stats.wall_time = time.perf_counter() - started
@@ -389,6 +395,7 @@ class JobRun:
                 await asyncio.sleep(0)
                 yielded_at = time.perf_counter()
         self.total = planned_leaves
+        self.planned_all = True
         if self.bar is not None:
             self.bar.total = planned_leaves
             self.bar.refresh()

@@ -297,6 +297,7 @@ class LambdaBackend(Backend):
                         s3, self.prefix, archive, key=self.key, known=self._code_known
                     )
                 run = RunState(self.settings, s3, job, sealed, pool)
+                job.queued = lambda: len(run.pending)
                 finished = False
                 try:
                     producers = [dispatch.send_tasks(run, tasks), gather.gather_results(run)]
