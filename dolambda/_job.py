@@ -120,6 +120,15 @@ class Job:
     def done(self) -> bool:
         return self._finished
 
+    def output(self, index: int) -> str:
+        """What the task that ran iteration ``index`` wrote to stdout and stderr (its
+        prints, warnings and logging), the last 64 KiB of it; a task runs a chunk of
+        iterations, so this is the output of the whole chunk. Captured on the backends
+        that run tasks in other processes (local processes, Lambda); "" when the task
+        wrote nothing, and on the sequential backend, whose output is this process's own.
+        """
+        return self._engine.output(index)
+
     def plot(self, kind: str = "timeline", ax: Any = None) -> Any:
         """A matplotlib figure of the job: ``"timeline"`` (one row per worker, a bar per
         task, cold starts marked) or ``"durations"`` (a histogram). Needs matplotlib."""

@@ -104,10 +104,12 @@ class TaskResult:
     failure: TaskFailure | None = None
     stats: TaskStats | None = None
     attempts: int = 1
+    #: what the task's iterations wrote to stdout and stderr (its last 64 KiB)
+    output: str = ""
 
     @classmethod
     def of_run(cls, task_id: int, run: ChunkRun) -> TaskResult:
-        return cls(task_id, run.values, run.ticks, run.errors)
+        return cls(task_id, run.values, run.ticks, run.errors, output=run.output)
 
     @property
     def compute_seconds(self) -> float:

@@ -189,6 +189,7 @@ def iteration_error(leaf: Leaf, err: IterationError, original: BaseException | N
         error_type=err.error_type,
         remote_traceback=err.traceback,
         exception=original,
+        output=err.output,
     )
 
 
@@ -295,6 +296,10 @@ class JobRun:
         self.computed = 0
         self.bar: Any = None
         self.print_summary = False
+        # captured output by task id, and the tasks that ran each top-level iteration
+        # (only tasks that wrote something)
+        self.task_outputs: dict[int, str] = {}
+        self.output_tasks: dict[int, list[int]] = {}
 
     async def run(self) -> Any:
         """Run the job to its combined result; JobCancelled when it was cancelled."""
@@ -434,6 +439,8 @@ class JobRun:
             return
         values, errors = result.values, result.errors
         ran = min(len(values), len(task))
+        if result.output:
+            self._keep_output(task, ran, result.output)
         self.compute_seconds += result.compute_seconds
         self.computed += len(values)
         if task.flat and not errors:
@@ -454,6 +461,15 @@ class JobRun:
         if ran < len(task) and not ctx.cancelled.is_set():
             lost = TaskFailure(kind="lost", message="the worker returned no outcome for it")
             self._fail_all(task, range(ran, len(task)), lost)
+
+    def _keep_output(self, task: PlannedTask, ran: int, output: str) -> None:
+        self.task_outputs[task.task_id] = output
+        for index in dict.fromkeys(task.path(k)[0] for k in range(ran)):
+            self.output_tasks.setdefault(index, []).append(task.task_id)
+
+    def output(self, index: int) -> str:
+        """What the task(s) that ran top-level iteration ``index`` wrote (see Job.output)."""
+        return "".join(self.task_outputs[t] for t in self.output_tasks.get(index, ()))
 
     def _fail_all(self, task: PlannedTask, positions: range, failure: TaskFailure) -> None:
         for k in positions:
