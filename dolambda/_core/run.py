@@ -233,6 +233,8 @@ def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
         return None  # what tqdm(disable=None) decides, without importing it
     from tqdm.auto import tqdm  # an optional dependency, imported only when a bar may show
 
+    widget = in_jupyter and _is_widget(tqdm)
+    options: dict[str, Any] = {"display": False} if widget else {}
     bar = tqdm(
         total=total,
         desc=f"dolambda[{backend}]",
@@ -240,11 +242,35 @@ def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
         leave=True,
         file=stream,
         disable=None if show is None else False,
+        **options,
     )
     if bar.disable:
         bar.close()
         return None
+    if widget:
+        # shown with a display id, so that closing it updates its text form too: a saved
+        # notebook (and any viewer without the widget's state) shows the final state
+        from IPython.display import display
+
+        shown: Any = bar  # a tqdm_notebook: it has a container (the widget)
+        shown.dolambda_display = display(shown.container, display_id=True)  # type: ignore[no-untyped-call]
     return bar
+
+
+def _is_widget(bar_type: type) -> bool:
+    """Whether tqdm.auto picked the Jupyter widget bar (ipywidgets is installed)."""
+    try:
+        from tqdm.notebook import tqdm_notebook
+    except ImportError:  # pragma: no cover - tqdm always has it
+        return False
+    return issubclass(bar_type, tqdm_notebook)
+
+
+def _close_bar(bar: Any) -> None:
+    bar.close()
+    shown = getattr(bar, "dolambda_display", None)
+    if shown is not None:
+        shown.update(bar.container)  # the widget's text form: its final state, not 0%
 
 
 # --------------------------------------------------------------------------- the engine
@@ -343,7 +369,7 @@ class JobRun:
             await self._drive(ctx)
         finally:
             if self.bar is not None:
-                self.bar.close()
+                _close_bar(self.bar)
         return self._conclude(ctx, digest)
 
     # ------------------------------------------------------------------ before
