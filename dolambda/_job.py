@@ -173,19 +173,23 @@ class Job:
             return
         ctx = self._engine.context
         queued = ctx.queued() if ctx is not None and ctx.queued is not None else None
-        if queued is None:
-            _say(f"cancelling job {self.id}: stopping its tasks; Ctrl-C again to leave at once")
-        else:
-            _say(
-                f"cancelling job {self.id}: deleting {queued} queued task"
-                f"{'' if queued == 1 else 's'}; Ctrl-C again to leave them"
-            )
-        self.cancel()
-        ended = _sync.finish_cancelling(future)
+        self._left = True  # until the cancel is seen through (a Ctrl-C may come at any point)
+        try:
+            self.cancel()
+            if queued is None:
+                _say(f"cancelling job {self.id}: stopping its tasks; Ctrl-C again to leave at once")
+            else:
+                _say(
+                    f"cancelling job {self.id}: deleting {queued} queued task"
+                    f"{'' if queued == 1 else 's'}; Ctrl-C again to leave them"
+                )
+            ended = _sync.finish_cancelling(future)
+        except KeyboardInterrupt:
+            ended = "left"
         if ended == "done":
+            self._left = False
             _say(f"job {self.id} cancelled")
             return
-        self._left = True
         if ended == "timeout":
             _say(f"job {self.id}: gave up waiting for its cancel after {_sync.CANCEL_WAIT:g} s")
         else:
@@ -346,15 +350,17 @@ def _dispatched(ctx: JobContext, future: concurrent.futures.Future[Any]) -> bool
     return ctx.attachable
 
 
-def _leave_at_exit() -> None:
+def _leave_at_exit() -> bool:
     """At interpreter exit, before the portal closes: every running job winds down,
-    is left for Job.attach or is cancelled (see Job._leave); waits a bounded time."""
+    is left for Job.attach or is cancelled (see Job._leave); waits a bounded time.
+    Returns whether a job is still running (one a second Ctrl-C left, or a timeout)."""
     with _RUNNING_LOCK:
         jobs = list(_RUNNING)
     waits = [job._future for job in jobs if job._leave() and job._future is not None]
     if waits:
         with contextlib.suppress(KeyboardInterrupt):
             concurrent.futures.wait(waits, timeout=_sync.CANCEL_WAIT)
+    return any(job._future is not None and not job._future.done() for job in jobs)
 
 
 _sync.on_portal_exit(_leave_at_exit)

@@ -30,7 +30,7 @@ _portal_lock = threading.Lock()
 _portal_loop: asyncio.AbstractEventLoop | None = None
 _portal_thread: threading.Thread | None = None
 #: called (in the exiting thread) before the portal shuts down: see on_portal_exit
-_exit_hooks: list[Callable[[], None]] = []
+_exit_hooks: list[Callable[[], bool]] = []
 
 #: seconds a Ctrl-C waits for a cancelled coroutine's cleanup before leaving it
 CANCEL_WAIT = 30.0
@@ -84,9 +84,11 @@ async def at_loop_shutdown(closer: Callable[[], Coroutine[Any, Any, None]]) -> A
     return agen
 
 
-def on_portal_exit(hook: Callable[[], None]) -> None:
+def on_portal_exit(hook: Callable[[], bool]) -> None:
     """Run ``hook()`` at interpreter exit, before the portal's loop shuts down (while
-    coroutines on it can still finish their cleanup)."""
+    coroutines on it can still finish their cleanup); it returns True when it leaves
+    something running there (the portal then stops without closing its generators,
+    which would fail under the running code: the process is leaving it)."""
     _exit_hooks.append(hook)
 
 
@@ -94,12 +96,14 @@ def _stop_portal() -> None:
     loop = _portal_loop
     if loop is None or not loop.is_running():
         return
+    busy = False
     for hook in _exit_hooks:
         with contextlib.suppress(Exception):
-            hook()
-    # as asyncio.run does on its way out: what at_loop_shutdown registered runs
-    with contextlib.suppress(BaseException):
-        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+            busy = hook() or busy
+    if not busy:
+        # as asyncio.run does on its way out: what at_loop_shutdown registered runs
+        with contextlib.suppress(BaseException):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
     loop.call_soon_threadsafe(loop.stop)
 
 

@@ -4,6 +4,7 @@ bucket inspected. A script's stderr never shows dolambda's own tracebacks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
-from dolambda import Job, LambdaBackend
+from dolambda import DolambdaError, Job, LambdaBackend
 from dolambda.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,3 +303,52 @@ def test_ctrl_c_on_local_processes_is_quiet(tmp_path: Path) -> None:
     assert re.search(r"dolambda: job \S+ cancelled", stderr), stderr
     assert_quiet(stderr)
     assert settle(lambda: started(tmp_path), quiet_for=1.5, timeout=20) < 40
+
+
+def test_a_second_ctrl_c_leaves_at_once(lambda_emulator: Emulator, tmp_path: Path) -> None:
+    # the S3 the cancel talks to answers slowly (its withdraw takes 60 s): the second
+    # Ctrl-C must not wait for it
+    source = (
+        LAMBDA_SCRIPT
+        + """
+    import asyncio
+    from dolambda._backends.lambda_ import dispatch
+
+    withdraw = dispatch.withdraw
+
+    async def slow_withdraw(run, finished):
+        await asyncio.sleep(60)
+        await withdraw(run, finished)
+
+    dispatch.withdraw = slow_withdraw
+    try:
+        loop.do_lambda(body, backend=backend, progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    """
+    )
+    proc = start_script(source, tmp_path, **settings_env(lambda_emulator, tmp_path))
+    try:
+        wait_for(lambda: started(tmp_path) >= 1, 60, "an iteration to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "Ctrl-C again to leave them" in line, line
+        proc.send_signal(signal.SIGINT)
+        left_at = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - left_at
+    finally:
+        proc.kill()
+    assert took < 10, took
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stdout
+    assert re.search(r"dolambda: left job (\S+) as it was", stderr), stderr
+    assert_quiet(stderr)
+    job_id = re.search(r"cancelling job (\S+):", line)
+    assert job_id is not None
+    # the job was left as it was; stop it (one left before its plan was stored cannot be
+    # attached: attach then discards it, and says so)
+    with contextlib.suppress(DolambdaError):
+        Job.attach(job_id.group(1), LambdaBackend(**lambda_emulator.backend_settings())).cancel()
