@@ -128,6 +128,13 @@ class PortalFuture(concurrent.futures.Future[T]):
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
             self.loop.call_soon_threadsafe(self._cancel_task)
 
+    def cancel(self) -> bool:
+        """Cancel the coroutine (as when an ``await`` of this future is cancelled); the
+        future ends once the coroutine did, so this returns False (not cancelled yet)."""
+        if not self.done():
+            self.interrupt()
+        return False
+
     def _cancel_task(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -137,7 +144,7 @@ def submit_to_portal(coro: Coroutine[Any, Any, T]) -> PortalFuture[T]:
     """Run ``coro`` on the portal's loop; its future is done once ``coro`` returned."""
     loop = portal_loop()
     future: PortalFuture[T] = PortalFuture(loop)
-    future.set_running_or_notify_cancel()  # cancelled through interrupt(), never cancel()
+    future.set_running_or_notify_cancel()  # from now on, cancel() interrupts the coroutine
 
     def settle(task: asyncio.Task[T]) -> None:
         if task.cancelled():

@@ -352,3 +352,21 @@ def test_a_second_ctrl_c_leaves_at_once(lambda_emulator: Emulator, tmp_path: Pat
     # attached: attach then discards it, and says so)
     with contextlib.suppress(DolambdaError):
         Job.attach(job_id.group(1), LambdaBackend(**lambda_emulator.backend_settings())).cancel()
+
+
+async def test_cancelling_an_await_of_a_job_stops_the_job() -> None:
+    import asyncio
+
+    from dolambda import foreach
+    from tests.helpers import LOCAL2
+
+    job = foreach(x=range(40)).chunk_size(1).submit(_slow, backend=LOCAL2, progress=False)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(job, timeout=0.5)
+    await asyncio.to_thread(wait_for, job.done, 20, "the job to stop")
+    assert job.progress.done < 40
+
+
+def _slow(x: int) -> int:
+    time.sleep(0.3)
+    return x
