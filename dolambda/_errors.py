@@ -79,7 +79,9 @@ class TaskError(DolambdaError):
     ``index`` is the 0-based iteration index (for nested loops, ``path`` holds the
     index at every level), ``variables`` the iteration's variables as the client
     knows them, ``remote_traceback`` the formatted traceback from the worker and
-    ``exception`` the original exception when it could be carried back.
+    ``exception`` the original exception when it could be carried back, and ``output``
+    the last lines its task wrote to stdout and stderr before it failed (on the
+    backends that run tasks in other processes; ``job.output(index)`` has all of it).
 
     >>> from dolambda import TaskError, foreach
     >>> try:
@@ -99,6 +101,7 @@ class TaskError(DolambdaError):
         error_type: str = "",
         remote_traceback: str = "",
         exception: BaseException | None = None,
+        output: str = "",
     ) -> None:
         super().__init__(message)
         self.index = index
@@ -107,9 +110,13 @@ class TaskError(DolambdaError):
         self.error_type = error_type
         self.remote_traceback = remote_traceback
         self.exception = exception
+        #: the last lines its task wrote to stdout/stderr before it failed (remote backends)
+        self.output = output
 
     def __str__(self) -> str:
         text = super().__str__()
+        if self.output:
+            text += "\n\nOutput of its task (last lines):\n" + self.output.rstrip()
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text

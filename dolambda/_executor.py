@@ -399,7 +399,8 @@ class Executor(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; with ``cancel_futures``, cancel calls still waiting for their
-        batch and stop running ``map`` jobs; with ``wait``, block until the rest is done.
+        batch and stop running ``map`` jobs; with ``wait``, block until the rest is done
+        and every job of this executor has wound down (``with Executor() as ex:`` ends so).
         Calls already waiting for a batch are started at once rather than after the
         batch window."""
         with self._lock:
@@ -418,6 +419,17 @@ class Executor(concurrent.futures.Executor):
             _sync.portal_loop().call_soon_threadsafe(self._flush)
         if wait:
             concurrent.futures.wait(outstanding)
+            self._wait_for_jobs()
+
+    def _wait_for_jobs(self) -> None:
+        """Wait until this executor's jobs have wound down (their backends' cleanup:
+        on Lambda, the job's objects deleted), not only until their futures are set:
+        a process that exits next then leaves nothing running on the helper loop."""
+        if _on_portal_thread():
+            return  # (a future callback: the jobs cannot finish while it blocks)
+        with self._lock:
+            jobs = [job._future for job in self._jobs | self._map_jobs]
+        concurrent.futures.wait([f for f in jobs if f is not None])
 
     def _cancel_map_jobs(self) -> None:
         with self._lock:

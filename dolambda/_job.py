@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import secrets
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
@@ -19,13 +20,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from dolambda import _sync
-from dolambda._backends.base import Backend
+from dolambda._backends.base import Backend, JobContext
 from dolambda._core.run import JobRun
 from dolambda._core.spec import LoopSpec
 from dolambda._core.tasks import InnerDone, PlannedTask
 from dolambda._errors import DolambdaError
 from dolambda._registry import resolve_remote_backend
 from dolambda._stats import JobStats
+
+#: jobs started on the portal and not finished: what the process leaves at exit
+_RUNNING: set[Job] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _say(message: str) -> None:
+    """A word to the user on stderr (the program's stdout stays its own)."""
+    print(f"dolambda: {message}", file=sys.stderr, flush=True)
 
 
 def new_job_id() -> str:
@@ -87,7 +97,8 @@ class Job:
         self._finished = False
         self._task: asyncio.Task[Any] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
-        self._future: concurrent.futures.Future[Any] | None = None
+        self._future: _sync.PortalFuture[Any] | None = None
+        self._left = False  # a second Ctrl-C left it as it was
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "running"
@@ -109,6 +120,15 @@ class Job:
     def done(self) -> bool:
         return self._finished
 
+    def output(self, index: int) -> str:
+        """What the task that ran iteration ``index`` wrote to stdout and stderr (its
+        prints, warnings and logging), the last 64 KiB of it; a task runs a chunk of
+        iterations, so this is the output of the whole chunk. Captured on the backends
+        that run tasks in other processes (local processes, Lambda); "" when the task
+        wrote nothing, and on the sequential backend, whose output is this process's own.
+        """
+        return self._engine.output(index)
+
     def plot(self, kind: str = "timeline", ax: Any = None) -> Any:
         """A matplotlib figure of the job: ``"timeline"`` (one row per worker, a bar per
         task, cold starts marked) or ``"durations"`` (a histogram). Needs matplotlib."""
@@ -121,7 +141,7 @@ class Job:
         try:
             return self._future.result(timeout)
         except KeyboardInterrupt:
-            self.cancel()
+            self._cancel_interrupted()
             raise
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -143,6 +163,39 @@ class Job:
         # else the job has not started on the portal yet: the engine sees cancel_requested
         # when it starts and ends with JobCancelled (cancelling the portal's future here
         # would make result() raise a bare CancelledError and leave that error unread)
+
+    def _cancel_interrupted(self) -> None:
+        """Ctrl-C while waiting: finish the cancel (the cancel marker, the queued tasks
+        deleted) before the KeyboardInterrupt goes on, at most ``_sync.CANCEL_WAIT``
+        seconds; a second Ctrl-C leaves the job as it is."""
+        future = self._future
+        if future is None or future.done():
+            return
+        ctx = self._engine.context
+        queued = ctx.queued() if ctx is not None and ctx.queued is not None else None
+        self._left = True  # until the cancel is seen through (a Ctrl-C may come at any point)
+        try:
+            self.cancel()
+            if queued is None:
+                _say(f"cancelling job {self.id}: stopping its tasks; Ctrl-C again to leave at once")
+            else:
+                _say(
+                    f"cancelling job {self.id}: deleting {queued} queued task"
+                    f"{'' if queued == 1 else 's'}; Ctrl-C again to leave them"
+                )
+            ended = _sync.finish_cancelling(future)
+        except KeyboardInterrupt:
+            ended = "left"
+        if ended == "done":
+            self._left = False
+            _say(f"job {self.id} cancelled")
+            return
+        if ended == "timeout":
+            _say(f"job {self.id}: gave up waiting for its cancel after {_sync.CANCEL_WAIT:g} s")
+        else:
+            _say(f"left job {self.id} as it was: its queued tasks may still run")
+        if ctx is not None and ctx.attachable:
+            _say(f"stop them with Job.attach({self.id!r}, backend).cancel()")
 
     def as_completed(self) -> Completed:
         """``(index, value)`` for each top-level iteration as it is combined, in
@@ -199,7 +252,7 @@ class Job:
                 if finished and not batch:
                     break
         except KeyboardInterrupt:
-            self.cancel()
+            self._cancel_interrupted()
             raise
         self.result()  # the job has finished: surface its error, if any
 
@@ -223,6 +276,8 @@ class Job:
     def start_on_portal(self) -> Job:
         """Run the job on the helper thread's loop: ``result()`` may then block anywhere
         and ``await job`` works from any event loop."""
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
         self._future = _sync.submit_to_portal(self._run_here())
         # a coroutine cancelled before it ran (the portal shutting down) never runs _run's
         # cleanup: end the waits of as_completed here too
@@ -246,7 +301,32 @@ class Job:
     def _mark_finished(self) -> None:
         with self._events_lock:
             self._finished = True
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
         self._notify()
+
+    def _leave(self) -> bool:
+        """The process exits while this job runs: a job that is winding down finishes;
+        one that an attach can resume is left running for it (and the user told how);
+        any other is cancelled. Returns whether there is something to wait for."""
+        if self._left or self._future is None or self._future.done():
+            return False
+        engine, ctx = self._engine, self._engine.context
+        if engine.cancel_requested or engine.answered:
+            return True  # its cleanup is under way
+        if self.backend.keeps_records and ctx is not None and _dispatched(ctx, self._future):
+            _say(
+                f"job {self.id} is still running on the {self.backend.name} backend "
+                f"({self.progress}) as this process exits; resume it with "
+                f"Job.attach({self.id!r}, backend), or cancel it with "
+                f"Job.attach({self.id!r}, backend).cancel()"
+            )
+            ctx.detached = True
+            self._future.interrupt()
+        else:
+            _say(f"job {self.id} was still running as this process exits: cancelling it")
+            self.cancel()
+        return True
 
     def _notify(self) -> None:
         with self._events_changed:
@@ -259,6 +339,31 @@ class Job:
         with self._events_lock:
             self._events.append((indexes, values))
         self._notify()
+
+
+def _dispatched(ctx: JobContext, future: concurrent.futures.Future[Any]) -> bool:
+    """Whether the job's plan is stored (so Job.attach can resume it), waiting a bounded
+    time for a dispatch under way to store it."""
+    deadline = time.monotonic() + _sync.CANCEL_WAIT
+    while not ctx.attachable and not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ctx.attachable
+
+
+def _leave_at_exit() -> bool:
+    """At interpreter exit, before the portal closes: every running job winds down,
+    is left for Job.attach or is cancelled (see Job._leave); waits a bounded time.
+    Returns whether a job is still running (one a second Ctrl-C left, or a timeout)."""
+    with _RUNNING_LOCK:
+        jobs = list(_RUNNING)
+    waits = [job._future for job in jobs if job._leave() and job._future is not None]
+    if waits:
+        with contextlib.suppress(KeyboardInterrupt):
+            concurrent.futures.wait(waits, timeout=_sync.CANCEL_WAIT)
+    return any(job._future is not None and not job._future.done() for job in jobs)
+
+
+_sync.on_portal_exit(_leave_at_exit)
 
 
 class Completed:

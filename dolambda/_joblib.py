@@ -141,10 +141,11 @@ class DolambdaJoblibBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ig
         return out.result()
 
     def terminate(self) -> None:
-        """The Parallel call is over: release the Executor (the dolambda backend's
-        warm workers stay up for the next call)."""
+        """The Parallel call is over: release the Executor once its jobs wound down
+        (their futures are all set by now; this waits for the backend's cleanup), so
+        nothing of the call is left running; the backend's warm workers stay up."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=True)
             self._executor = None
         self.reset_batch_stats()
 

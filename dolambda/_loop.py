@@ -14,6 +14,7 @@ its stats and cost, on stderr too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -93,7 +94,11 @@ class Loop(LoopSpec, metaclass=_LoopType):
 
     @staticmethod
     def _wait(job: Job) -> Any:
-        return _sync.run_sync(job._run(), portal=job.backend.run_on_portal)
+        if job.backend.run_on_portal or _sync.in_running_loop():
+            # on the helper loop; Job.result() finishes a cancel on Ctrl-C
+            return job.start_on_portal().result()
+        with asyncio.Runner() as runner:  # Ctrl-C cancels the job, which stops its workers
+            return runner.run(job._run())
 
     def do(self, fn: Callable[..., Any] | None = None, *, progress: bool | None = None) -> Any:
         """R's ``%do%``: run every iteration sequentially in this process."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,22 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         if out.get("output_type") == "error"
     ]
     assert not errors
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            check_bars_and_summaries(cell)
+
+
+def check_bars_and_summaries(cell: Any) -> None:
+    """A saved progress bar shows its final state (its text form, what a viewer without
+    the widget's state shows), and each job's summary line appears once."""
+    outputs = cell.get("outputs", [])
+    bars = [
+        out["data"]["text/plain"]
+        for out in outputs
+        if "dolambda[" in out.get("data", {}).get("text/plain", "")
+    ]
+    for bar in bars:
+        assert "100%" in bar and " 0%" not in bar, (cell.source, bar)
+    text = "".join(out.get("text", "") for out in outputs if out.get("output_type") == "stream")
+    summaries = re.findall(r"\d+ iterations in \d+ tasks?, [^\n]*", text)
+    assert len(summaries) == len(set(summaries)), (cell.source, summaries)

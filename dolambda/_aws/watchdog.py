@@ -42,7 +42,9 @@ from typing import Any
 
 from dolambda._core.execute import (
     CodeUnavailable,
+    OutputTail,
     WorkerState,
+    captured_output,
     failure_of,
     memory_used_mb,
     open_task,
@@ -89,6 +91,7 @@ class _Progress:
     blobs: list[bytes | None] = field(default_factory=list)
     errors: list[IterationError] = field(default_factory=list)
     child_peak_mb: float = 0.0
+    output: OutputTail = field(default_factory=OutputTail)  # what the body wrote
 
 
 class Watchdog:
@@ -181,6 +184,7 @@ class Watchdog:
                 errors=tuple(sorted(errors, key=lambda e: e.position)),
                 values=codec.join_values(progress.blobs) if progress.blobs else b"",
                 failure=failure,
+                output=progress.output.text(),
                 stats=task_stats(
                     stats,
                     started=started,
@@ -209,7 +213,9 @@ class Watchdog:
                 return self._died(task, progress, stats, outcome)
             kind = message[0]
             if kind == "it":
-                _, k, tick0, tick1, blob, error = message
+                _, k, tick0, tick1, blob, error, text = message
+                if text:
+                    progress.output.add(text)
                 if not progress.ticks:
                     progress.ticks.append(tick0)
                 progress.ticks.append(tick1)
@@ -357,20 +363,25 @@ def _run_one(
         job.positional,
     )
     paths = task.paths
-    for k, row in enumerate(rows):
-        # one row at a time, so each result reaches the parent as soon as it exists
-        run = run_iterations(
-            body,
-            names,
-            [row],
-            first=task.first + k,
-            paths=None if paths is None else paths[k : k + 1],
-            seed=seed,
-            positional=positional,
-        )
-        errors, blobs = codec.encode_each(run.values, run.errors)
-        _flush()  # what the body printed reaches the log before a kill could lose it
-        conn.send(("it", k, run.ticks[0], run.ticks[-1], blobs[0], errors.get(0)))
+    tail = OutputTail()  # the task's output, sent to the parent a row at a time
+    with captured_output(tail):
+        for k, row in enumerate(rows):
+            # one row at a time, so each result reaches the parent as soon as it exists
+            mark = tail.total
+            run = run_iterations(
+                body,
+                names,
+                [row],
+                first=task.first + k,
+                paths=None if paths is None else paths[k : k + 1],
+                seed=seed,
+                positional=positional,
+                tail=tail,
+            )
+            errors, blobs = codec.encode_each(run.values, run.errors)
+            _flush()  # what the body printed reaches the log before a kill could lose it
+            message = ("it", k, run.ticks[0], run.ticks[-1], blobs[0], errors.get(0))
+            conn.send((*message, tail.since(mark)))
     conn.send(("end", memory_used_mb()))
 
 

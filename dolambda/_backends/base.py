@@ -66,6 +66,15 @@ class JobContext:
     #: a backend that ships the user's code (:mod:`dolambda._code`)
     export: tuple[Any, ...] = ()
     noexport: tuple[str, ...] = ()
+    #: the client leaves the job running (its process exits): end the run without
+    #: stopping the job (no cancel marker, nothing deleted), so that attach resumes it
+    detached: bool = False
+    #: set by a backend that keeps records once the job's plan is stored: from then on
+    #: :meth:`Backend.attach` can resume it
+    attachable: bool = False
+    #: for a backend with a queue: how many tasks are sent and not answered yet (what
+    #: a cancel deletes); None otherwise
+    queued: Callable[[], int] | None = None
 
     @cached_property
     def positional(self) -> bool:
@@ -95,10 +104,12 @@ class TaskResult:
     failure: TaskFailure | None = None
     stats: TaskStats | None = None
     attempts: int = 1
+    #: what the task's iterations wrote to stdout and stderr (its last 64 KiB)
+    output: str = ""
 
     @classmethod
     def of_run(cls, task_id: int, run: ChunkRun) -> TaskResult:
-        return cls(task_id, run.values, run.ticks, run.errors)
+        return cls(task_id, run.values, run.ticks, run.errors, output=run.output)
 
     @property
     def compute_seconds(self) -> float:

@@ -132,4 +132,5 @@ def decode_outcome(outcome: TaskOutcome, attempts: int = 1) -> TaskResult:
         failure=outcome.failure,
         stats=outcome.stats,
         attempts=attempts,
+        output=outcome.output,
     )

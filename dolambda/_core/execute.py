@@ -4,19 +4,24 @@ Every backend ends here: the sequential backend calls :func:`run_iterations`
 directly; worker processes and the Lambda worker call :func:`run_task_blob`,
 which verifies and decodes a task, runs it through :func:`run_iterations` and
 encodes the outcome. Seeding, timing, capture of exceptions with their
-formatted traceback, and the worker's warm state (the loaded job) live here;
+formatted traceback, capture of a task's output (what its iterations write to
+``sys.stdout`` and ``sys.stderr``: prints, warnings, logging to a stream; still
+written through to the worker's own streams, the function's log), and the
+worker's warm state (the loaded job) live here;
 bytes are made and read by :mod:`dolambda._wire.codec`. No boto3, no S3: the
 Lambda side of the worker is :mod:`dolambda._aws.worker`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import platform
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -49,6 +54,93 @@ class ChunkRun:
     values: list[Any] = field(default_factory=list)
     ticks: list[float] = field(default_factory=list)
     errors: dict[int, IterationError] = field(default_factory=dict)
+    #: what the iterations wrote to stdout/stderr, the last OUTPUT_LIMIT characters
+    #: (only when run with ``capture=True``)
+    output: str = ""
+
+
+#: characters of a task's output its result carries (the last ones)
+OUTPUT_LIMIT = 64 * 1024
+#: lines of its task's output a failed iteration's error carries (up to the failure)
+ERROR_OUTPUT_LINES = 20
+
+
+class OutputTail:
+    """The last ``limit`` characters written to it."""
+
+    def __init__(self, limit: int = OUTPUT_LIMIT) -> None:
+        self.limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+        self.truncated = False
+        self.total = 0  # characters ever written (the part since a mark: see since)
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        self._size += len(text)
+        self.total += len(text)
+        if self._size > 2 * self.limit:  # trim now and then, not on every write
+            self._parts = [self.text()]
+            self._size = len(self._parts[0])
+
+    def text(self) -> str:
+        joined = "".join(self._parts)
+        if len(joined) > self.limit:
+            self.truncated = True
+            joined = joined[-self.limit :]
+        return joined
+
+    def since(self, mark: int) -> str:
+        """What was written after ``total`` was ``mark`` (as much of it as is kept)."""
+        new = self.total - mark
+        return self.text()[-new:] if new > 0 else ""
+
+    def last_lines(self, n: int) -> str:
+        return "\n".join(self.text().rstrip("\n").split("\n")[-n:]) if self._size else ""
+
+
+class _Tee:
+    """A text stream that keeps what is written in an OutputTail and writes it through."""
+
+    def __init__(self, stream: Any, tail: OutputTail) -> None:
+        self._stream = stream
+        self._tail = tail
+
+    def write(self, text: str) -> int:
+        self._tail.add(text)
+        if self._stream is not None:
+            with contextlib.suppress(Exception):  # a closed stream must not fail the body
+                self._stream.write(text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ...: the stream's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def captured_output(tail: OutputTail) -> Iterator[OutputTail]:
+    """Keep what is written to ``sys.stdout`` and ``sys.stderr`` in ``tail`` (both, in
+    the order written), writing it through. Not captured: writes to the file
+    descriptors themselves (C extensions, subprocesses), and logging handlers made
+    before with an explicit stream."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(out, tail), _Tee(err, tail)
+    try:
+        yield tail
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def binds_positionally(body: Callable[..., Any], names: Sequence[str]) -> bool:
@@ -75,13 +167,40 @@ def run_iterations(
     paths: Sequence[tuple[int, ...]] | None = None,
     seed: int | None = None,
     positional: bool | None = None,
+    capture: bool = False,
+    tail: OutputTail | None = None,
 ) -> ChunkRun:
     """Run ``body(**dict(zip(names, row)))`` for each row; never raises for the body.
 
     Iteration ``k`` is seeded from its path (``paths[k]``, or ``(first + k,)``).
     ``positional`` (see :func:`binds_positionally`; worked out when None) calls
     ``body(*row)`` instead, the same binding without building a dict per call.
+    ``capture`` keeps what the iterations write to stdout and stderr in the run's
+    ``output`` (a remote task's output; see :func:`captured_output`), and a failed
+    iteration's error carries the last lines of it. ``tail``: the caller captures into
+    it already (a task run one row at a time); errors carry its last lines.
     """
+    if tail is not None:
+        return _run_rows(body, names, rows, first, paths, seed, positional, tail)
+    if not capture:
+        return _run_rows(body, names, rows, first, paths, seed, positional, None)
+    tail = OutputTail()
+    with captured_output(tail):
+        run = _run_rows(body, names, rows, first, paths, seed, positional, tail)
+    run.output = tail.text()
+    return run
+
+
+def _run_rows(
+    body: Callable[..., Any],
+    names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    first: int,
+    paths: Sequence[tuple[int, ...]] | None,
+    seed: int | None,
+    positional: bool | None,
+    tail: OutputTail | None,
+) -> ChunkRun:
     if positional is None:
         positional = binds_positionally(body, names)
     run = ChunkRun()
@@ -108,6 +227,7 @@ def run_iterations(
                 error_type=type(exc).__qualname__,
                 error_message=_exception_text(exc),
                 traceback="".join(traceback.format_exception(exc)),
+                output="" if tail is None else tail.last_lines(ERROR_OUTPUT_LINES),
             )
         tick(clock())
     return run
@@ -334,6 +454,7 @@ def run_task_blob(
         values: bytes = b"",
         failure: TaskFailure | None = None,
         attempt: int = 0,
+        output: str = "",
     ) -> TaskOutcome:
         return TaskOutcome(
             job_id=job_id,
@@ -343,6 +464,7 @@ def run_task_blob(
             errors=errors,  # type: ignore[arg-type]
             values=values,
             failure=failure,
+            output=output,
             stats=task_stats(
                 extra,
                 started=started,
@@ -370,9 +492,10 @@ def run_task_blob(
             paths=task.paths,
             seed=job.manifest.seed,
             positional=job.positional,
+            capture=True,
         )
         errors, values = codec.encode_run(run.values, run.errors)
-        return finish(run.ticks, errors, values, attempt=task.attempt)
+        return finish(run.ticks, errors, values, attempt=task.attempt, output=run.output)
     except Exception as exc:
         # the attempt it answers, when the task verifies (the client ignores older ones)
         try:

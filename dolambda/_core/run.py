@@ -189,6 +189,7 @@ def iteration_error(leaf: Leaf, err: IterationError, original: BaseException | N
         error_type=err.error_type,
         remote_traceback=err.traceback,
         exception=original,
+        output=err.output,
     )
 
 
@@ -232,6 +233,8 @@ def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
         return None  # what tqdm(disable=None) decides, without importing it
     from tqdm.auto import tqdm  # an optional dependency, imported only when a bar may show
 
+    widget = in_jupyter and _is_widget(tqdm)
+    options: dict[str, Any] = {"display": False} if widget else {}
     bar = tqdm(
         total=total,
         desc=f"dolambda[{backend}]",
@@ -239,11 +242,35 @@ def _progress_bar(show: bool | None, total: int | None, backend: str) -> Any:
         leave=True,
         file=stream,
         disable=None if show is None else False,
+        **options,
     )
     if bar.disable:
         bar.close()
         return None
+    if widget:
+        # shown with a display id, so that closing it updates its text form too: a saved
+        # notebook (and any viewer without the widget's state) shows the final state
+        from IPython.display import display
+
+        shown: Any = bar  # a tqdm_notebook: it has a container (the widget)
+        shown.dolambda_display = display(shown.container, display_id=True)  # type: ignore[no-untyped-call]
     return bar
+
+
+def _is_widget(bar_type: type) -> bool:
+    """Whether tqdm.auto picked the Jupyter widget bar (ipywidgets is installed)."""
+    try:
+        from tqdm.notebook import tqdm_notebook
+    except ImportError:  # pragma: no cover - tqdm always has it
+        return False
+    return issubclass(bar_type, tqdm_notebook)
+
+
+def _close_bar(bar: Any) -> None:
+    bar.close()
+    shown = getattr(bar, "dolambda_display", None)
+    if shown is not None:
+        shown.update(bar.container)  # the widget's text form: its final state, not 0%
 
 
 # --------------------------------------------------------------------------- the engine
@@ -289,11 +316,16 @@ class JobRun:
         self.mode = leaf_error_mode(loop)
         self.tree = CombineTree(loop, on_top)
         self.pending: dict[int, PlannedTask] = {}  # planned, not yet answered
+        self.planned_all = False  # the task source is exhausted
         # seconds the body ran and iterations that ran: the next run's chunk size
         self.compute_seconds = 0.0
         self.computed = 0
         self.bar: Any = None
         self.print_summary = False
+        # captured output by task id, and the tasks that ran each top-level iteration
+        # (only tasks that wrote something)
+        self.task_outputs: dict[int, str] = {}
+        self.output_tasks: dict[int, list[int]] = {}
 
     async def run(self) -> Any:
         """Run the job to its combined result; JobCancelled when it was cancelled."""
@@ -314,6 +346,11 @@ class JobRun:
         finally:
             self._count(started)
 
+    @property
+    def answered(self) -> bool:
+        """Every task was planned and answered: what is left is the backend's cleanup."""
+        return self.planned_all and not self.pending
+
     def _count(self, started: float) -> None:
         self.stats.wall_time = time.perf_counter() - started
         self.stats.iterations = self.done
@@ -333,7 +370,7 @@ class JobRun:
             await self._drive(ctx)
         finally:
             if self.bar is not None:
-                self.bar.close()
+                _close_bar(self.bar)
         return self._conclude(ctx, digest)
 
     # ------------------------------------------------------------------ before
@@ -390,6 +427,7 @@ class JobRun:
                 await asyncio.sleep(0)
                 yielded_at = time.perf_counter()
         self.total = planned_leaves
+        self.planned_all = True
         if self.bar is not None:
             self.bar.total = planned_leaves
             self.bar.refresh()
@@ -430,6 +468,8 @@ class JobRun:
             raise job_failure_error(self.job_id, self.backend.name, result.failure)
         values, errors = result.values, result.errors
         ran = min(len(values), len(task))
+        if result.output:
+            self._keep_output(task, ran, result.output)
         self.compute_seconds += result.compute_seconds
         self.computed += len(values)
         if not ran:
@@ -454,6 +494,15 @@ class JobRun:
         elif ran < len(task) and not ctx.cancelled.is_set():
             lost = TaskFailure(kind="lost", message="the worker returned no outcome for it")
             self._fail_all(task, range(ran, len(task)), lost)
+
+    def _keep_output(self, task: PlannedTask, ran: int, output: str) -> None:
+        self.task_outputs[task.task_id] = output
+        for index in dict.fromkeys(task.path(k)[0] for k in range(ran)):
+            self.output_tasks.setdefault(index, []).append(task.task_id)
+
+    def output(self, index: int) -> str:
+        """What the task(s) that ran top-level iteration ``index`` wrote (see Job.output)."""
+        return "".join(self.task_outputs[t] for t in self.output_tasks.get(index, ()))
 
     def _fail_all(self, task: PlannedTask, positions: range, failure: TaskFailure) -> None:
         for k in positions:

@@ -16,10 +16,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# 5: the "load" and "code" failure kinds, the manifest lists the job's code archives
+# 6: a task's captured output (TaskOutcome.output, IterationError.output); 5: the "load"
+# and "code" failure kinds, the manifest lists the job's code archives
 # (``code``, installed before the body loads); 4: dolambda.rng pickles as
 # dolambda._core.seeds.rng (was dolambda._worker)
-WIRE_VERSION = 5
+WIRE_VERSION = 6
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
@@ -98,6 +99,8 @@ class IterationError(_Model):
     error_type: str
     error_message: str
     traceback: str = ""
+    #: the last lines its task printed (stdout, stderr, warnings, logging) up to the failure
+    output: str = ""
 
 
 class TaskFailure(_Model):
@@ -131,7 +134,9 @@ class TaskOutcome(_Model):
     from ``ticks[k]`` to ``ticks[k + 1]``. ``values`` is a pickle of a list aligned
     with the iterations that ran: each successful
     iteration's result and each failed one's exception object (or ``None`` when it
-    could not be pickled); ``errors`` describes the failed ones.
+    could not be pickled); ``errors`` describes the failed ones. ``output`` is what
+    the task's iterations wrote to stdout and stderr (prints, warnings, logging to a
+    stream), its last ``OUTPUT_LIMIT`` characters (:mod:`dolambda._core.execute`).
     """
 
     wire_version: int = WIRE_VERSION
@@ -143,6 +148,7 @@ class TaskOutcome(_Model):
     values: bytes = b""
     failure: TaskFailure | None = None
     stats: TaskStats = TaskStats()
+    output: str = ""
 
     @property
     def ran(self) -> int:

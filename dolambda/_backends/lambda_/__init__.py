@@ -67,6 +67,7 @@ The walk of one job, module by module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -179,9 +180,7 @@ class LambdaBackend(Backend):
         self.memory_mb = self.settings.memory_mb
         self.architecture = self.settings.architecture
         self._checked_setup = False
-        self._shared: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, dict[str, Any]]
-        ] = weakref.WeakKeyDictionary()
+        self._keep_warm_clients()
         # aioboto3 sessions for runs on other loops (async callers), one set per thread:
         # botocore sessions are not thread-safe, and a new one costs ~100 ms a job
         self._sessions = threading.local()
@@ -202,8 +201,18 @@ class LambdaBackend(Backend):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._shared = weakref.WeakKeyDictionary()
+        self._keep_warm_clients()
         self._sessions = threading.local()
+
+    def _keep_warm_clients(self) -> None:
+        """The warm clients, per event loop and region; closed on their own loop when
+        that loop shuts down, or when this backend is dropped while the loop runs on
+        (the portal's): left to the garbage collector, aiohttp would find them unclosed."""
+        self._shared: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
+        closer = weakref.finalize(self, _close_warm_clients, self._shared)
+        closer.atexit = False  # at exit the loops close them (they shut down their generators)
 
     @classmethod
     def from_config(cls, **overrides: Any) -> LambdaBackend:
@@ -389,6 +398,7 @@ class LambdaBackend(Backend):
                     concurrency = self.max_concurrency or _backups.DEFAULT_CONCURRENCY
                     backups = _backups.Backups(self.backup_policy, concurrency)
                 run = RunState(self.settings, s3, job, sealed, pool, backups)
+                job.queued = lambda: len(run.pending)
                 finished = False
                 try:
                     producers = [dispatch.send_tasks(run, tasks), gather.gather_results(run)]
@@ -475,3 +485,17 @@ class LambdaBackend(Backend):
             return blob is not None and json.loads(blob)["function_name"] == self.function_name
         except (ValueError, KeyError, TypeError):
             return False
+
+
+def _close_warm_clients(
+    shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, dict[str, Any]]],
+) -> None:
+    """A dropped backend's warm clients: each closes on its own loop, if that still runs."""
+    for loop, per_loop in list(shared.items()):
+        if loop.is_closed() or not loop.is_running():
+            continue  # (a loop that shut down closed them already)
+        for entry in list(per_loop.values()):
+            keeper = entry.get("keeper")
+            if keeper is not None:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(keeper.aclose(), loop)

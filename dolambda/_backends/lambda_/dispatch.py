@@ -117,6 +117,7 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
             # after an attach), which needs the plan too, so they go up now, before it
             await put_job_objects(run)
         await _put_plan(run)
+    job.attachable = True  # (an attached job was, and stays, attachable)
     run.dispatch_done = True
     run.sent_any.set()  # (a job with no task at all)
     run.wake.set()
@@ -152,8 +153,11 @@ async def resend(run: RunState, task_id: int, entry: Pending) -> None:
 
 async def withdraw(run: RunState, finished: bool) -> None:
     """The job is over: a stopped job's queued tasks are cancelled (workers then skip
-    them); unless ``keep``, the job's objects are deleted. Errors are ignored."""
+    them); unless ``keep``, the job's objects are deleted. Errors are ignored. A
+    detached job (the client left it running, for ``Job.attach``) is left as it is."""
     job, s3, p = run.job, run.s3, run.prefix
+    if job.detached:
+        return
     with contextlib.suppress(Exception):
         stopped = not finished or job.cancelled.is_set()
         cleanup = not run.settings.keep and (finished or job.cancelled.is_set())
