@@ -17,9 +17,10 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from dolambda import _sync
+from dolambda._aws.endpoint import refused
 from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
 from dolambda._aws.invoke import Invoker
-from dolambda._errors import ConfigError
+from dolambda._errors import ConfigError, StorageError
 
 
 @dataclass
@@ -213,6 +214,9 @@ async def open_s3(
     if shared is not None and "s3" in shared:
         yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
         return
+    down = refused(endpoint_url)
+    if down is not None:  # fail now, not after botocore's retries (~26 s)
+        raise StorageError(f"cannot reach bucket {bucket!r}: {down}")
     session_key = (profile, region, tuple(sorted((credentials or {}).items())))
     session = None if sessions is None else sessions.get(session_key)
     if session is None:
