@@ -26,10 +26,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
-from dolambda._core.execute import CodeUnavailable, WorkerState, run_task_blob
+from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.models import TaskFailure, TaskOutcome, TaskStats
+from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskStats
 
 
 def process_s3_task(
@@ -79,6 +79,24 @@ def process_s3_task(
                 "Run the job again"
             ) from exc
 
+    def fetch_job() -> tuple[bytes, bytes]:
+        manifest = get(_keys.manifest_key(prefix, job_id))
+        # the body is stored by its digest, which the (verified) manifest names
+        digest = codec.unseal_model(
+            JobManifest, manifest, key=signing_key, context=codec.manifest_context(job_id)
+        ).body_digest
+        body_key = _keys.body_key(prefix, digest)
+        try:
+            return manifest, get(body_key)
+        except Exception as exc:
+            if kind_of(exc) not in OBJECT_MISSING:
+                raise
+            raise BodyNotLoaded(
+                f"the body of job {job_id}, s3://{bucket}/{body_key}, does not exist; nothing "
+                "of the job can run. It is uploaded before the job's tasks: was it deleted "
+                "(by a lifecycle rule?) while the job ran? Run the job again"
+            ) from exc
+
     if inline_task is not None:
         blob = inline_task
     else:
@@ -99,10 +117,7 @@ def process_s3_task(
         key=signing_key,
         job_id=job_id,
         task_id=task_id,
-        fetch_job=lambda: (
-            get(_keys.manifest_key(prefix, job_id)),
-            get(_keys.body_key(prefix, job_id)),
-        ),
+        fetch_job=fetch_job,
         stats=stats,
         fetch_code=get_code,
     )

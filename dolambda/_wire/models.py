@@ -16,10 +16,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# 5: the "load" and "code" failure kinds, the manifest lists the job's code archives
-# (``code``, installed before the body loads); 4: dolambda.rng pickles as
-# dolambda._core.seeds.rng (was dolambda._worker)
-WIRE_VERSION = 5
+# 6: a body is signed for its digest (``bodies/<sha256>``), not its job, and stored under
+# ``<prefix>/bodies/``; 5: the "load" and "code" failure kinds, the manifest lists the
+# job's code archives (``code``, installed before the body loads); 4: dolambda.rng
+# pickles as dolambda._core.seeds.rng (was dolambda._worker)
+WIRE_VERSION = 6
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "local"]
