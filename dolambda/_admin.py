@@ -20,6 +20,8 @@ class JobInfo:
     tasks: int | None
     results: int
     cancelled: bool
+    #: sha256 of the job's body (its manifest's ``body_digest``; None: unknown)
+    body_digest: str | None = None
     #: why the job's signed objects could not be read ("": they could, or there are none):
     #: its age and task count are then unknown, and nothing of it is trusted
     unverified: str = ""
@@ -71,6 +73,7 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
         return data if isinstance(data, dict) else None
 
     manifest = await read(_keys.manifest_key(p, job_id), codec.manifest_context(job_id))
+    named = None if manifest is None else manifest.get("body_digest")
     made = None if manifest is None else manifest.get("created_at")
     if isinstance(made, int | float):
         created = float(made)
@@ -81,7 +84,15 @@ async def _job_info(s3: S3, backend: LambdaBackend, job_id: str) -> JobInfo:
     results = 0
     async for _ in s3.list_keys(_keys.results_dir(p, job_id)):
         results += 1
-    return JobInfo(job_id, created, tasks, results, _keys.cancel_key(p, job_id) in keys, unverified)
+    return JobInfo(
+        job_id,
+        created,
+        tasks,
+        results,
+        _keys.cancel_key(p, job_id) in keys,
+        body_digest=named if isinstance(named, str) else None,
+        unverified=unverified,
+    )
 
 
 async def list_jobs(backend: LambdaBackend) -> list[JobInfo]:
@@ -99,24 +110,32 @@ async def cleanup_jobs(
     *,
     dry_run: bool = False,
     skipped: list[JobInfo] | None = None,
+    bodies: list[str] | None = None,
 ) -> list[str]:
-    """Delete every object of jobs created more than ``older_than`` seconds ago.
+    """Delete every object of jobs created more than ``older_than`` seconds ago, and the
+    shared bodies (``bodies/``) last written before then that no remaining job names
+    (their keys are added to ``bodies``).
 
     A job whose manifest cannot be verified (no signing key, another key) has no
-    trusted age: it is left alone and added to ``skipped``."""
+    trusted age: it is left alone and added to ``skipped`` (and no body is deleted:
+    which ones it needs is unknown)."""
     region = resolve_region(backend.region, backend.profile)
     cutoff = time.time() - older_than
     removed: list[str] = []
+    kept: set[str | None] = set()  # the bodies of the jobs that stay
+    blind = False
     async with backend._open(region, 16, RequestCounter()) as s3:
         roots = await s3.list_prefixes(_keys.jobs_root(backend.prefix))
         for root in roots:
             job_id = root.rstrip("/").rsplit("/", 1)[-1]
             info = await _job_info(s3, backend, job_id)
             if info.unverified:
+                blind = True
                 if skipped is not None:
                     skipped.append(info)
                 continue
             if info.created_at is not None and info.created_at > cutoff:
+                kept.add(info.body_digest)
                 continue
             removed.append(job_id)
             if dry_run:
@@ -128,4 +147,18 @@ async def cleanup_jobs(
                 _keys.job_dir(p, job_id),
             ):
                 await s3.delete_prefix(prefix)
+        if not blind:
+            unused = [
+                key
+                async for key, written in s3.list_written(_keys.bodies_root(backend.prefix))
+                if written < cutoff and _body_digest(key) not in kept
+            ]
+            if bodies is not None:
+                bodies.extend(unused)
+            if unused and not dry_run:
+                await s3.delete_keys(unused)
     return removed
+
+
+def _body_digest(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(".pkl")

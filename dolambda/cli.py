@@ -432,7 +432,8 @@ def _duration(text: str) -> float:
 @click.option("--dry-run", is_flag=True, help="only list what would be deleted")
 @signing_key_option
 def cleanup(older_than: str, dry_run: bool, **options: Any) -> None:
-    """Delete the objects of jobs older than --older-than.
+    """Delete the objects of jobs older than --older-than (and the stored loop bodies
+    written before then that no remaining job uses).
 
     \b
     Example:
@@ -443,9 +444,14 @@ def cleanup(older_than: str, dry_run: bool, **options: Any) -> None:
     age = _duration(older_than)
     backend = _backend(**options)
     skipped: list[Any] = []
-    removed = _sync.run_sync(cleanup_jobs(backend, age, dry_run=dry_run, skipped=skipped))
+    bodies: list[str] = []
+    removed = _sync.run_sync(
+        cleanup_jobs(backend, age, dry_run=dry_run, skipped=skipped, bodies=bodies)
+    )
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {len(removed)} job(s)" + (": " + ", ".join(removed) if removed else ""))
+    if bodies:
+        click.echo(f"{verb} {len(bodies)} loop body(ies) no remaining job uses")
     note = _unverified_note(skipped, "left alone (their age is unknown)")
     if note:
         click.echo(note, err=True)

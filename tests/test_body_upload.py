@@ -4,6 +4,7 @@ later jobs, compressed only when that pays, and the bytes sent are in the job's 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -174,3 +175,33 @@ def test_zlib_level_one_of_noise_is_what_the_sample_avoids() -> None:
     # the premise: zlib cannot shrink noise (it grows it), so compressing it is pure cost
     noise = os.urandom(256 * 1024)
     assert len(zlib.compress(noise, 1)) >= len(noise)
+
+
+def test_cleanup_deletes_old_bodies_no_remaining_job_uses(emu: Any) -> None:
+    from click.testing import CliRunner
+
+    from dolambda.cli import main
+
+    backend = LambdaBackend(**{**emu.backend_settings(), "keep": True})
+    shared, alone = make_body(300_000), make_body(300_000)
+    loop = foreach(x=range(2))
+    old_jobs = [loop.submit(fn, backend=backend, progress=False) for fn in (shared, alone)]
+    for job in old_jobs:
+        job.result()
+    time.sleep(1.5)  # deliberate: the jobs and bodies above must be older than 1 s
+    young = loop.submit(shared, backend=backend, progress=False)  # reuses the stored body
+    young.result()
+    assert young.stats is not None and young.stats.bytes_sent < 100_000
+    args = ["--bucket", emu.bucket, "--endpoint-url", emu.endpoint_url]
+    result = CliRunner().invoke(
+        main, ["cleanup", *args, "--older-than", "1s", "--signing-key", emu.signing_key]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(job.id in result.output for job in old_jobs) and young.id not in result.output
+    stored = keys_under(emu, _keys.bodies_root(emu.prefix))
+    key = {
+        fn: _keys.body_key(emu.prefix, codec.digest(codec.dumps_body(fn))) for fn in (shared, alone)
+    }
+    assert key[shared] in stored  # old, but the young job names it
+    assert key[alone] not in stored
+    assert "loop body(ies) no remaining job uses" in result.output

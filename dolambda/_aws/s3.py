@@ -164,6 +164,22 @@ class S3:
                 return
             token = page.get("NextContinuationToken")
 
+    async def list_written(self, prefix: str) -> AsyncIterator[tuple[str, float]]:
+        """Every key under ``prefix`` with when it was last written (epoch seconds)."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            self.counter.add("list")
+            with self._translated(prefix, "listing"):
+                page = await self.client.list_objects_v2(**kwargs)
+            for item in page.get("Contents", ()):
+                yield str(item["Key"]), float(item["LastModified"].timestamp())
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
     async def list_prefixes(self, prefix: str) -> list[str]:
         out: list[str] = []
         token: str | None = None
