@@ -310,7 +310,7 @@ def make_doctor_command(
         settings = settings_from_config(**options)
         results = doctor(settings, round_trip=round_trip_factory(settings) if round_trip else None)
         for result in results:
-            click.echo(str(result))
+            click.echo(cli_words(str(result)))
         if not all(r.ok for r in results):
             raise SystemExit(1)
 

@@ -224,13 +224,16 @@ def test_the_emulator_command_is_found_by_lambda_backend_and_the_cli(
     assert f"export DOLAMBDA_PROFILE={EMULATOR_PROFILE}" in out, out
     assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{port}" in out
     assert not path.exists(), "the client config outlived the emulator"
-    # the next start signs with the same key (a pasted backend keeps working)
+    # the next start signs with the same key (a pasted backend keeps working), and says
+    # when the shell exports another key (which would win over the config)
+    monkeypatch.setenv("DOLAMBDA_SIGNING_KEY", "ab" * 32)
     proc, _ = start_emulator_command("--port", str(port))
     try:
         again = read_config(EMULATOR_PROFILE)
         assert again is not None and again.signing_key == config.signing_key
     finally:
-        stop_emulator_command(proc)
+        out = stop_emulator_command(proc)
+    assert "note: DOLAMBDA_SIGNING_KEY is set here to another key" in out, out
 
 
 def test_a_stale_emulator_config_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,7 @@ from typing import Any
 
 from dolambda._errors import BackendError, InvalidArgument
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import signing_key_bytes
 from dolambda.emulator import setup
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats, make_config
 from dolambda.emulator.dispatch import Dispatcher
@@ -506,6 +507,13 @@ def serve(
                 f"  signing key: {emulator.signing_key} (the same at every start: "
                 f"{_config.config_dir() / 'emulator.key'})"
             )
+            exported = os.environ.get("DOLAMBDA_SIGNING_KEY")
+            if exported and signing_key_bytes(exported) != bytes.fromhex(emulator.signing_key):
+                echo(
+                    "  note: DOLAMBDA_SIGNING_KEY is set here to another key, and a client "
+                    "with it set signs with that key (it wins over the config): unset it, or "
+                    'start the emulator with --signing-key "$DOLAMBDA_SIGNING_KEY"'
+                )
             echo("Ctrl-C to stop.")
             try:
                 while not stop.wait(0.5):
