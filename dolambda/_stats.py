@@ -30,6 +30,9 @@ class JobStats:
     retries: int = 0
     wall_time: float = 0.0
     client_s3_requests: dict[str, int] = field(default_factory=dict)
+    #: bytes the client sent: the objects it PUT (tasks, the job's manifest and body,
+    #: code archives) and the payloads it invoked the function with
+    bytes_sent: int = 0
     memory_mb: int = 0
     architecture: str = "x86_64"
     #: straggler backups sent (Lambda backend), how many of them won, and the estimated
@@ -93,6 +96,8 @@ class JobStats:
                     f", {self.backups} backups ({self.backups_won} won, "
                     f"~{self.backup_gb_seconds:.3f} GB-s)"
                 )
+        if self.bytes_sent:
+            text += f", {format_bytes(self.bytes_sent)} sent"
         return text
 
     def __str__(self) -> str:
@@ -115,6 +120,14 @@ class JobStats:
                 "JobStats.to_dataframe() needs pandas: pip install 'dolambda[plot]'"
             ) from exc
         return pd.DataFrame([t.model_dump() for t in self.tasks])
+
+
+def format_bytes(size: int) -> str:
+    """``1234567`` -> ``'1.2 MB'`` (decimal units, as S3's console and bills count)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def _pyplot() -> Any:

@@ -56,14 +56,44 @@ def aws_options(*, bucket_required: bool = False) -> Callable[[F], F]:
     return decorate
 
 
+# The library's errors speak the Python API's words; on the command line the same
+# setting is an option: (pattern, replacement), applied in order
+_CLI_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^LambdaBackend: "), ""),
+    (re.compile(r" to LambdaBackend\b"), ""),
+    (re.compile(r"\bfunction_name=(?:\.\.\.)?"), "--function"),
+    (
+        re.compile(r"\b(bucket|region|profile|prefix|signing_key|endpoint_url)=(?:\.\.\.)?"),
+        "--\\1",
+    ),
+    (re.compile(r"\bendpoint_url must\b"), "--endpoint-url must"),
+    (re.compile(r"--(signing|endpoint)_(key|url)"), "--\\1-\\2"),
+)
+
+
+def cli_words(message: str) -> str:
+    """``message`` (an error of the Python API) in the command line's words:
+    ``pass region= to LambdaBackend`` becomes ``pass --region``.
+
+    >>> cli_words("no AWS region: set AWS_DEFAULT_REGION, or pass region= to LambdaBackend")
+    'no AWS region: set AWS_DEFAULT_REGION, or pass --region'
+    >>> cli_words("LambdaBackend: no signing key; pass signing_key=, set DOLAMBDA_SIGNING_KEY")
+    'no signing key; pass --signing-key, set DOLAMBDA_SIGNING_KEY'
+    """
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 class Command(click.Command):
-    """A ``dolambda`` command: a dolambda error ends it with one line (``Error: ...``)."""
+    """A ``dolambda`` command: a dolambda error ends it with one line (``Error: ...``),
+    in the command line's words (:func:`cli_words`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DolambdaError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(cli_words(str(exc))) from exc
 
 
 class _Group(click.Group):
@@ -122,6 +152,17 @@ def demo(aws: bool, workers: int, iterations: int, samples: int) -> None:
 @click.option("--memory", default=1024, show_default=True, help="memory limit, MB")
 @click.option("--endpoint-url", help="use this S3 server instead of starting moto")
 @click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="port of its S3 server on 127.0.0.1 [4599, or a free one when taken]",
+)
+@click.option(
+    "--signing-key",
+    default=None,
+    help="HMAC key (hex) [one kept in the dolambda config dir, the same at every start]",
+)
+@click.option(
     "--requirement",
     "requirements",
     multiple=True,
@@ -135,15 +176,21 @@ def emulator_command(
     timeout: float,
     memory: int,
     endpoint_url: str | None,
+    port: int | None,
+    signing_key: str | None,
     requirements: tuple[str, ...],
 ) -> None:
     """Run the local Lambda emulator (moto S3 + the function's package under AWS's Lambda
     runtime client, in isolated processes) until Ctrl-C.
 
+    While it runs, its client config (emulator.json in the dolambda config dir) lets
+    LambdaBackend() and every dolambda command find it: by default when no setup is
+    deployed, else with DOLAMBDA_PROFILE=emulator.
+
     \b
     Example:
       dolambda emulator --workers 4 --requirement pandas
-      # then, in Python: LambdaBackend(**settings printed above)
+      # elsewhere: dolambda jobs; or in Python: LambdaBackend()
     """
     from dolambda import emulator  # imported on use (as _backend)
 
@@ -154,6 +201,9 @@ def emulator_command(
         memory_mb=memory,
         endpoint_url=endpoint_url,
         requirements=requirements,
+        port=port,
+        signing_key=signing_key,
+        echo=click.echo,
     )
 
 
@@ -278,7 +328,7 @@ def make_doctor_command(
         settings = settings_from_config(**options)
         results = doctor(settings, round_trip=round_trip_factory(settings) if round_trip else None)
         for result in results:
-            click.echo(str(result))
+            click.echo(cli_words(str(result)))
         if not all(r.ok for r in results):
             raise SystemExit(1)
 
@@ -327,8 +377,34 @@ def destroy_command(delete_bucket: bool, yes: bool, **options: Any) -> None:
 # --- the queue bucket -------------------------------------------------------------------
 
 
+signing_key_option = click.option(
+    "--signing-key",
+    default=None,
+    help="HMAC key (hex) the jobs are signed with [DOLAMBDA_SIGNING_KEY / the client config].",
+)
+
+
+def _unverified_note(infos: list[Any], verb: str) -> str:
+    """What to say about jobs whose signed objects could not be read ("": none)."""
+    from dolambda._admin import NO_KEY  # imported on use (as _backend)
+
+    if not infos:
+        return ""
+    reasons = sorted({info.unverified for info in infos})
+    fix = (
+        "pass --signing-key or set DOLAMBDA_SIGNING_KEY"
+        if reasons == [NO_KEY]
+        else "pass the key they were signed with as --signing-key"
+    )
+    return (
+        f"{len(infos)} job(s) {verb}: their manifest and plan cannot be verified "
+        f"({', '.join(reasons)}); {fix}"
+    )
+
+
 @main.command()
 @aws_options()
+@signing_key_option
 def jobs(**options: Any) -> None:
     """List the jobs in the bucket with their progress.
 
@@ -342,6 +418,9 @@ def jobs(**options: Any) -> None:
     infos = _sync.run_sync(list_jobs(backend))
     if not infos:
         click.echo(f"no jobs in s3://{backend.bucket}/{backend.prefix}/jobs/")
+        return
+    width = max(len("JOB"), *(len(info.job_id) for info in infos))
+    click.echo(f"{'JOB':<{width}}  {'CREATED':<19}  {'STATE':<11} RESULTS/TASKS")
     for info in infos:
         when = (
             datetime.datetime.fromtimestamp(info.created_at).isoformat(timespec="seconds")
@@ -349,7 +428,12 @@ def jobs(**options: Any) -> None:
             else "?"
         )
         total = "?" if info.tasks is None else str(info.tasks)
-        click.echo(f"{info.job_id}  {when}  {info.state:<11} {info.results}/{total} tasks")
+        click.echo(
+            f"{info.job_id:<{width}}  {when:<19}  {info.state:<11} {info.results}/{total} tasks"
+        )
+    note = _unverified_note([i for i in infos if i.unverified], "shown as unverified")
+    if note:
+        click.echo(note, err=True)
 
 
 def _duration(text: str) -> float:
@@ -364,8 +448,10 @@ def _duration(text: str) -> float:
 @aws_options()
 @click.option("--older-than", default="1d", show_default=True, help="age, e.g. 30m, 12h, 7d")
 @click.option("--dry-run", is_flag=True, help="only list what would be deleted")
+@signing_key_option
 def cleanup(older_than: str, dry_run: bool, **options: Any) -> None:
-    """Delete the objects of jobs older than --older-than.
+    """Delete the objects of jobs older than --older-than (and the stored loop bodies
+    written before then that no remaining job uses).
 
     \b
     Example:
@@ -373,10 +459,20 @@ def cleanup(older_than: str, dry_run: bool, **options: Any) -> None:
     """
     from dolambda._admin import cleanup_jobs  # imported on use (as _backend)
 
+    age = _duration(older_than)
     backend = _backend(**options)
-    removed = _sync.run_sync(cleanup_jobs(backend, _duration(older_than), dry_run=dry_run))
+    skipped: list[Any] = []
+    bodies: list[str] = []
+    removed = _sync.run_sync(
+        cleanup_jobs(backend, age, dry_run=dry_run, skipped=skipped, bodies=bodies)
+    )
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {len(removed)} job(s)" + (": " + ", ".join(removed) if removed else ""))
+    if bodies:
+        click.echo(f"{verb} {len(bodies)} loop body(ies) no remaining job uses")
+    note = _unverified_note(skipped, "left alone (their age is unknown)")
+    if note:
+        click.echo(note, err=True)
 
 
 def run() -> None:

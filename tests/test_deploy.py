@@ -121,6 +121,7 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
     assert grants == {
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/queue/*"),
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/jobs/*"),
+        ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/bodies/*"),
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/dolambda/code/*"),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/dolambda/results/*"),
         *{

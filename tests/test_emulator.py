@@ -67,7 +67,7 @@ def put_job(s3: Any, emu: Emulator, job: SealedJob) -> None:
         Body=job.sealed_manifest,
     )
     s3.put_object(
-        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job_id), Body=job.sealed_body
+        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job.body_digest), Body=job.sealed_body
     )
 
 

@@ -29,6 +29,8 @@ from dolambda._errors import (
     StorageError,
     VersionMismatch,
 )
+from dolambda._wire import codec
+from dolambda._wire import keys as _keys
 from tests.bodies.lambda_ import cheap, noisy, takes_20ms
 
 emulator = pytest.importorskip("dolambda.emulator")
@@ -194,8 +196,9 @@ def test_small_job_travels_in_its_tasks(emu: Any, trigger: str) -> None:
     # the job objects are still written (after the tasks), so the job can be attached
     keys = job_keys(emu, job.id)
     assert any(k.endswith("manifest.json") for k in keys)
-    assert any(k.endswith("body.pkl") for k in keys)
     assert any(k.endswith("plan.json") for k in keys)
+    digest = codec.digest(codec.dumps_body(body))
+    assert _keys.body_key(emu.prefix, digest) in all_keys(emu)  # shared, by content
 
 
 def test_main_module_function_runs(emu: Any, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +19,10 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from dolambda import _sync
+from dolambda._aws.endpoint import refused
 from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
 from dolambda._aws.invoke import Invoker
-from dolambda._errors import ConfigError
+from dolambda._errors import ConfigError, StorageError
 
 
 @dataclass
@@ -27,9 +30,13 @@ class RequestCounter:
     """Client-side S3 requests by kind (what the cost model and benchmarks read)."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0  # request bodies: objects PUT, payloads invoked
 
     def add(self, kind: str, n: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + n
+
+    def sent(self, size: int) -> None:
+        self.bytes_sent += size
 
 
 def resolve_region(region: str | None, profile: str | None) -> str:
@@ -86,13 +93,34 @@ class S3:
     async def put(self, key: str, body: bytes) -> None:
         """PUT an object."""
         self.counter.add("put")
+        self.counter.sent(len(body))
         with self._translated(key, "writing"):
             await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    async def age(self, key: str) -> float | None:
+        """Seconds since the object was last written (HEAD, by S3's own clock), or None
+        when it does not exist."""
+        self.counter.add("other")
+        with self._translated(key, "reading"):
+            try:
+                response = await self.client.head_object(Bucket=self.bucket, Key=key)
+            except Exception as exc:
+                if kind_of(exc) in OBJECT_MISSING:
+                    return None
+                raise
+        written = response["LastModified"]
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:  # the server's "now", so that the client's clock does not matter
+            now = email.utils.parsedate_to_datetime(headers["date"])
+        except (KeyError, TypeError, ValueError):
+            now = datetime.datetime.now(datetime.UTC)
+        return max(0.0, float((now - written).total_seconds()))
 
     async def put_if_absent(self, key: str, body: bytes) -> bool:
         """PUT an object unless one is there (``If-None-Match: *``, one request);
         False when one was."""
         self.counter.add("put")
+        self.counter.sent(len(body))
         with self._translated(key, "writing"):
             try:
                 await self.client.put_object(
@@ -132,6 +160,22 @@ class S3:
                 page = await self.client.list_objects_v2(**kwargs)
             for item in page.get("Contents", ()):
                 yield str(item["Key"])
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    async def list_written(self, prefix: str) -> AsyncIterator[tuple[str, float]]:
+        """Every key under ``prefix`` with when it was last written (epoch seconds)."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            self.counter.add("list")
+            with self._translated(prefix, "listing"):
+                page = await self.client.list_objects_v2(**kwargs)
+            for item in page.get("Contents", ()):
+                yield str(item["Key"]), float(item["LastModified"].timestamp())
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
@@ -213,6 +257,9 @@ async def open_s3(
     if shared is not None and "s3" in shared:
         yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
         return
+    down = refused(endpoint_url)
+    if down is not None:  # fail now, not after botocore's retries (~26 s)
+        raise StorageError(f"cannot reach bucket {bucket!r}: {down}")
     session_key = (profile, region, tuple(sorted((credentials or {}).items())))
     session = None if sessions is None else sessions.get(session_key)
     if session is None:

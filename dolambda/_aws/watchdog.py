@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dolambda._core.execute import (
+    BodyNotLoaded,
     CodeUnavailable,
     OutputTail,
     WorkerState,
@@ -311,6 +312,8 @@ def _answer(fetch: Callable[[], Any]) -> tuple[Any, ...]:
         return ("ok", fetch())
     except CodeUnavailable as exc:
         return ("error", "code", str(exc))
+    except BodyNotLoaded as exc:
+        return ("error", "load", str(exc))
     except Exception as exc:
         return ("error", "internal", f"{type(exc).__name__}: {exc}")
 
@@ -337,6 +340,8 @@ def _ask(conn: Connection, *request: Any) -> Any:
         return reply[1]
     if reply[1] == "code":
         raise CodeUnavailable(reply[2])
+    if reply[1] == "load":
+        raise BodyNotLoaded(reply[2])
     raise ChildFailed(reply[2])
 
 

@@ -29,10 +29,10 @@ from urllib.parse import unquote_plus
 
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
 from dolambda._aws.watchdog import Watchdog
-from dolambda._core.execute import CodeUnavailable, WorkerState, run_task_blob
+from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.models import TaskOutcome, TaskSpec
+from dolambda._wire.models import JobManifest, TaskOutcome, TaskSpec
 
 
 def process_s3_task(
@@ -85,6 +85,24 @@ def process_s3_task(
                 "Run the job again"
             ) from exc
 
+    def fetch_job() -> tuple[bytes, bytes]:
+        manifest = get(_keys.manifest_key(prefix, job_id))
+        # the body is stored by its digest, which the (verified) manifest names
+        digest = codec.unseal_model(
+            JobManifest, manifest, key=signing_key, context=codec.manifest_context(job_id)
+        ).body_digest
+        body_key = _keys.body_key(prefix, digest)
+        try:
+            return manifest, get(body_key)
+        except Exception as exc:
+            if kind_of(exc) not in OBJECT_MISSING:
+                raise
+            raise BodyNotLoaded(
+                f"the body of job {job_id}, s3://{bucket}/{body_key}, does not exist; nothing "
+                "of the job can run. It is uploaded before the job's tasks: was it deleted "
+                "(by a lifecycle rule?) while the job ran? Run the job again"
+            ) from exc
+
     if inline_task is not None:
         blob = inline_task
     else:
@@ -99,9 +117,6 @@ def process_s3_task(
     if context is not None:
         stats["request_id"] = str(getattr(context, "aws_request_id", ""))
         stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
-
-    def fetch_job() -> tuple[bytes, bytes]:
-        return get(_keys.manifest_key(prefix, job_id)), get(_keys.body_key(prefix, job_id))
 
     task = _verified_task(blob, signing_key, job_id, task_id)
     remaining = getattr(context, "get_remaining_time_in_millis", None)

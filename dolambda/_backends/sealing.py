@@ -9,6 +9,7 @@ becomes a :class:`~dolambda._backends.base.TaskResult`.
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -68,7 +69,8 @@ class SealedJob:
 
     @cached_property
     def sealed_body(self) -> bytes:
-        return codec.seal(self.job.body_bytes, key=self.key, context=body_context(self.job_id))
+        job = self.job
+        return codec.seal(job.body_bytes, key=self.key, context=body_context(job.body_digest))
 
     def encode_task(
         self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False
@@ -101,6 +103,40 @@ class SealedJob:
             key=self.key,
             context=task_context(self.job_id, task.task_id),
         )
+
+
+#: a body that pickles to more than this is worth a word (it goes to every new worker)
+LARGE_BODY = 5 * 1024 * 1024
+_warned: set[str] = set()  # digests of the large bodies already warned about
+
+
+class LargeBodyWarning(UserWarning):
+    """A loop body captures a lot of data (said once per body and process)."""
+
+
+def warn_if_large(job: JobContext, *, stacklevel: int = 2) -> None:
+    """Warn once per body when ``job``'s pickled body is larger than :data:`LARGE_BODY`,
+    naming what it captures and the alternative."""
+    size = len(job.body_bytes)
+    if size <= LARGE_BODY or job.body_digest in _warned:
+        return
+    _warned.add(job.body_digest)
+    captured = [f"{name!r} ({_mb(n)})" for name, n in codec.captured_sizes(job.body)[:3]]
+    what = f": it captures {', '.join(captured)}" if captured else ""
+    warnings.warn(
+        f"the loop body {getattr(job.body, '__qualname__', job.body)!r} pickles to "
+        f"{_mb(size)}{what}. It is uploaded once and reused by later jobs with the same "
+        "body, but every worker new to a job downloads it before its first task. For data "
+        "that large, store it once (e.g. in S3, or a file the function can read) and load "
+        "it inside the body (cache it in a global: warm workers keep it), or pass each "
+        "iteration only its part as a loop variable",
+        LargeBodyWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def _unpicklable_argument(task: PlannedTask, exc: Exception) -> Exception:

@@ -298,7 +298,7 @@ def load_job(
         JobManifest, manifest_blob, key=key, context=codec.manifest_context(job_id)
     )
     check_versions(manifest)
-    body_bytes = codec.unseal(body_blob, key=key, context=codec.body_context(job_id))
+    body_bytes = codec.unseal(body_blob, key=key, context=codec.body_context(manifest.body_digest))
     if codec.digest(body_bytes) != manifest.body_digest:
         raise SignatureError(f"the body of job {job_id} does not match its manifest's digest")
     install_code(manifest, key=key, fetch_code=fetch_code)

@@ -41,6 +41,10 @@ MAGIC = b"DLS1"
 _HEADER = len(MAGIC) + 1 + 32
 _ZLIB = 0x01
 COMPRESS_OVER = 64 * 1024  # bytes; smaller payloads are not worth the CPU
+# compression must save at least this fraction of a sample, or the payload goes as it is
+# (random or already compressed data: zlib would spend ~70 ms a MB to save nothing)
+COMPRESS_MIN_SAVING = 0.10
+_SAMPLE = 16 * 1024  # bytes in each of the sample's slices
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,8 +57,11 @@ def plan_context(job_id: str) -> str:
     return f"jobs/{job_id}/plan"
 
 
-def body_context(job_id: str) -> str:
-    return f"jobs/{job_id}/body"
+def body_context(digest: str) -> str:
+    """A body is signed for its content (sha256 ``digest``), not for one job: jobs with the
+    same body share one object (``keys.body_key``). Each job's signed manifest names the
+    digest it runs, and the worker checks the body against it."""
+    return f"bodies/{digest}"
 
 
 def task_context(job_id: str, task_id: int) -> str:
@@ -88,10 +95,22 @@ def _mac(key: bytes, context: str, flags: int, payload: bytes) -> bytes:
     return h.digest()
 
 
+def compression_pays(payload: bytes) -> bool:
+    """Whether zlib is worth it for ``payload``: it is large, and a sample of it (slices
+    from four places) shrinks by at least :data:`COMPRESS_MIN_SAVING`."""
+    size = len(payload)
+    if size <= COMPRESS_OVER:
+        return False
+    step = (size - _SAMPLE) // 3
+    sample = b"".join(payload[i * step : i * step + _SAMPLE] for i in range(4))
+    return len(zlib.compress(sample, 1)) <= len(sample) * (1 - COMPRESS_MIN_SAVING)
+
+
 def seal(payload: bytes, *, key: bytes, context: str, compress: bool | None = None) -> bytes:
-    """Return ``payload`` framed and signed for ``context``."""
+    """Return ``payload`` framed and signed for ``context``; ``compress=None``: compressed
+    when :func:`compression_pays`."""
     flags = 0
-    if compress or (compress is None and len(payload) > COMPRESS_OVER):
+    if compress or (compress is None and compression_pays(payload)):
         payload = zlib.compress(payload, 1)
         flags |= _ZLIB
     return MAGIC + bytes([flags]) + _mac(key, context, flags, payload) + payload
@@ -355,6 +374,20 @@ def dumps_body(fn: Callable[..., Any]) -> bytes:
             f"dill{where}: {type(exc).__name__}: {exc}. Create such objects inside the body "
             "instead of capturing them."
         ) from exc
+
+
+def captured_sizes(fn: Callable[..., Any]) -> list[tuple[str, int]]:
+    """What a body closes over (closure cells, globals, defaults) and the bytes each
+    pickles to, largest first (modules and what cannot pickle left out)."""
+    sizes: list[tuple[str, int]] = []
+    for name, value in _captures(fn):
+        if inspect.ismodule(value):
+            continue
+        try:
+            sizes.append((name, len(dumps(value))))
+        except Exception:
+            continue
+    return sorted(sizes, key=lambda item: -item[1])
 
 
 def _captures(fn: Callable[..., Any]) -> list[tuple[str, Any]]:

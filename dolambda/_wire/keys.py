@@ -3,7 +3,9 @@
 ::
 
     <prefix>/jobs/<job>/manifest.json    JobManifest (signed JSON)
-    <prefix>/jobs/<job>/body.pkl         the body, dill (signed), uploaded once per job
+    <prefix>/bodies/<sha256>.pkl         a job's body, dill (signed for its content), shared
+                                         by every job with the same body: uploaded when it
+                                         is missing or old, never deleted by a job
     <prefix>/jobs/<job>/plan.json        task count, nested-loop sizes and what the client
                                          needs to resume (the loop's combine), once dispatched
     <prefix>/jobs/<job>/cancel           cancel marker (empty)
@@ -67,8 +69,13 @@ def manifest_key(prefix: str, job_id: str) -> str:
     return f"{job_dir(prefix, job_id)}manifest.json"
 
 
-def body_key(prefix: str, job_id: str) -> str:
-    return f"{job_dir(prefix, job_id)}body.pkl"
+def bodies_root(prefix: str) -> str:
+    return f"{_p(prefix)}bodies/"
+
+
+def body_key(prefix: str, digest: str) -> str:
+    """The body whose sealed payload has sha256 ``digest`` (the manifest's ``body_digest``)."""
+    return f"{bodies_root(prefix)}{digest}.pkl"
 
 
 def plan_key(prefix: str, job_id: str) -> str:
@@ -130,9 +137,14 @@ def trigger_filter(prefix: str) -> tuple[str, str]:
 
 
 def worker_read_globs(prefix: str) -> list[str]:
-    """Key globs the worker reads (``s3:GetObject``): the queue's tasks, the jobs' objects
-    and the code archives that travel with them."""
-    return [f"{queue_root(prefix)}*", f"{jobs_root(prefix)}*", f"{code_root(prefix)}*"]
+    """Key globs the worker reads (``s3:GetObject``): the queue's tasks, the jobs' objects,
+    their bodies and the code archives that travel with them."""
+    return [
+        f"{queue_root(prefix)}*",
+        f"{jobs_root(prefix)}*",
+        f"{bodies_root(prefix)}*",
+        f"{code_root(prefix)}*",
+    ]
 
 
 def worker_write_globs(prefix: str) -> list[str]:

@@ -16,7 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# 6: a task's captured output (TaskOutcome.output, IterationError.output); 5: the "load"
+# 7: a body is signed for its digest (``bodies/<sha256>``), not its job, and stored under
+# ``<prefix>/bodies/``; 6: a task's captured output (TaskOutcome.output,
+# IterationError.output); 5: the "load"
 # and "code" failure kinds, the manifest lists the job's code archives
 # (``code``, installed before the body loads); 4: dolambda.rng pickles as
 # dolambda._core.seeds.rng (was dolambda._worker)

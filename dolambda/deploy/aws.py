@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dolambda._aws.endpoint import refused
 from dolambda._aws.errors import MISSING, kind_of, translated
 from dolambda._errors import DeployError
 from dolambda.deploy.settings import DeploySettings
@@ -41,6 +42,9 @@ class Clients:
                 "AWS profile)"
             )
         self.region: str = region
+        down = refused(settings.endpoint_url)
+        if down is not None:  # fail now, not after botocore's retries
+            raise DeployError(down) from ConnectionRefusedError(settings.endpoint_url)
         config = Config(retries={"max_attempts": 5, "mode": "standard"})
         kw: dict[str, Any] = {"region_name": region, "config": config}
         if settings.endpoint_url:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dolambda._aws.errors import Kind, kind_of
 from dolambda._config import load_config
 from dolambda._errors import DolambdaError
 from dolambda.deploy.aws import Clients, as_list, call
@@ -55,6 +56,14 @@ class _Failed(Exception):
         self.detail, self.fix = detail, fix
 
 
+def _credentials_fix(exc: DolambdaError, options: str) -> str:
+    """The fix for a failed credentials check: a network failure is not a credentials one."""
+    cause = exc.__cause__
+    if cause is not None and (isinstance(cause, OSError) or kind_of(cause) is Kind.UNREACHABLE):
+        return "check the network and --endpoint-url (is the emulator running?)"
+    return f"aws configure (or pass {options})"
+
+
 def doctor(
     settings: DeploySettings,
     *,
@@ -90,11 +99,11 @@ def doctor(
         try:
             holder["c"] = Clients(s)
         except DolambdaError as exc:
-            raise _Failed(str(exc), "aws configure (or pass --profile / --region)") from exc
+            raise _Failed(str(exc), _credentials_fix(exc, "--profile / --region")) from exc
         try:
             ident = holder["c"].identity()
         except DolambdaError as exc:
-            raise _Failed(str(exc), "aws configure (or pass --profile)") from exc
+            raise _Failed(str(exc), _credentials_fix(exc, "--profile")) from exc
         return f"account {ident.get('Account')}, {ident.get('Arn')}"
 
     if not check("credentials", credentials):

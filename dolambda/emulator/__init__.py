@@ -66,16 +66,18 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from dolambda._errors import BackendError, InvalidArgument
 from dolambda._wire import keys as _keys
+from dolambda._wire.codec import signing_key_bytes
 from dolambda.emulator import setup
 from dolambda.emulator.config import EmulatorConfig, EmulatorStats, make_config
 from dolambda.emulator.dispatch import Dispatcher
@@ -83,7 +85,7 @@ from dolambda.emulator.intake import Intake, MailboxClient
 from dolambda.emulator.moto import launch_moto
 from dolambda.emulator.runtime import Runtime
 
-__all__ = ["Emulator", "EmulatorStats", "launch_moto", "serve", "start"]
+__all__ = ["DEFAULT_PORT", "Emulator", "EmulatorStats", "launch_moto", "serve", "start"]
 
 log = logging.getLogger("dolambda.emulator")
 
@@ -435,35 +437,130 @@ def start(**kwargs: Any) -> Iterator[Any]:
         yield emulator.backend
 
 
-def serve(**kwargs: Any) -> None:
-    """Run an emulator until Ctrl-C (the ``dolambda emulator`` command)."""
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+#: the port ``dolambda emulator`` listens on unless told otherwise (or it is taken)
+DEFAULT_PORT = 4599
+
+
+def serve(
+    *,
+    port: int | None = None,
+    signing_key: str | None = None,
+    echo: Callable[[str], None] = _say,
+    **kwargs: Any,
+) -> None:
+    """Run an emulator until Ctrl-C or SIGTERM (the ``dolambda emulator`` command).
+
+    It listens on ``port`` (default :data:`DEFAULT_PORT`, or a free one when that is
+    taken), signs with ``signing_key`` (default: the key kept in the config directory,
+    the same at every start), and writes the ``emulator`` client config while it runs
+    (:mod:`dolambda._config`), so that ``LambdaBackend()`` and the ``dolambda`` commands
+    find it; the config is removed when it stops.
+    """
+    from dolambda import _config  # (the emulator's workers import this package: on use)
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        running = _config.read_config(_config.EMULATOR_PROFILE)
+    except Exception:  # an unreadable leftover: overwritten below
+        running = None
+    # (a stale one, left by a killed emulator, is replaced)
+    if (
+        running is not None
+        and running.pid not in (None, os.getpid())
+        and _config.emulator_alive(running)
+    ):
+        raise BackendError(
+            f"a dolambda emulator is already running at {running.endpoint_url} "
+            f"(pid {running.pid}); use it, or stop it first"
+        )
+    note = ""
+    if kwargs.get("endpoint_url") is None:
+        if port is None:
+            port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else 0
+            if port == 0:
+                note = f" (port {DEFAULT_PORT} is taken: pass --port to choose one)"
+        elif not _port_free(port):
+            raise InvalidArgument(
+                f"port {port} on 127.0.0.1 is in use; choose another --port (or none: "
+                f"{DEFAULT_PORT}, else a free one)"
+            )
+    key = signing_key or _config.emulator_signing_key()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    path = _config.config_path(_config.EMULATOR_PROFILE)
     try:
-        with Emulator(**kwargs) as emulator:
+        with Emulator(port=port or 0, signing_key=key, **kwargs) as emulator:
             settings = emulator.backend_settings()
-            args = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-            print(
-                f"dolambda emulator: endpoint {emulator.endpoint_url} "
-                f"({emulator.workers} workers, discovery={emulator.discovery})"
+            _config.save_config(
+                _config.ClientConfig(
+                    bucket=emulator.bucket,
+                    function_name=emulator.function_name,
+                    region=emulator.region,
+                    prefix=emulator.prefix,
+                    signing_key=emulator.signing_key,
+                    endpoint_url=emulator.endpoint_url,
+                    memory_mb=emulator.memory_mb,
+                    timeout=max(1, round(emulator.timeout)),
+                    max_concurrency=emulator.workers,
+                    pid=os.getpid(),
+                    aws_access_key_id=settings["aws_access_key_id"],
+                    aws_secret_access_key=settings["aws_secret_access_key"],
+                ),
+                _config.EMULATOR_PROFILE,
             )
-            print(f"  from dolambda import LambdaBackend\n  backend = LambdaBackend({args})")
-            print(
-                "  (any AWS credentials work: export AWS_ACCESS_KEY_ID=testing "
-                "AWS_SECRET_ACCESS_KEY=testing)"
+            echo(
+                f"dolambda emulator: endpoint {emulator.endpoint_url}{note} "
+                f"({emulator.workers} workers, bucket {emulator.bucket}, "
+                f"discovery={emulator.discovery})"
             )
-            print("Ctrl-C to stop.", flush=True)
+            echo(
+                f"  client config: {path} (removed when the emulator stops)\n"
+                "  LambdaBackend() and the dolambda commands use it when no setup is "
+                "deployed; to choose it over a deployed one:\n"
+                f"    export DOLAMBDA_PROFILE={_config.EMULATOR_PROFILE}\n"
+                "  for other AWS tools (the aws CLI, boto3):\n"
+                f"    export AWS_ENDPOINT_URL={emulator.endpoint_url} "
+                f"AWS_ACCESS_KEY_ID={settings['aws_access_key_id']} "
+                f"AWS_SECRET_ACCESS_KEY={settings['aws_secret_access_key']} "
+                f"AWS_DEFAULT_REGION={emulator.region}\n"
+                f"  signing key: {emulator.signing_key} (the same at every start: "
+                f"{_config.config_dir() / 'emulator.key'})"
+            )
+            exported = os.environ.get("DOLAMBDA_SIGNING_KEY")
+            if exported and signing_key_bytes(exported) != bytes.fromhex(emulator.signing_key):
+                echo(
+                    "  note: DOLAMBDA_SIGNING_KEY is set here to another key, and a client "
+                    "with it set signs with that key (it wins over the config): unset it, or "
+                    'start the emulator with --signing-key "$DOLAMBDA_SIGNING_KEY"'
+                )
+            echo("Ctrl-C to stop.")
             try:
                 while not stop.wait(0.5):
                     pass
             except KeyboardInterrupt:
                 pass
-            print(f"dolambda emulator: stopping ({emulator.stats})", flush=True)
+            echo(f"dolambda emulator: stopping ({emulator.stats})")
     finally:
+        _config.remove_config(_config.EMULATOR_PROFILE, pid=os.getpid())
         signal.signal(signal.SIGTERM, previous)
+
+
+def _port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be listened on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as the server binds: a port whose last connections linger in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

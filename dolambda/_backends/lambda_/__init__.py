@@ -8,10 +8,12 @@
         (If-None-Match: *; shared by the jobs
         with the same files; skipped when the
         backend knows it is there)
-    PUT jobs/<id>/manifest.json, body.pkl
-        (once per job; first, unless the job is
-        small enough to ride along in every
-        task: then after the tasks)
+    PUT jobs/<id>/manifest.json and
+        bodies/<sha256>.pkl (once per job; first,
+        unless the job is small enough to ride
+        along in every task: then after the
+        tasks; a large body is sent only when
+        the bucket lacks it)
     dispatch: PUT queue/<id>/<task>.task ──────► ObjectCreated ───────────────► lambda_handler
       (bounded concurrency, streamed;            (trigger="s3"), or             GET task (+manifest,
        trigger="invoke": async Invoke,           async Invoke with the          body once per warm
@@ -91,7 +93,7 @@ from dolambda._backends.lambda_ import code as _code
 from dolambda._backends.lambda_ import dispatch, gather
 from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
 from dolambda._backends.lambda_.state import RunState
-from dolambda._backends.sealing import SealedJob
+from dolambda._backends.sealing import SealedJob, warn_if_large
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import ConfigError
 from dolambda._wire import keys as _keys
@@ -367,6 +369,8 @@ class LambdaBackend(Backend):
             # what cannot travel is refused here, before anything is uploaded
             first, tasks = await _code.peek(tasks)
             needs, archive = await asyncio.to_thread(_code.job_code, job, first)
+        if not job.resumed:
+            warn_if_large(job, stacklevel=4)
         sealed = SealedJob(
             job,
             key=self.key,
@@ -416,6 +420,7 @@ class LambdaBackend(Backend):
             for kind, n in counter.counts.items():
                 self.counter.add(kind, n)
             job.stats.client_s3_requests = dict(counter.counts)
+            job.stats.bytes_sent = counter.bytes_sent
 
     async def attach(self, job_id: str) -> AttachedJob:
         """Find a job in S3: what ``Job.attach`` needs to resume it."""

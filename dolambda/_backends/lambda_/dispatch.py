@@ -36,14 +36,33 @@ RECORD_HEADROOM = 64 * 1024
 INLINE_LIMIT = EVENT_PAYLOAD_LIMIT - RECORD_HEADROOM
 
 
+# a body at least this large is uploaded only when the bucket lacks it (one HEAD first);
+# a smaller one is simply PUT (one request either way, and it may as well be fresh)
+SHARED_BODY_OVER = 256 * 1024
+# a shared body last written longer ago than this is written again: the bucket's
+# lifecycle rule (`dolambda deploy --expire-days`, 1 day at least) counts from the last
+# write, and must not expire it under a running job
+BODY_REFRESH = 6 * 3600.0
+
+
 async def put_job_objects(run: RunState) -> None:
-    """The sealed manifest and body, under ``jobs/<id>/``."""
+    """The sealed manifest under ``jobs/<id>/`` and the body under ``bodies/<sha256>``."""
     sealed, s3, p = run.sealed, run.s3, run.prefix
-    puts = [
-        s3.put(_keys.manifest_key(p, sealed.job_id), sealed.sealed_manifest),
-        s3.put(_keys.body_key(p, sealed.job_id), sealed.sealed_body),
-    ]
-    await asyncio.gather(*puts)
+    await asyncio.gather(
+        s3.put(_keys.manifest_key(p, sealed.job_id), sealed.sealed_manifest), put_body(run)
+    )
+
+
+async def put_body(run: RunState) -> None:
+    """The job's body, by content: a large one already in the bucket (another job put it
+    there, less than :data:`BODY_REFRESH` ago) is not sent again."""
+    sealed, s3 = run.sealed, run.s3
+    key = _keys.body_key(run.prefix, sealed.job.body_digest)
+    if len(sealed.sealed_body) >= SHARED_BODY_OVER:
+        age = await s3.age(key)
+        if age is not None and age < BODY_REFRESH:
+            return
+    await s3.put(key, sealed.sealed_body)
 
 
 async def send(run: RunState, task_id: int, blob: bytes) -> None:
@@ -54,6 +73,8 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
         payload = invoke_payload(run.settings.bucket, key, blob)
         if "task" not in payload:
             await run.s3.put(key, blob)
+        else:
+            run.s3.counter.sent(len(payload["task"]))
         await run.s3.invoker.invoke(payload)
     else:
         await run.s3.put(key, blob)
@@ -172,11 +193,8 @@ async def withdraw(run: RunState, finished: bool) -> None:
             # every key is known: no LIST, one DeleteObjects per 1,000 keys
             keys = [_keys.task_key(p, job.job_id, t, invoke=invoke) for t in run.task_ids]
             keys += [_keys.result_key(p, job.job_id, t) for t in run.task_ids]
-            keys += [
-                _keys.manifest_key(p, job.job_id),
-                _keys.body_key(p, job.job_id),
-                _keys.plan_key(p, job.job_id),
-            ]
+            # (not the body: other jobs may share it; the lifecycle rule expires it)
+            keys += [_keys.manifest_key(p, job.job_id), _keys.plan_key(p, job.job_id)]
             if not job.cancelled.is_set():
                 keys.append(_keys.cancel_key(p, job.job_id))
             await s3.delete_keys(keys)

@@ -1,9 +1,9 @@
 """The Lambda backend's settings, and the one function that merges them.
 
 Explicit arguments win; a setting not given comes from the environment (the
-signing key: ``DOLAMBDA_SIGNING_KEY``) or from the config file that ``dolambda
-deploy`` writes (:func:`dolambda._config.load_config`), but only when that file
-describes the same bucket; else the defaults below.
+signing key: ``DOLAMBDA_SIGNING_KEY``) or from the client config that ``dolambda
+deploy`` or a running ``dolambda emulator`` wrote (:func:`dolambda._config.load_config`),
+but only when that file describes the same bucket; else the defaults below.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def resolve_settings(
         if deployed is None:
             raise ConfigError(
                 "LambdaBackend: no bucket given and no deployed setup found; pass "
-                "bucket=... or run `dolambda deploy --bucket NAME` first"
+                "bucket=..., run `dolambda deploy --bucket NAME` first, or start "
+                "`dolambda emulator`"
             )
         bucket = deployed.bucket
     if not isinstance(bucket, str) or not bucket:
@@ -114,6 +115,12 @@ def resolve_settings(
         )
         if v is not None
     }
+    if not credentials and same is not None and same.aws_access_key_id:
+        # a running emulator's config: its S3 takes any key, so it records one to use
+        credentials = {
+            "aws_access_key_id": same.aws_access_key_id,
+            "aws_secret_access_key": same.aws_secret_access_key or "",
+        }
     key_text = (
         signing_key
         if signing_key is not None
@@ -134,7 +141,9 @@ def resolve_settings(
             if task_timeout is not None
             else (float(same.timeout) if same else 900.0)
         ),
-        max_concurrency=max_concurrency,
+        max_concurrency=max_concurrency
+        if max_concurrency is not None
+        else (same.max_concurrency if same else None),
         keep=bool(keep),
         signing_key=signing_key_bytes(key_text) if key_text else None,
         credentials=credentials,
