@@ -161,4 +161,4 @@ async def cleanup_jobs(
 
 
 def _body_digest(key: str) -> str:
-    return key.rsplit("/", 1)[-1].removesuffix(".pkl")
+    return key.rsplit("/", 1)[-1].partition("-")[0]

@@ -53,6 +53,12 @@ def keys_under(emu: Any, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", ())]
 
 
+def stored_body(emu: Any, body: Any) -> str:
+    """The key the emulator's jobs store ``body`` under."""
+    digest = codec.digest(codec.dumps_body(body))
+    return _keys.body_key(emu.prefix, digest, codec.key_tag(bytes.fromhex(emu.signing_key), digest))
+
+
 # --- compression ------------------------------------------------------------------------
 
 
@@ -100,13 +106,9 @@ def test_a_large_body_is_said_once_and_uploaded_once(emu: Any) -> None:
     assert "load it inside the body" in text  # and the alternative
     assert first.stats is not None and first.stats.bytes_sent > size
     assert "MB sent" in first.stats.summary()
-    digest = codec.digest(codec.dumps_body(body))
     # the job's own objects are gone; the body stays for the next job with the same body
     assert keys_under(emu, _keys.job_dir(emu.prefix, first.id)) == []
-    assert (
-        keys_under(emu, _keys.bodies_root(emu.prefix)).count(_keys.body_key(emu.prefix, digest))
-        == 1
-    )
+    assert keys_under(emu, _keys.bodies_root(emu.prefix)).count(stored_body(emu, body)) == 1
     # the same body again, even from another backend (a new process): not sent, not said
     other = LambdaBackend(**emu.backend_settings())
     with warnings.catch_warnings():
@@ -167,7 +169,7 @@ def test_a_body_missing_from_the_bucket_is_a_job_failure(emu: Any, tmp_path: Pat
         context=codec.outcome_context(job.job_id, 0),
     )
     assert outcome.failure is not None and outcome.failure.kind == "load"
-    assert _keys.body_key(PREFIX, job.job.body_digest) in outcome.failure.message
+    assert job.body_key(PREFIX) in outcome.failure.message
     assert "does not exist" in outcome.failure.message
 
 
@@ -199,9 +201,26 @@ def test_cleanup_deletes_old_bodies_no_remaining_job_uses(emu: Any) -> None:
     assert result.exit_code == 0, result.output
     assert all(job.id in result.output for job in old_jobs) and young.id not in result.output
     stored = keys_under(emu, _keys.bodies_root(emu.prefix))
-    key = {
-        fn: _keys.body_key(emu.prefix, codec.digest(codec.dumps_body(fn))) for fn in (shared, alone)
-    }
+    key = {fn: stored_body(emu, fn) for fn in (shared, alone)}
     assert key[shared] in stored  # old, but the young job names it
     assert key[alone] not in stored
     assert "loop body(ies) no remaining job uses" in result.output
+
+
+def test_a_body_signed_with_another_key_is_another_object() -> None:
+    # after `deploy --rotate-key`, a job must not reuse the body signed with the old key
+    def context() -> JobContext:
+        return JobContext(
+            job_id="20260101T000000-rotated0",
+            body=make_body(10),
+            seed=None,
+            variables=("x",),
+            chunk_size=1,
+            errorhandling="stop",
+        )
+
+    job = context()
+    old, new = SealedJob(job, key=b"a" * 32), SealedJob(job, key=b"b" * 32)
+    assert old.body_key(PREFIX) != new.body_key(PREFIX)
+    assert SealedJob(job, key=b"a" * 32).body_key(PREFIX) == old.body_key(PREFIX)
+    assert job.body_digest in old.body_key(PREFIX)

@@ -66,9 +66,7 @@ def put_job(s3: Any, emu: Emulator, job: SealedJob) -> None:
         Key=_keys.manifest_key(emu.prefix, job.job_id),
         Body=job.sealed_manifest,
     )
-    s3.put_object(
-        Bucket=emu.bucket, Key=_keys.body_key(emu.prefix, job.job.body_digest), Body=job.sealed_body
-    )
+    s3.put_object(Bucket=emu.bucket, Key=job.body_key(emu.prefix), Body=job.sealed_body)
 
 
 def put_tasks(s3: Any, emu: Emulator, job: SealedJob, tasks: list[PlannedTask]) -> None:

@@ -77,9 +77,7 @@ def upload(s3: Any, job: SealedJob, tasks: int = 1) -> list[str]:
     s3.put_object(
         Bucket=BUCKET, Key=_keys.manifest_key(PREFIX, job.job_id), Body=job.sealed_manifest
     )
-    s3.put_object(
-        Bucket=BUCKET, Key=_keys.body_key(PREFIX, job.job.body_digest), Body=job.sealed_body
-    )
+    s3.put_object(Bucket=BUCKET, Key=job.body_key(PREFIX), Body=job.sealed_body)
     keys = []
     for t in range(tasks):
         planned = PlannedTask(t, t, [(t,)], ("x",))
@@ -134,7 +132,7 @@ def test_flipped_byte_is_refused_and_nothing_runs(s3: Any, tmp_path: Path, targe
     object_key = {
         "task": task,
         "manifest": _keys.manifest_key(PREFIX, job.job_id),
-        "body": _keys.body_key(PREFIX, job.job.body_digest),
+        "body": job.body_key(PREFIX),
     }[target]
     data = s3.get_object(Bucket=BUCKET, Key=object_key)["Body"].read()
     s3.put_object(Bucket=BUCKET, Key=object_key, Body=flip(data))

@@ -91,7 +91,7 @@ def process_s3_task(
         digest = codec.unseal_model(
             JobManifest, manifest, key=signing_key, context=codec.manifest_context(job_id)
         ).body_digest
-        body_key = _keys.body_key(prefix, digest)
+        body_key = _keys.body_key(prefix, digest, codec.key_tag(signing_key, digest))
         try:
             return manifest, get(body_key)
         except Exception as exc:

@@ -19,6 +19,7 @@ from dolambda._backends.base import JobContext, TaskResult
 from dolambda._core.tasks import PlannedTask
 from dolambda._errors import SerializationError
 from dolambda._wire import codec
+from dolambda._wire import keys as _keys
 from dolambda._wire.codec import (
     body_context,
     decode_values,
@@ -71,6 +72,11 @@ class SealedJob:
     def sealed_body(self) -> bytes:
         job = self.job
         return codec.seal(job.body_bytes, key=self.key, context=body_context(job.body_digest))
+
+    def body_key(self, prefix: str) -> str:
+        """Where the sealed body is stored: by its content and the key it is signed with."""
+        digest = self.job.body_digest
+        return _keys.body_key(prefix, digest, codec.key_tag(self.key, digest))
 
     def encode_task(
         self, task: PlannedTask, attempt: int = 0, *, with_job: bool = False

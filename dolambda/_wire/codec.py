@@ -72,6 +72,14 @@ def outcome_context(job_id: str, task_id: int) -> str:
     return f"results/{job_id}/{task_id}"
 
 
+def key_tag(key: bytes, digest: str) -> str:
+    """A short name for ``key`` in the key of an object stored by content: the same
+    content signed with another key is another object (16 hex digits of an HMAC, which
+    say nothing of the key)."""
+    mac = hmac.new(key, b"dolambda-object-name\0" + digest.encode(), hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
 def signing_key_bytes(text: str | bytes) -> bytes:
     """A signing key given as text: hex when it parses as hex (64 digits from deploy)."""
     if isinstance(text, bytes):

@@ -3,7 +3,7 @@
 ::
 
     <prefix>/jobs/<job>/manifest.json    JobManifest (signed JSON)
-    <prefix>/bodies/<sha256>.pkl         a job's body, dill (signed for its content), shared
+    <prefix>/bodies/<sha256>-<tag>.pkl   a job's body, dill (signed for its content), shared
                                          by every job with the same body: uploaded when it
                                          is missing or old, never deleted by a job
     <prefix>/jobs/<job>/plan.json        task count, nested-loop sizes and what the client
@@ -73,9 +73,11 @@ def bodies_root(prefix: str) -> str:
     return f"{_p(prefix)}bodies/"
 
 
-def body_key(prefix: str, digest: str) -> str:
-    """The body whose sealed payload has sha256 ``digest`` (the manifest's ``body_digest``)."""
-    return f"{bodies_root(prefix)}{digest}.pkl"
+def body_key(prefix: str, digest: str, tag: str) -> str:
+    """The body whose payload has sha256 ``digest`` (the manifest's ``body_digest``),
+    signed with the key that ``tag`` stands for (``codec.key_tag``: jobs signed with
+    another key, after a key rotation, do not find it)."""
+    return f"{bodies_root(prefix)}{digest}-{tag}.pkl"
 
 
 def plan_key(prefix: str, job_id: str) -> str:

@@ -57,7 +57,7 @@ async def put_body(run: RunState) -> None:
     """The job's body, by content: a large one already in the bucket (another job put it
     there, less than :data:`BODY_REFRESH` ago) is not sent again."""
     sealed, s3 = run.sealed, run.s3
-    key = _keys.body_key(run.prefix, sealed.job.body_digest)
+    key = sealed.body_key(run.prefix)
     if len(sealed.sealed_body) >= SHARED_BODY_OVER:
         age = await s3.age(key)
         if age is not None and age < BODY_REFRESH:
