@@ -316,6 +316,11 @@ class Emulator:
         dispatcher = self._dispatcher = Dispatcher(
             c, runtime, stats=stats, cond=cond, stopping=stopping, reply=mailbox.reply
         )
+        loops: list[tuple[Callable[[], None], str]] = []
+        if mode == "events":  # the rules come from the function's event-invoke config
+            read_rules = setup.async_rules_reader(session, self.endpoint_url, c)
+            dispatcher.rules = read_rules()
+            loops.append((lambda: dispatcher.follow(read_rules), "async-rules"))
         intake = Intake(
             c,
             endpoint_url=self.endpoint_url,
@@ -330,6 +335,7 @@ class Emulator:
             (intake.events_loop if mode == "events" else intake.poll_loop, "intake"),
             (dispatcher.loop, "dispatch"),
             (runtime.memory_loop, "memory"),
+            *loops,
         ):
             thread = threading.Thread(target=target, name=f"dolambda-emulator-{name}", daemon=True)
             thread.start()

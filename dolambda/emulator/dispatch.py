@@ -94,6 +94,48 @@ def destination_key(function_name: str, when: float | None = None) -> str:
     return f"aws/lambda/async/{function_name}/{day}/{stamp}-{uuid.uuid4()}"
 
 
+@dataclass(frozen=True)
+class AsyncRules:
+    """The function's event-invoke config, as the dispatcher applies it."""
+
+    retries: int  # MaximumRetryAttempts
+    max_event_age: float  # MaximumEventAgeInSeconds
+    on_failure: str | None  # the bucket of an S3 on-failure destination
+
+
+#: what Lambda applies to a function with no event-invoke config: 2 retries, 6 hours
+#: https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html
+LAMBDA_DEFAULT_RULES = AsyncRules(retries=2, max_event_age=21600.0, on_failure=None)
+
+
+def rules_of(config: dict[str, Any] | None) -> AsyncRules:
+    """The rules of a ``GetFunctionEventInvokeConfig`` answer (None: no config, Lambda's
+    defaults). A destination that is not an S3 bucket (a function, a queue, a topic) is
+    one the emulator cannot deliver to: it is logged and left out."""
+    if config is None:
+        return LAMBDA_DEFAULT_RULES
+    destination = str(
+        ((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination") or ""
+    )
+    bucket: str | None = None
+    parts = destination.split(":")
+    if len(parts) == 6 and parts[0] == "arn" and parts[2] == "s3" and parts[5]:
+        bucket = parts[5]
+    elif destination:
+        log.warning(
+            "emulator: the function's on-failure destination %s is not an S3 bucket; the "
+            "emulator delivers records to S3 buckets only, so none are sent",
+            destination,
+        )
+    return AsyncRules(
+        retries=int(config.get("MaximumRetryAttempts", LAMBDA_DEFAULT_RULES.retries)),
+        max_event_age=float(
+            config.get("MaximumEventAgeInSeconds", LAMBDA_DEFAULT_RULES.max_event_age)
+        ),
+        on_failure=bucket,
+    )
+
+
 class Dispatcher:
     """The pending heap and the slots' threads; every field is guarded by ``cond``."""
 
@@ -108,7 +150,8 @@ class Dispatcher:
         reply: Reply,
     ) -> None:
         self._config = config
-        self._retries = config.retries
+        #: the function's event-invoke config; :meth:`follow` keeps it current
+        self.rules = AsyncRules(config.retries, config.max_event_age, config.on_failure)
         self._destination_s3: Any = None  # the S3 client that writes destination records
         self._runtime = runtime
         self._stats = stats
@@ -198,7 +241,7 @@ class Dispatcher:
                 else:
                     self._idle.append(slot)
                 if not ok and invocation.reply_id is None and not self._stopping.is_set():
-                    if invocation.attempt < self._retries:
+                    if invocation.attempt < self.rules.retries:
                         self._stats.retried += 1
                         delay = RETRY_DELAYS[invocation.attempt] * self._config.time_scale
                         self.queue(replace(invocation, attempt=invocation.attempt + 1), delay)
@@ -207,13 +250,24 @@ class Dispatcher:
                 self._running.discard(threading.current_thread())
                 self._cond.notify_all()
 
+    def follow(self, read: Callable[[], AsyncRules], interval: float = 1.0) -> None:
+        """Apply the function's event-invoke config as it is now, and read it again every
+        ``interval`` seconds until the emulator stops (a ``put-function-event-invoke-config``
+        takes effect here as on Lambda, where it applies to the events that follow)."""
+        while not self._stopping.is_set():
+            try:
+                self.rules = read()
+            except Exception:
+                log.debug("emulator: the function's event-invoke config could not be read")
+            self._stopping.wait(interval)
+
     def _expired(self, invocation: Invocation) -> bool:
         """An asynchronous event older than the maximum event age is discarded (the
         caller holds ``cond``)."""
         if invocation.reply_id is not None:
             return False
         age = time.monotonic() - invocation.received
-        if age <= self._config.max_event_age * self._config.time_scale:
+        if age <= self.rules.max_event_age * self._config.time_scale:
             return False
         self._stats.expired += 1
         log.warning(
@@ -227,7 +281,7 @@ class Dispatcher:
 
         Lambda does it on its own time: so does this (a thread), and a record that
         cannot be delivered is logged (Lambda counts ``DestinationDeliveryFailures``)."""
-        bucket = self._config.on_failure
+        bucket = self.rules.on_failure
         if bucket is None:
             return
         record = destination_record(invocation, self._runtime.function_arn, condition)

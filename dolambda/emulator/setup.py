@@ -143,10 +143,45 @@ def ensure_all(session: Any, endpoint_url: str, config: EmulatorConfig) -> tuple
     )
     c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger})
     _function.ensure_event_invoke_config(s, c)
+    put_async_rules(c, config)
     _function.ensure_permission(s, c)
     if config.trigger == "s3":
         _bucket.ensure_notification(s, c, arn)
     return arn, assume_role(c, role_arn, config.function_name)
+
+
+def put_async_rules(c: Clients, config: EmulatorConfig) -> None:
+    """The emulator's ``retries``/``max_event_age``/``on_failure`` as the function's
+    event-invoke config (deploy's, unless a test asks for others): the dispatcher reads
+    the rules from the function, as Lambda applies them (:func:`async_rules_reader`)."""
+    want: dict[str, Any] = {
+        "MaximumRetryAttempts": config.retries,
+        "MaximumEventAgeInSeconds": int(config.max_event_age),
+    }
+    if config.on_failure is not None:
+        want["DestinationConfig"] = {
+            "OnFailure": {"Destination": f"arn:aws:s3:::{config.on_failure}"}
+        }
+    c.lam.put_function_event_invoke_config(FunctionName=config.function_name, **want)
+
+
+def async_rules_reader(session: Any, endpoint_url: str, config: EmulatorConfig) -> Any:
+    """A callable that reads the function's event-invoke config (``GetFunctionEventInvokeConfig``)
+    as the dispatcher's rules; no config: Lambda's defaults."""
+    from dolambda.emulator.dispatch import rules_of
+
+    lam = session.client("lambda", endpoint_url=endpoint_url)
+
+    def read() -> Any:
+        try:
+            got = lam.get_function_event_invoke_config(FunctionName=config.function_name)
+        except Exception as exc:
+            if kind_of(exc) not in (Kind.NOT_FOUND,):
+                raise
+            got = None
+        return rules_of(got)
+
+    return read
 
 
 def assume_role(c: Clients, role_arn: str, function_name: str) -> Credentials:

@@ -237,6 +237,39 @@ def test_emulator_retries_on_lambdas_schedule_then_writes_the_record(
     assert emu.stats.retried == 2 and emu.stats.destination_records == 1
 
 
+def test_emulator_follows_the_functions_event_invoke_config(
+    make_emulator: Callable[..., Emulator], tmp_path: Path, moto_url: str
+) -> None:
+    """The rules come from the function, as on Lambda: deploy's config (no retries) until
+    a put-function-event-invoke-config says 1 retry and an S3 destination; the events
+    after it follow the new config."""
+    import boto3
+
+    scale = 0.02
+    dest = f"dlq-{uuid.uuid4().hex[:12]}"
+    s3_client(moto_url).create_bucket(Bucket=dest)
+    emu, calls = _raising_emulator(make_emulator, tmp_path, time_scale=scale)
+    lam = boto3.client("lambda", endpoint_url=emu.endpoint_url, region_name=emu.region)
+    got = lam.get_function_event_invoke_config(FunctionName=emu.function_name)
+    assert got["MaximumRetryAttempts"] == 0  # as deployed
+    lam.put_function_event_invoke_config(
+        FunctionName=emu.function_name,
+        MaximumRetryAttempts=1,
+        MaximumEventAgeInSeconds=3600,
+        DestinationConfig={"OnFailure": {"Destination": f"arn:aws:s3:::{dest}"}},
+    )
+    dispatcher = emu._dispatcher
+    assert dispatcher is not None
+    wait_for(lambda: dispatcher.rules.retries == 1, 10, "the emulator to read the new config")
+    key = f"{emu.prefix}/queue/job-1/0000001.task"
+    s3_client(emu.endpoint_url).put_object(Bucket=emu.bucket, Key=key, Body=b"x")
+    wait_for(lambda: len(_records(emu, dest)) == 1, 60, "the on-failure record")
+    assert len(calls.read_text().splitlines()) == 2  # the attempt and its one retry
+    (record,) = _records(emu, dest)
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    assert emu.stats.retried == 1
+
+
 def test_emulator_with_the_deployed_config_runs_a_failed_event_once(
     make_emulator: Callable[..., Emulator], tmp_path: Path
 ) -> None:

@@ -224,9 +224,26 @@ def patch_moto() -> None:
             response_headers["x-amz-function-error"] = "Unhandled"
         return str(answer.get("payload", "null")).encode()
 
+    # PutFunctionEventInvokeConfig replaces the function's config ("If a configuration
+    # already exists for a function ... this operation overwrites it"); moto appends and
+    # GetFunctionEventInvokeConfig keeps answering with the first one:
+    # https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html
+    def put_function_event_invoke_config(
+        self: Any, function_name: str, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        fn = self.get_function(function_name)
+        event_config = lambda_models.EventInvokeConfig(fn.function_arn, fn.last_modified, config)
+        fn.event_invoke_config = [event_config]
+        return dict(event_config.response())
+
     notifications._get_s3_event = get_s3_event
     notifications._invoke_awslambda = invoke_awslambda
     setattr(lambda_models.LambdaFunction, "invoke", invoke)  # noqa: B010
+    setattr(  # noqa: B010
+        lambda_models.LambdaBackend,
+        "put_function_event_invoke_config",
+        put_function_event_invoke_config,
+    )
 
 
 # --------------------------------------------------------------------------- HTTP
