@@ -757,7 +757,8 @@ def test_isolated_workers_run_the_package_not_the_clients_environment(
         "pydantic": "ok",
     }
     assert facts["cwd"] == str(tmp_path)
-    assert facts["boto3"].startswith(str(runtime))
+    # the package bundles boto3 (as deploy does) and, a layer here, precedes the runtime's
+    assert facts["boto3"].startswith(str(package)) and runtime is not None
     assert facts["dill"].startswith(str(package))
     assert facts["handler"].startswith(str(package))
     assert not any("site-packages" in entry for entry in facts["path"])
@@ -775,8 +776,8 @@ def test_a_body_the_package_cannot_import_fails_only_when_isolated(
     """A body pickled by reference to a module of the client's (here this test module) runs
     on the legacy workers, which share the client's environment. On the isolated ones the
     module travels with the job, but it imports pytest, which the function's package lacks:
-    one job-level error naming it, as AWS would give, whatever the errorhandling."""
-    from dolambda import SerializationError, foreach
+    one error before dispatch naming it and the deploy command, whatever the errorhandling."""
+    from dolambda import ConfigError, foreach
     from dolambda._backends.lambda_ import LambdaBackend
 
     with isolated_emulator(moto_url, workers=2, isolated=isolated) as emu:
@@ -785,8 +786,9 @@ def test_a_body_the_package_cannot_import_fails_only_when_isolated(
         if not isolated:
             assert loop.do_lambda(module_level_square, backend=backend, progress=False) == [0, 1, 4]
             return
-        with pytest.raises(SerializationError, match="No module named 'pytest'"):
+        with pytest.raises(ConfigError, match=r"import pytest .*dolambda deploy --requirements"):
             loop.do_lambda(module_level_square, backend=backend, progress=False)
+        assert emu.stats.invocations == 0  # nothing was dispatched
 
 
 def test_a_body_from_a_runtime_sys_path_module_travels_to_isolated_workers(
