@@ -747,7 +747,8 @@ def test_isolated_workers_run_the_package_not_the_clients_environment(
         "pydantic": "ok",
     }
     assert facts["cwd"] == str(tmp_path)
-    assert facts["boto3"].startswith(str(runtime))
+    # the package bundles boto3 (as deploy does) and, a layer here, precedes the runtime's
+    assert facts["boto3"].startswith(str(package)) and runtime is not None
     assert facts["dill"].startswith(str(package))
     assert facts["handler"].startswith(str(package))
     assert not any("site-packages" in entry for entry in facts["path"])
@@ -763,18 +764,19 @@ def test_a_body_whose_module_imports_what_the_package_lacks_is_one_job_error(
 ) -> None:
     """A body pickled by reference to a module of the client's (here this test module): the
     module travels with the job, but it imports pytest, which the function's package lacks
-    (the client's environment is not the workers'): one job-level error naming it, as AWS
-    would give, whatever the errorhandling. The same body from a module that needs nothing
-    more (tests.bodies) runs."""
-    from dolambda import SerializationError, foreach
+    (the client's environment is not the workers'): one error before dispatch naming it and
+    the deploy command, whatever the errorhandling. The same body from a module that needs
+    nothing more (tests.bodies) runs."""
+    from dolambda import ConfigError, foreach
     from dolambda._backends.lambda_ import LambdaBackend
     from tests.bodies.common import square
 
     with isolated_emulator(moto_url, workers=2) as emu:
         backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
         loop = foreach(x=range(3)).errorhandling("pass")
-        with pytest.raises(SerializationError, match="No module named 'pytest'"):
+        with pytest.raises(ConfigError, match=r"import pytest .*dolambda deploy --requirements"):
             loop.do_lambda(module_level_square, backend=backend, progress=False)
+        assert emu.stats.invocations == 0  # nothing was dispatched
         assert loop.do_lambda(square, backend=backend, progress=False) == [0, 1, 4]
 
 

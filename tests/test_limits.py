@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from dolambda import LambdaBackend, foreach
 from dolambda._backends.lambda_.dispatch import EVENT_PAYLOAD_LIMIT, INLINE_LIMIT, invoke_payload
 from dolambda.emulator import Emulator
-from tests.bodies.common import identity
+from tests.bodies.common import identity, size_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,10 +45,6 @@ def padded(size: int) -> bytes:
     body = json.dumps({"pad": "x" * (size - frame)}).encode()
     assert len(body) == size
     return body
-
-
-def size_of(x: bytes) -> int:
-    return len(x)
 
 
 # --------------------------------------------------------------------------- Invoke payloads

@@ -32,7 +32,7 @@ from dolambda._aws.watchdog import Watchdog
 from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.models import JobManifest, TaskOutcome, TaskSpec
+from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
 
 
 def process_s3_task(
@@ -183,6 +183,36 @@ def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: T
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def report_handler_error(
+    s3: Any, bucket: str, key: str, *, prefix: str, signing_key: bytes, exc: Exception
+) -> str:
+    """Write an ``internal`` failure for the task at ``key`` naming ``exc`` (the AWS error
+    code and message as S3 gave them); re-raise when even that cannot be written."""
+    import traceback
+
+    parsed = _keys.parse_task_key(prefix, key)
+    if parsed is None:
+        raise exc
+    job_id, task_id = parsed
+    traceback.print_exception(exc)  # the function's log has it whole
+    message = (
+        f"the worker could not run the task s3://{bucket}/{key}: {type(exc).__name__}: "
+        f"{exc}. If this is AccessDenied, the function's role lacks a permission: run "
+        "`dolambda doctor` (it checks the role's policy) or `dolambda deploy` again"
+    )
+    outcome = TaskOutcome(
+        job_id=job_id,
+        task_id=task_id,
+        failure=TaskFailure(kind="internal", message=message),
+        stats=TaskStats(finished_at=time.time()),
+    )
+    try:
+        written = put_result(s3, bucket, prefix, signing_key, outcome)
+    except Exception:
+        raise exc from None
+    return "failure-recorded" if written else "duplicate"
+
+
 #: how often a result PUT that S3 answers 409 ConditionalRequestConflict is tried again
 CONFLICT_RETRIES = 4
 
@@ -252,16 +282,25 @@ def handle_event(
             print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to run anything")
             what = "no-key"
         else:
-            what = process_s3_task(
-                s3,
-                bucket,
-                object_key,
-                prefix=prefix,
-                signing_key=signing_key,
-                state=state,
-                context=context,
-                inline_task=inline,
-                watchdog=watchdog,
-            )
+            try:
+                what = process_s3_task(
+                    s3,
+                    bucket,
+                    object_key,
+                    prefix=prefix,
+                    signing_key=signing_key,
+                    state=state,
+                    context=context,
+                    inline_task=inline,
+                    watchdog=watchdog,
+                )
+            except Exception as exc:
+                # not the body's (that is in the outcome): S3 refused the worker, most
+                # often AccessDenied from a role that lacks a permission. Lambda's own
+                # retries are off and no destination is set, so unless the worker says
+                # so the client would only see it at its deadline: write the failure.
+                what = report_handler_error(
+                    s3, bucket, object_key, prefix=prefix, signing_key=signing_key, exc=exc
+                )
         outcomes[what] = outcomes.get(what, 0) + 1
     return outcomes

@@ -249,11 +249,24 @@ def _catches_import_error(node: ast.Try) -> bool:
     return False
 
 
+def _parse(source: bytes | str) -> ast.Module:
+    """``ast.parse`` under :data:`_PARSING`; the lock does not keep out AST work on other
+    threads outside the finder, so the 3.11 SystemError ("AST constructor recursion depth
+    mismatch", python/cpython#106905) is retried: the source is fine, the state was not."""
+    for attempt in range(3):
+        try:
+            with _PARSING:
+                return ast.parse(source)
+        except SystemError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def source_imports(source: bytes | str, module: str, *, is_package: bool) -> list[SourceImport]:
     """The imports in one module's source, as absolute dotted names (relative imports
     resolved against ``module``). Raises SyntaxError when the source does not parse."""
-    with _PARSING:
-        tree = ast.parse(source)
+    tree = _parse(source)
     package = module if is_package else module.rpartition(".")[0]
     found: list[SourceImport] = []
 

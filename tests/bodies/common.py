@@ -38,3 +38,7 @@ def fail_on(bad: frozenset[int]) -> Callable[[int], int]:
 
 def plus_one(x: int) -> int:
     return x + 1
+
+
+def size_of(x: bytes) -> int:
+    return len(x)
