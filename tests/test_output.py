@@ -4,35 +4,12 @@ lines of it (issue 15 item 7). On local processes and on the emulator's isolated
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import pytest
 
 from dolambda import Backend, TaskError, foreach
 from dolambda._backends.sequential import SequentialBackend
 from dolambda._core.execute import OUTPUT_LIMIT, OutputTail, run_iterations
-
-
-def chatty(x: int) -> int:
-    print(f"print from {x}")
-    warnings.warn(f"warning from {x}", UserWarning, stacklevel=1)
-    logging.getLogger("user.module").warning("log from %d", x)
-    return x
-
-
-def fails_on_two(x: int) -> int:
-    for line in range(30):
-        print(f"x={x} line {line}")
-    if x == 2:
-        raise ValueError("two is bad")
-    return x
-
-
-def loud(x: int) -> int:
-    for line in range(4000):
-        print(f"{x}:{line:05d} " + "." * 40)
-    return x
+from tests.bodies.output import chatty, fails_on_two, loud
 
 
 @pytest.fixture(params=["local", "lambda"])
