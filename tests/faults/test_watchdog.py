@@ -91,8 +91,11 @@ def test_failure_is_reported_within_the_timeout(
     result = job.result(timeout=timeout + 60)
     took = time.monotonic() - started
     summarise(f"watchdog: {how}", n, None, marks, job.stats.retries, kind, started)
-    # reported by the worker, within the function timeout plus a few seconds
-    assert took < timeout + SLACK, took
+    # reported by the worker, within the function timeout plus a few seconds; a timed-out
+    # chunk is split before its iteration is reported (issue 16 item 3): the victim's
+    # half of the rest runs to the timeout once more, down to the victim alone at worst
+    rounds = 3 if kind == "timeout" else 1
+    assert took < rounds * timeout + SLACK, took
     # the iteration that finished before the victim is kept; the victim names its failure
     assert result[0] == 0 and result[3:] == [9, 16, 25], result
     error = result[victim]
@@ -100,9 +103,11 @@ def test_failure_is_reported_within_the_timeout(
     assert error.error_type == kind, error
     assert says in str(error), str(error)
     assert f"iteration {victim}" in str(error), str(error)
-    # the iteration after it never started: it fails with the task
-    assert isinstance(result[2], TaskError) and result[2].error_type == kind
-    assert marks.counts()[2] == 0
+    if kind == "timeout":  # split: the iteration after it runs in its own half, and only
+        assert result[2] == 4, result  # the one that really times out fails
+    else:  # the iteration after it never started: it fails with the task
+        assert isinstance(result[2], TaskError) and result[2].error_type == kind
+        assert marks.counts()[2] == 0
     # the runtime survived: Lambda itself timed nothing out and lost no environment
     stats = emu.stats
     assert stats.timeouts == 0 and stats.crashed == 0, stats

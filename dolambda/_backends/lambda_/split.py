@@ -3,9 +3,9 @@
 A task of several iterations that ran past the function's timeout is not run again
 whole (it would time out again): its two halves are sent as two new tasks, and a half
 that times out is split again, so only the iterations that really exceed the timeout
-fail, each reported on its own ("iteration 5 failed: TaskTimeout: ..."). A half keeps
-its iterations' indexes, paths and slots, so seeds and positions are those of the
-unsplit run and the results are identical.
+fail, each reported on its own ("iteration 5 failed: timeout: the task ran past the
+function's timeout ..."). A half keeps its iterations' indexes, paths and slots, so
+seeds and positions are those of the unsplit run and the results are identical.
 
 A half's task id is fixed by its place in the split tree of its top task (node 1 is the
 top task, node ``n``'s halves are ``2n`` and ``2n + 1``), in a range the planner never
@@ -145,8 +145,6 @@ def _columns(
         message = failure.message if failure is not None else "the worker returned no outcome"
         for k in range(len(values), n):
             values.append(None)
-            errors[k] = IterationError(
-                position=k, error_type=f"Task{kind.capitalize()}", error_message=message
-            )
+            errors[k] = IterationError(position=k, error_type=kind, error_message=message)
         ticks = []  # no clock for the iterations that did not run
     return values, errors, ticks
