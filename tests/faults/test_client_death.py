@@ -52,7 +52,8 @@ time.sleep(120)
 
 def start_client(tmp_path: Path, emu: Emulator, marks: Marks, n: int, slow: bool) -> Any:
     script = tmp_path / "client.py"
-    settings = {**emu.backend_settings(), "retries": 2}
+    # no straggler backups: these tests count how often each iteration ran
+    settings = {**emu.backend_settings(), "retries": 2, "backups": False}
     script.write_text(
         textwrap.dedent(CLIENT).format(marks=marks.path, settings=settings, n=n, slow_dispatch=slow)
     )
@@ -78,7 +79,7 @@ def test_client_killed_mid_gather_then_attach(
     n = 14
     started = time.monotonic()
     job_id = kill_when_running(start_client(tmp_path, emu, marks, n, slow=False))
-    job = dolambda.Job.attach(job_id, backend_for(emu, retries=2))
+    job = dolambda.Job.attach(job_id, backend_for(emu, retries=2, backups=False))
     result = job.result(timeout=60)
     expected = [(x, x * x) for x in range(n)]
     row = summarise(
