@@ -129,8 +129,6 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
             for a in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
             for r in (logs, logs + ":*")
         },
-        # its own on-failure destination: timed-out / out-of-memory tasks are reported
-        ("lambda:InvokeFunction", f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:dolambda"),
         # the 404 (not 403) for a task object that is gone, scoped to the prefix
         ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}"),
     }

@@ -14,7 +14,6 @@ from urllib.parse import unquote
 
 from dolambda._wire import keys as _keys
 from dolambda.deploy.aws import Clients, call
-from dolambda.deploy.function import function_arn
 from dolambda.deploy.settings import Change, DeploySettings
 
 
@@ -40,8 +39,8 @@ def log_group_arn(settings: DeploySettings, clients: Clients) -> str:
 
 def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
     """The function's only permissions: read tasks and jobs, list keys under the prefix,
-    write results, its own logs, and invoke itself as its on-failure destination (to
-    report a timed-out or out-of-memory task as an error result).
+    write results and its own logs (no lambda:InvokeFunction: there is no on-failure
+    destination; the worker's watchdog reports timed-out and out-of-memory tasks).
 
     Why ``s3:ListBucket`` (issue 14.5): a GET of a missing key is ``404 NoSuchKey`` only
     to a principal that may list the bucket, ``403 AccessDenied`` to any other
@@ -85,12 +84,6 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": [logs, f"{logs}:*"],
-            },
-            {
-                "Sid": "ReportFailuresToItself",
-                "Effect": "Allow",
-                "Action": ["lambda:InvokeFunction"],
-                "Resource": [function_arn(settings, clients)],
             },
         ],
     }
