@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import operator
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from dolambda import DolambdaError, foreach
+from tests.bodies.common import finish_after
 from tests.helpers import Recorder, as_str, both, identity, run, slow_early
 
 SHORTHANDS = ["list", "c", "+", "*", "max", "min", "cbind", "rbind"]
@@ -286,7 +288,7 @@ def test_non_commutative_inorder(chunk: Any, how: str) -> None:
     assert run(loop.combine(lambda *a: "".join(a)), as_str, how) == "01234567"
 
 
-def test_inorder_despite_out_of_order_completion() -> None:
+def test_inorder_despite_out_of_order_completion(tmp_path: Path) -> None:
     finished: list[str] = []
 
     def concat(a: str, b: str) -> str:
@@ -296,12 +298,16 @@ def test_inorder_despite_out_of_order_completion() -> None:
         finished.append(b)
         return [*a, b]
 
+    # iteration 0 waits for iteration 5's marker, so it finishes after it on any load
+    body = finish_after(str(tmp_path), first=0, last=5)
     loop = foreach(x=range(6)).chunk_size(1)
     unordered = loop.combine(record_unordered, init=[], inorder=False)
-    assert sorted(unordered.do_parallel(slow_early, workers=3)) == [str(i) for i in range(6)]
-    # the early, slow iterations finished after later ones: completion order differed
-    assert finished != sorted(finished)
-    assert loop.combine(concat).do_parallel(slow_early, workers=3) == "012345"
+    assert sorted(unordered.do_parallel(body, workers=3)) == [str(i) for i in range(6)]
+    # completion order differed from input order: 0 came after 5
+    assert finished.index("0") > finished.index("5")
+    for marker in tmp_path.iterdir():
+        marker.unlink()
+    assert loop.combine(concat).do_parallel(body, workers=3) == "012345"
 
 
 @both

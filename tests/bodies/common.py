@@ -42,3 +42,27 @@ def plus_one(x: int) -> int:
 
 def size_of(x: bytes) -> int:
     return len(x)
+
+
+def finish_after(path: str, first: int, last: int, timeout: float = 60.0) -> Callable[[int], str]:
+    """A body whose iteration ``first`` waits until iteration ``last`` has finished.
+
+    Every other iteration leaves a marker file named by its value in ``path``;
+    ``first`` waits (with a timeout, never a bare sleep) for ``last``'s marker, so on
+    parallel workers ``first`` finishes after ``last`` whatever the machine's load.
+    """
+
+    def body(x: int) -> str:
+        import pathlib
+        import threading
+
+        folder = pathlib.Path(path)
+        if x == first:
+            deadline = time.monotonic() + timeout
+            while not (folder / str(last)).exists() and time.monotonic() < deadline:
+                threading.Event().wait(0.01)
+        else:
+            (folder / str(x)).write_text("done")
+        return str(x)
+
+    return body
