@@ -314,8 +314,8 @@ def test_a_read_permission_removed_fails_the_job_with_awss_access_denied_named(
     emu: Emulator,
 ) -> None:
     """Issue 13 §3: without s3:GetObject the worker cannot read its task; the invocation
-    fails with AWS's AccessDenied, and the failure comes back to the client (through the
-    function's on-failure destination) as an error naming it: in seconds, not a hang."""
+    fails with AWS's AccessDenied, and the worker's report of it comes back to the client
+    as an error naming it: in seconds, not a hang."""
     backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
     loop = foreach(x=range(2)).combine(sum)
     started = time.monotonic()
@@ -325,6 +325,92 @@ def test_a_read_permission_removed_fails_the_job_with_awss_access_denied_named(
     assert "AccessDenied" in text and "s3:GetObject" in text, text
     assert time.monotonic() - started < 30
     assert loop.do_lambda(iam_bodies.square, backend=backend, progress=False) == 1
+
+
+# --- a bucket encrypted with a customer managed KMS key (issue 14.10) ---------------------------
+
+
+def _ensure_role_policy(emu: Emulator) -> str:
+    """deploy's own role-policy step against the emulator's function: its change line."""
+    from dolambda.deploy.aws import Clients
+    from dolambda.deploy.role import ensure_role_policy
+    from dolambda.emulator.setup import deploy_settings
+
+    settings = deploy_settings(emu.config, emu.endpoint_url)
+    return str(ensure_role_policy(settings, Clients(settings)))
+
+
+@contextlib.contextmanager
+def bucket_encrypted_with_a_customer_key(emu: Emulator) -> Iterator[str]:
+    """The emulator's bucket encrypting by default with a new customer managed key, named
+    by an alias (deploy resolves it to the key ARN); then SSE-S3 again, and deploy's own
+    role-policy step run again (which takes the grant away: least privilege)."""
+    kms, s3 = client(emu, "kms"), client(emu, "s3")
+    key = kms.create_key(Description="dolambda test key")["KeyMetadata"]
+    alias = f"alias/dolambda-test-{key['KeyId'][:8]}"
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+    s3.put_bucket_encryption(
+        Bucket=emu.bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": alias,
+                    }
+                }
+            ]
+        },
+    )
+    try:
+        yield str(key["Arn"])
+    finally:
+        s3.put_bucket_encryption(
+            Bucket=emu.bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        )
+        _ensure_role_policy(emu)
+
+
+def test_a_customer_kms_key_on_the_bucket_is_needed_by_the_role_and_granted_by_deploy(
+    emu: Emulator,
+) -> None:
+    """With SSE-KMS under a customer managed key, S3 calls KMS as the requester: the role
+    needs kms:GenerateDataKey to write and kms:Decrypt to read
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html). The
+    emulator's S3 denies the role without them, doctor names what is missing, and
+    deploy's role-policy step grants exactly that key; a job then runs."""
+    role, admin = role_session(emu), client(emu, "s3")
+    result = keys.result_key(emu.prefix, "job-kms", 0)
+    with bucket_encrypted_with_a_customer_key(emu) as key_arn:
+        with pytest.raises(ClientError) as info:
+            role.put_object(Bucket=emu.bucket, Key=result, Body=b"x")
+        assert error_code(info.value) == "AccessDenied"
+        assert "kms:GenerateDataKey" in str(info.value) and key_arn in str(info.value)
+        task = keys.task_key(emu.prefix, "job-kms", 0)
+        admin.put_object(Bucket=emu.bucket, Key=task, Body=b"task")  # encrypted with the key
+        with pytest.raises(ClientError) as info:
+            role.get_object(Bucket=emu.bucket, Key=task)
+        assert "kms:Decrypt" in str(info.value)
+        text = _doctor_role_policy(emu)
+        assert "FAIL role policy" in text and "kms:GenerateDataKey" in text, text
+
+        change = _ensure_role_policy(emu)
+        assert "updated" in change, change
+        [grant] = [st for st in policy(emu)["Statement"] if st["Sid"] == "BucketKey"]
+        assert grant["Resource"] == [key_arn]  # the key ARN, not the alias
+        assert sorted(grant["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+        role.put_object(Bucket=emu.bucket, Key=result, Body=base64.b64encode(b"x"))
+        assert role.get_object(Bucket=emu.bucket, Key=task)["Body"].read() == b"task"
+        assert _doctor_role_policy(emu).startswith("OK  role policy")
+        backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0})
+        loop = foreach(x=range(3)).combine(sum)
+        assert loop.do_lambda(iam_bodies.square, backend=backend, progress=False) == 5
+    # back on SSE-S3, deploy's step took the grant away again (least privilege)
+    assert all(st["Sid"] != "BucketKey" for st in policy(emu)["Statement"])
+    assert _doctor_role_policy(emu).startswith("OK  role policy")
 
 
 # --- the evaluator's rules (no server) ----------------------------------------------------------

@@ -19,7 +19,7 @@ from dolambda.deploy.settings import DeploySettings
 
 
 class Clients:
-    """boto3 clients (s3, iam, lambda, sts, logs) built from (region, profile, endpoint_url);
+    """boto3 clients (s3, iam, lambda, sts, logs, kms) built from (region, profile, endpoint_url);
     ``session`` (a boto3 session) replaces the profile's (the emulator passes its own)."""
 
     def __init__(self, settings: DeploySettings, *, session: Any = None) -> None:
@@ -54,7 +54,16 @@ class Clients:
         self.lam: Any = session.client("lambda", **kw)
         self.sts: Any = session.client("sts", **kw)
         self.logs: Any = session.client("logs", **kw)
+        self._session, self._kw = session, kw
+        self._kms: Any = None
         self._identity: dict[str, Any] | None = None
+
+    @property
+    def kms(self) -> Any:
+        """KMS, made on first use (only a bucket encrypted with a KMS key needs it)."""
+        if self._kms is None:
+            self._kms = self._session.client("kms", **self._kw)
+        return self._kms
 
     def identity(self) -> dict[str, Any]:
         if self._identity is None:

@@ -119,7 +119,15 @@ def ensure_encryption(s: DeploySettings, c: Clients) -> Change:
     if "AES256" in algos:
         return Change("unchanged", what, "SSE-S3 (AES256)")
     if algos & {"aws:kms", "aws:kms:dsse"}:
-        return Change("unchanged", what, "SSE-KMS kept (the role then needs kms:Decrypt on it)")
+        key = bucket_kms_key(s, c)
+        if key is None:
+            return Change("unchanged", what, "SSE-KMS with the AWS managed key aws/s3 kept")
+        return Change(
+            "unchanged",
+            what,
+            f"SSE-KMS with {key} kept (the role is granted kms:GenerateDataKey and "
+            "kms:Decrypt on it)",
+        )
     call(
         "s3:PutEncryptionConfiguration",
         what,
@@ -128,6 +136,58 @@ def ensure_encryption(s: DeploySettings, c: Clients) -> Change:
         ServerSideEncryptionConfiguration=ENCRYPTION,
     )
     return Change("created", what, "SSE-S3 (AES256)")
+
+
+#: the alias of the AWS managed key for S3, which any principal S3 lets in may use through S3
+AWS_MANAGED_S3_KEY = "alias/aws/s3"
+
+
+def bucket_kms_key(s: DeploySettings, c: Clients) -> str | None:
+    """The ARN of the customer managed KMS key the bucket encrypts new objects with by
+    default, or None (SSE-S3, the AWS managed ``aws/s3`` key, or no bucket yet).
+
+    With SSE-KMS, S3 calls KMS on the requester's behalf: writing an object needs
+    ``kms:GenerateDataKey`` and reading it ``kms:Decrypt`` on the key, in the requester's
+    IAM policy (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html,
+    "Permissions"). The AWS managed key's own key policy already lets every principal of
+    the account use it through S3
+    (https://docs.aws.amazon.com/kms/latest/developerguide/concepts.html#aws-managed-cmk),
+    so only a customer managed key is granted. An IAM statement names a key by its key
+    ARN (an alias ARN there matches nothing:
+    https://docs.aws.amazon.com/kms/latest/developerguide/cmks-in-iam-policies.html), so an
+    alias or key id is resolved with ``kms:DescribeKey``.
+    """
+    got = call(
+        "s3:GetEncryptionConfiguration",
+        f"default encryption on {s.bucket}",
+        c.s3.get_bucket_encryption,
+        missing=True,
+        Bucket=s.bucket,
+    )
+    rules = ((got or {}).get("ServerSideEncryptionConfiguration") or {}).get("Rules") or []
+    for rule in rules:
+        default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+        if default.get("SSEAlgorithm") not in ("aws:kms", "aws:kms:dsse"):
+            continue
+        key = str(default.get("KMSMasterKeyID") or "")
+        if not key or key.endswith(AWS_MANAGED_S3_KEY):
+            return None
+        try:
+            meta = call("kms:DescribeKey", f"KMS key {key}", c.kms.describe_key, KeyId=key)[
+                "KeyMetadata"
+            ]
+        except DeployError as exc:
+            if key.startswith("arn:") and ":key/" in key:
+                return key  # a key ARN already: grant it even if we may not describe it
+            raise DeployError(
+                f"bucket {s.bucket} encrypts with KMS key {key}, which deploy cannot resolve "
+                f"to a key ARN ({exc}); set the bucket's default encryption to the key's ARN, "
+                "or allow kms:DescribeKey on it"
+            ) from exc
+        if meta.get("KeyManager") == "AWS":
+            return None
+        return str(meta["Arn"])
+    return None
 
 
 def lifecycle_rule(s: DeploySettings) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The function's IAM role: trust (Lambda only) and its one least-privilege inline policy.
 
 The policy lets the worker read the queue and the jobs, list the keys under the prefix
-(see :func:`role_policy` for why), write results, write its own logs and invoke its own
-function (the on-failure destination); the S3 resources are the key globs of
+(see :func:`role_policy` for why), write results and its own logs, and use the bucket's
+customer managed KMS key when the bucket encrypts with one; the S3 resources are the key globs of
 :mod:`dolambda._wire.keys`, so they follow the key layout.
 """
 
@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from dolambda._wire import keys as _keys
 from dolambda.deploy.aws import Clients, call
+from dolambda.deploy.bucket import bucket_kms_key
 from dolambda.deploy.settings import Change, DeploySettings
 
 
@@ -53,10 +54,23 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
     ``s3:ListBucket`` with the requested key as ``s3:prefix`` (Ceph RGW matched AWS on
     exactly this: https://github.com/ceph/ceph/pull/68577), so the worker can neither
     list nor probe keys outside ``<prefix>/``.
+
+    A bucket encrypted by default with a customer managed KMS key (issue 14.10) adds
+    ``kms:GenerateDataKey`` and ``kms:Decrypt`` on that key, and only that key: see
+    :func:`dolambda.deploy.bucket.bucket_kms_key`.
     """
     bucket = f"arn:{clients.partition}:s3:::{settings.bucket}"
     objects = bucket + "/"
     logs = log_group_arn(settings, clients)
+    kms_key = bucket_kms_key(settings, clients)
+    kms = [
+        {
+            "Sid": "BucketKey",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": [kms_key],
+        }
+    ]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -85,6 +99,7 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
                 "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": [logs, f"{logs}:*"],
             },
+            *(kms if kms_key else []),
         ],
     }
 

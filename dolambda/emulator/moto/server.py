@@ -405,6 +405,17 @@ class App:
                     f"{action} action",
                     "403 Forbidden",
                 )
+        for action, resource in kms_checks(request, method, environ):
+            if not allowed(policies, action, resource, {}):
+                return s3_error(
+                    start_response,
+                    environ,
+                    "AccessDenied",
+                    f"User: {assumed_role_arn(session)} is not authorized to perform: {action} "
+                    f"on resource: {resource} because no identity-based policy allows the "
+                    f"{action} action (the object is encrypted with this KMS key)",
+                    "403 Forbidden",
+                )
         if not request.reads_object:
             return self.inner(environ, start_response)
         return self.read_object(request, policies, environ, start_response, session)
@@ -446,6 +457,76 @@ class App:
             )
         start_response(status, headers)
         return body
+
+
+def kms_checks(request: S3Request, method: str, environ: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an object request needs of KMS besides S3: with SSE-KMS, S3 calls KMS as the
+    requester, so writing an object needs ``kms:GenerateDataKey`` and reading one
+    ``kms:Decrypt`` on its key (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+    UsingKMSEncryption.html, "Permissions"). The key of a write is the request's
+    ``x-amz-server-side-encryption-aws-kms-key-id`` or the bucket's default; of a read,
+    the one the object was written with. The AWS managed ``aws/s3`` key needs no grant
+    (its key policy lets the account's principals use it through S3)."""
+    if not request.key or method not in ("GET", "HEAD", "PUT", "POST"):
+        return []
+    action, _resource, _ = request.checks[0]
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    try:
+        bucket = backend.get_bucket(request.bucket)
+    except Exception:  # no such bucket: S3's own answer follows
+        return []
+    key_id: str | None = None
+    if action == "s3:PutObject":
+        if environ.get("HTTP_X_AMZ_SERVER_SIDE_ENCRYPTION", "").startswith("aws:kms"):
+            key_id = environ.get("HTTP_X_AMZ_SERVER_SIDE_ENCRYPTION_AWS_KMS_KEY_ID") or ""
+        else:
+            rule = ((bucket.encryption or {}).get("Rule") or {}).get(
+                "ApplyServerSideEncryptionByDefault"
+            ) or {}
+            if str(rule.get("SSEAlgorithm", "")).startswith("aws:kms"):
+                key_id = rule.get("KMSMasterKeyID") or ""
+        need = "kms:GenerateDataKey"
+    elif action in ("s3:GetObject", "s3:GetObjectVersion"):
+        obj = bucket.keys.get(request.key)
+        if obj is not None and str(obj.encryption or "").startswith("aws:kms"):
+            key_id = obj.kms_key_id or ""
+        need = "kms:Decrypt"
+    else:
+        return []
+    if key_id is None:
+        return []
+    arn = _customer_key_arn(key_id, _credential_region(environ))
+    return [(need, arn)] if arn else []
+
+
+def _customer_key_arn(key_id: str, region: str) -> str | None:
+    """The ARN of a customer managed KMS key, None for the AWS managed one (or none)."""
+    if not key_id or key_id.endswith("alias/aws/s3"):
+        return None
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.kms.models import kms_backends
+
+    if key_id.startswith("arn:"):
+        region = key_id.split(":")[3] or region
+    try:
+        key = kms_backends[DEFAULT_ACCOUNT_ID][region].describe_key(key_id)
+    except Exception:  # a key KMS does not know: name what was asked for
+        return key_id if key_id.startswith("arn:") else None
+    if getattr(key, "key_manager", "CUSTOMER") == "AWS":
+        return None
+    return str(key.arn)
+
+
+def _credential_region(environ: dict[str, Any]) -> str:
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+    scope = auth.partition("Credential=")[2].partition(",")[0].strip()
+    if not scope:
+        scope = _query_value(environ, "X-Amz-Credential") or ""
+    parts = scope.split("/")
+    return parts[2] if len(parts) >= 5 else "us-east-1"
 
 
 def _query_value(environ: dict[str, Any], name: str) -> str | None:
