@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from dolambda import DolambdaError, Job, LambdaBackend
+from dolambda import DolambdaError, Job, JobCancelled, LambdaBackend, foreach
 from dolambda.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,3 +382,29 @@ async def test_cancelling_an_await_of_a_job_stops_the_job() -> None:
 def _slow(x: int) -> int:
     time.sleep(0.3)
     return x
+
+
+def test_a_running_task_stops_when_its_job_is_cancelled(
+    lambda_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A cancel deletes the queued tasks; a task already running looks at the job's cancel
+    marker every CANCEL_CHECK_EVERY seconds and stops there (on AWS a chunk left running
+    is paid for to its end), writing no result."""
+    from dolambda._aws.watchdog import CANCEL_CHECK_EVERY
+    from tests.bodies.common import marks_then_sleeps
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    backend = LambdaBackend(**{**lambda_emulator.backend_settings(), "backups": False})
+    loop = foreach(x=range(100)).chunk_size(100)  # one task of 100 half-second iterations
+    job = loop.submit(marks_then_sleeps(str(marks), 0.5), backend=backend, progress=False)
+    wait_for(lambda: started(tmp_path) >= 2, 60, "the task to start")
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=60)
+    at_cancel = started(tmp_path)
+    after = settle(lambda: started(tmp_path), quiet_for=3, timeout=CANCEL_CHECK_EVERY + 30)
+    # it stopped within one look at the marker (two iterations a second), not at 100
+    assert after <= at_cancel + 2 * (CANCEL_CHECK_EVERY + 2), (at_cancel, after)
+    assert after < 100
+    assert keys_under(lambda_emulator, f"results/{job.id}/") == []

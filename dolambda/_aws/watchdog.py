@@ -65,6 +65,12 @@ MIN_MARGIN = 0.25
 OOM_SHARE = 0.8
 
 
+#: seconds between two looks at the job's cancel marker while a task runs: a cancelled
+#: job's running tasks stop within this, not after their last iteration (one HEAD each:
+#: at 1,000 workers ~200 requests a second, ~0.5% of what the invocations cost)
+CANCEL_CHECK_EVERY = 5.0
+
+
 def margin_from_env() -> float:
     """``DOLAMBDA_WATCHDOG_MARGIN`` (seconds), else :data:`DEFAULT_MARGIN`."""
     text = os.environ.get("DOLAMBDA_WATCHDOG_MARGIN", "")
@@ -159,11 +165,14 @@ class Watchdog:
         fetch_job: Callable[[], tuple[bytes, bytes]],
         fetch_code: Callable[[str], bytes],
         stats: dict[str, Any],
-    ) -> TaskOutcome:
-        """Run a verified task in the child; always an outcome, written by the caller.
+        cancelled: Callable[[], bool] | None = None,
+    ) -> TaskOutcome | None:
+        """Run a verified task in the child; an outcome for the caller to write, or None
+        when the job was cancelled while it ran (the child is stopped: nothing to write).
 
         ``remaining()`` is the invocation's time left in seconds
-        (``context.get_remaining_time_in_millis() / 1000``).
+        (``context.get_remaining_time_in_millis() / 1000``); ``cancelled()`` says whether
+        the job's cancel marker exists, asked every :data:`CANCEL_CHECK_EVERY` seconds.
         """
         started, t0 = time.time(), time.perf_counter()
         cold = self.tasks_run == 0
@@ -202,8 +211,15 @@ class Watchdog:
             self._reap(kill=True)
             conn = self._start()
             conn.send(("run", task_blob, key, job_id, task_id))
+        look = time.monotonic() + CANCEL_CHECK_EVERY
         while True:
-            wait = deadline - time.monotonic()
+            now = time.monotonic()
+            if cancelled is not None and now >= look:
+                look = now + CANCEL_CHECK_EVERY
+                if cancelled():
+                    self._reap(kill=True)
+                    return None
+            wait = min(deadline, look) - now
             try:
                 if wait <= 0 or not conn.poll(wait):
                     if time.monotonic() < deadline:

@@ -54,9 +54,10 @@ def process_s3_task(
     ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again.
     A task object that is gone was cancelled. The result is written with
     ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
-    ``"ignored"``, ``"gone"``, ``"done"`` or ``"duplicate"``; never raises for the body.
-    With a ``watchdog`` and a ``context`` that tells the time left, the task runs in
-    the watchdog's child process.
+    ``"ignored"``, ``"gone"``, ``"done"``, ``"duplicate"`` or ``"cancelled"``; never raises
+    for the body. With a ``watchdog`` and a ``context`` that tells the time left, the task
+    runs in the watchdog's child process, which is stopped (and no result written) when
+    the job's cancel marker appears while it runs.
     """
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -118,10 +119,22 @@ def process_s3_task(
         stats["request_id"] = str(getattr(context, "aws_request_id", ""))
         stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
 
+    def cancelled() -> bool:
+        """Whether the job's cancel marker exists (a failure to tell: go on)."""
+        nonlocal requests
+        requests += 1
+        try:
+            s3.head_object(Bucket=bucket, Key=_keys.cancel_key(prefix, job_id))
+        except Exception as exc:
+            if kind_of(exc) not in OBJECT_MISSING:
+                log(f"dolambda: job {job_id}: its cancel marker could not be read: {exc}")
+            return False
+        return True
+
     task = _verified_task(blob, signing_key, job_id, task_id)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if watchdog is not None and task is not None and callable(remaining):
-        outcome = watchdog.run(
+        watched = watchdog.run(
             blob,
             task,
             key=signing_key,
@@ -129,7 +142,12 @@ def process_s3_task(
             fetch_job=fetch_job,
             fetch_code=get_code,
             stats=stats,
+            cancelled=cancelled,
         )
+        if watched is None:
+            log(f"dolambda: task {job_id}/{task_id} stopped: the job was cancelled")
+            return "cancelled"
+        outcome = watched
     else:  # no deadline to watch (or a task that fails verification): in this process
         outcome = run_task_blob(
             state,

@@ -66,3 +66,16 @@ def finish_after(path: str, first: int, last: int, timeout: float = 60.0) -> Cal
         return str(x)
 
     return body
+
+
+def marks_then_sleeps(marks: str, seconds: float) -> Callable[[int], int]:
+    """A body that leaves a marker file named by its value in ``marks``, then sleeps."""
+
+    def body(x: int) -> int:
+        import pathlib
+
+        (pathlib.Path(marks) / str(x)).touch()
+        time.sleep(seconds)
+        return x
+
+    return body
