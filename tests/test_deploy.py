@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from dolambda import cli
 from dolambda import deploy as dep
 from dolambda._aws.errors import translate
+from dolambda._backends.lambda_ import code as lambda_code
 from dolambda._config import config_path, load_config
 from dolambda._errors import InvalidArgument
 from dolambda._wire import keys
@@ -446,6 +447,8 @@ def test_destroy_removes_ours_and_keeps_the_users(url: str, small_package: dep.P
         },
     )
     run_deploy(url, small_package)
+    ident = lambda_code.record_id("dolambda", "us-east-1", url)
+    assert lambda_code.load_local_record(ident) == small_package.record
     s3.put_object(Bucket=BUCKET, Key="data/users-file.csv", Body=b"1,2,3")
     s3.put_object(Bucket=BUCKET, Key="dolambda/results/j/0000000.out", Body=b"x")
     logs = boto3.client("logs", region_name="us-east-1", endpoint_url=url)
@@ -471,6 +474,7 @@ def test_destroy_removes_ours_and_keeps_the_users(url: str, small_package: dep.P
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert keys == ["data/users-file.csv"]
     assert load_config() is None
+    assert lambda_code.load_local_record(ident) is None  # this machine's copy went too
     # twice is harmless
     again = dep.destroy(settings(url))
     assert {c.action for c in again} <= {"absent", "kept", "deleted"}

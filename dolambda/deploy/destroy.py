@@ -85,6 +85,7 @@ def destroy(
     else:
         step(Change("absent", f"bucket {s.bucket}"))
     step(_remove_config(s))
+    step(_remove_local_record(s, c))
     return changes
 
 
@@ -188,6 +189,16 @@ def _delete_objects(s: DeploySettings, c: Clients, *, prefix: str) -> int:
             )
             count += len(batch)
     return count
+
+
+def _remove_local_record(s: DeploySettings, c: Clients) -> Change:
+    """This machine's copy of the function's package record (``packages.json``): a
+    destroyed function's record must not answer for a later function of that name."""
+    from dolambda._backends.lambda_ import code as _code
+
+    ident = _code.record_id(s.function_name, c.region, s.endpoint_url)
+    what = f"package record of {s.function_name} in {_code.records_path()}"
+    return Change("deleted" if _code.remove_local_record(ident) else "absent", what)
 
 
 def _remove_config(s: DeploySettings) -> Change:

@@ -117,6 +117,19 @@ def save_local_record(record: Mapping[str, Any], ident: str) -> Path:
     return path
 
 
+def remove_local_record(ident: str) -> bool:
+    """Drop the function ``ident``'s entry from :func:`records_path` (destroy); True if
+    there was one."""
+    path = records_path()
+    records = _read_records(path)
+    if records.pop(ident, None) is None:
+        return False
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+    return True
+
+
 def load_local_record(ident: str) -> dict[str, Any] | None:
     record = _read_records(records_path()).get(ident)
     return record if isinstance(record, dict) else None
