@@ -317,6 +317,7 @@ def test_doctor_healthy(url: str, small_package: dep.Package) -> None:
         "permission",
         "role policy",
         "signing key",
+        "package record",
         "round trip",
     ):
         assert name in names
@@ -370,10 +371,16 @@ def _break_async_retries(url: str) -> None:
     )
 
 
+def _break_package_record(url: str) -> None:
+    key = keys.package_record_key("dolambda", "dolambda")
+    clients(url)["s3"].delete_object(Bucket=BUCKET, Key=key)
+
+
 @pytest.mark.parametrize(
     ("breaker", "check"),
     [
         (_break_async_retries, "async invoke config"),
+        (_break_package_record, "package record"),
         (_break_notification, "notification"),
         (_break_permission, "permission"),
         (_break_runtime, "runtime"),

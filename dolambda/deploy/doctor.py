@@ -132,6 +132,8 @@ def doctor(
             check("notification", lambda: _notification(s, c, str(fn["FunctionArn"])))
         check("role policy", lambda: _role_policy(s, c, str(fn["Role"])))
         check("signing key", lambda: _signing_key(s, fn, config_signing_key))
+        if bucket_ok:
+            check("package record", lambda: _package_record(s, c, fn))
     if round_trip is not None and all(r.ok for r in results):
         rt = round_trip
 
@@ -234,6 +236,43 @@ def _runtime(fn: dict[str, Any], python: str | None) -> str:
             "pickled bodies only load in the same Python minor version"
         )
     return want
+
+
+def _package_record(s: DeploySettings, c: Clients, fn: dict[str, Any]) -> str:
+    """The record of what the deployed package holds, which clients read before they
+    dispatch (to name a distribution the function lacks): present, readable, and for
+    this function's architecture (its Python is the runtime check's)."""
+    from dolambda._wire.keys import package_record_key
+
+    key = package_record_key(s.clean_prefix, s.function_name)
+    where = f"s3://{s.bucket}/{key}"
+    got = call(
+        "s3:GetObject",
+        f"package record {where}",
+        c.s3.get_object,
+        missing=True,
+        Bucket=s.bucket,
+        Key=key,
+    )
+    if got is None:
+        raise _Failed(
+            f"no package record at {where}: clients cannot tell before dispatch which "
+            "distributions the function lacks (a job that needs one fails on every task)"
+        )
+    try:
+        record = json.loads(got["Body"].read())
+        dists = dict(record["distributions"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Failed(f"the package record at {where} is not readable ({exc})") from exc
+    problems = []
+    arch = (fn.get("Architectures") or ["x86_64"])[0]
+    if record.get("architecture") not in (None, arch):
+        problems.append(
+            f"it describes a {record.get('architecture')} package, the function is {arch}"
+        )
+    if problems:
+        raise _Failed(f"the package record at {where} is stale: " + "; ".join(problems))
+    return f"{len(dists)} distributions"
 
 
 def _event_invoke(s: DeploySettings, c: Clients) -> str:
