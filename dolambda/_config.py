@@ -44,6 +44,8 @@ class ClientConfig(BaseModel):
     endpoint_url: str | None = None
     profile: str | None = None
     memory_mb: int = 1024
+    #: the larger memory tiers (MB) deploy published as aliases ``mem-<MB>``
+    memory_tiers: list[int] = []
     timeout: int = 900
     architecture: str = "x86_64"
     #: the emulator only: its concurrency, the pid that serves it, and the (fake)

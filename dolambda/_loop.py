@@ -120,9 +120,17 @@ class Loop(LoopSpec, metaclass=_LoopType):
         backend: Backend | None = None,
         *,
         progress: bool | None = None,
+        memory: int | None = None,
     ) -> Any:
-        """Run on AWS Lambda through the S3 queue (the given, registered or deployed backend)."""
-        return self._wait(self._job(fn, lambda: resolve_remote_backend(backend), progress))
+        """Run on AWS Lambda through the S3 queue (the given, registered or deployed backend);
+        ``memory`` (MB): on the smallest of the function's memory tiers that has it."""
+
+        def resolve() -> Backend:
+            chosen = resolve_remote_backend(backend)
+            with_memory = getattr(chosen, "with_memory", None)
+            return chosen if memory is None or with_memory is None else with_memory(memory)
+
+        return self._wait(self._job(fn, resolve, progress))
 
     def run(
         self,

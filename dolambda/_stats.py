@@ -40,6 +40,8 @@ class JobStats:
     backups: int = 0
     backups_won: int = 0
     backup_seconds: float = 0.0
+    #: the function's memory sizes (MB): the base memory, then its tiers (Lambda backend)
+    memory_tiers: list[int] = field(default_factory=list)
 
     @property
     def task_count(self) -> int:
@@ -53,11 +55,30 @@ class JobStats:
     def worker_s3_requests(self) -> int:
         return sum(t.s3_requests for t in self.tasks)
 
+    def _task_mb(self, t: TaskStats) -> int:
+        """The memory a task ran with: its worker's limit (its tier), else the function's."""
+        return t.memory_limit_mb or self.memory_mb or 0
+
+    @property
+    def gb_seconds_by_tier(self) -> dict[int, float]:
+        """Billed GB-seconds of the tasks, by the memory (MB) they ran with."""
+        out: dict[int, float] = {}
+        for t in self.tasks:
+            mb = self._task_mb(t)
+            out[mb] = out.get(mb, 0.0) + math.ceil(t.duration * 1000) / 1000 * mb / 1024
+        return dict(sorted(out.items()))
+
+    @property
+    def tasks_by_tier(self) -> dict[int, int]:
+        """How many tasks ran with each memory size (MB)."""
+        out: dict[int, int] = {}
+        for t in self.tasks:
+            out[self._task_mb(t)] = out.get(self._task_mb(t), 0) + 1
+        return dict(sorted(out.items()))
+
     @property
     def billed_gb_seconds(self) -> float:
-        mem_gb = (self.memory_mb or 0) / 1024
-        tasks = sum(math.ceil(t.duration * 1000) / 1000 * mem_gb for t in self.tasks)
-        return tasks + self.backup_gb_seconds
+        return sum(self.gb_seconds_by_tier.values()) + self.backup_gb_seconds
 
     @property
     def backup_gb_seconds(self) -> float:
@@ -95,6 +116,12 @@ class JobStats:
                 text += (
                     f", {self.backups} backups ({self.backups_won} won, "
                     f"~{self.backup_gb_seconds:.3f} GB-s)"
+                )
+            by_tier = self.gb_seconds_by_tier
+            if len(by_tier) > 1 or (by_tier and self.memory_mb not in by_tier):
+                counts = self.tasks_by_tier
+                text += ", memory tiers: " + ", ".join(
+                    f"{mb} MB x{counts[mb]} ({gbs:.3f} GB-s)" for mb, gbs in by_tier.items()
                 )
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"

@@ -150,6 +150,13 @@ def demo(aws: bool, workers: int, iterations: int, samples: int) -> None:
 @click.option("--bucket", default="dolambda-emulator", show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="function timeout, seconds")
 @click.option("--memory", default=1024, show_default=True, help="memory limit, MB")
+@click.option(
+    "--memory-tiers",
+    default="none",
+    show_default=True,
+    metavar="MB,MB,...",
+    help="larger memory tiers (aliases mem-<MB>), as deploy --memory-tiers publishes them",
+)
 @click.option("--endpoint-url", help="use this S3 server instead of starting moto")
 @click.option(
     "--port",
@@ -175,6 +182,7 @@ def emulator_command(
     bucket: str,
     timeout: float,
     memory: int,
+    memory_tiers: str,
     endpoint_url: str | None,
     port: int | None,
     signing_key: str | None,
@@ -199,6 +207,7 @@ def emulator_command(
         bucket=bucket,
         timeout=timeout,
         memory_mb=memory,
+        memory_tiers=parse_tiers(memory_tiers),
         endpoint_url=endpoint_url,
         requirements=requirements,
         port=port,
@@ -219,6 +228,15 @@ def emulator_command(
     default=1024,
     show_default=True,
     help="Function memory, MB (128-10240).",
+)
+@click.option(
+    "--memory-tiers",
+    "memory_tiers",
+    default=None,
+    metavar="MB,MB,...",
+    help="Larger memory sizes a task that ran out of memory moves up to, each a published "
+    "version behind the alias mem-<MB> (default: 2048,4096,10240 above --memory; 'none': "
+    "no tiers).",
 )
 @click.option(
     "--timeout", type=int, default=900, show_default=True, help="Function timeout, seconds (1-900)."
@@ -265,8 +283,27 @@ def deploy_command(**options: Any) -> None:
       dolambda deploy --bucket my-dolambda-queue --rotate-key   # new signing key
     """
     rebuild = bool(options.pop("rebuild", False))
+    if options.get("memory_tiers") is not None:
+        options["memory_tiers"] = parse_tiers(str(options["memory_tiers"]))
     options = {k: v for k, v in options.items() if v is not None}
     deploy(DeploySettings(**options), rebuild=rebuild, echo=click.echo)
+
+
+def parse_tiers(text: str) -> tuple[int, ...]:
+    """``--memory-tiers``: comma-separated MB sizes, or ``none``.
+
+    >>> parse_tiers("4096, 2048"), parse_tiers("none")
+    ((4096, 2048), ())
+    """
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: give MB sizes separated by commas (e.g. 2048,4096,10240) or 'none'",
+            param_hint="--memory-tiers",
+        ) from None
 
 
 ROUND_TRIP_TIMEOUT = 45.0

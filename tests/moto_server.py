@@ -104,6 +104,11 @@ def serve() -> None:
         return original_put(self, function_name, config)
 
     backend.put_function_event_invoke_config = put_overwrites  # type: ignore[method-assign]
+    # versions and aliases as Lambda has them (a qualifier's own event-invoke config, an
+    # Invoke of an alias): what the emulator's own server applies too
+    from dolambda.emulator.moto.server import patch_lambda_qualifiers
+
+    patch_lambda_qualifiers()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(READY, server.get_host_and_port()[1], flush=True)

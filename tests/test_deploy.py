@@ -198,6 +198,8 @@ def test_deploy_updates_only_what_differs(url: str, small_package: dep.Package) 
     changed = {c.resource: c for c in again if c.action != "unchanged" and c.action != "skipped"}
     assert set(changed) == {
         "function dolambda",
+        # (a new timeout: the tiers' versions are published again; 2048 MB is now the base)
+        "memory tiers of dolambda",
         "lifecycle rule dolambda-dolambda-expire",
         f"client config {config_path()}",
     }
@@ -395,8 +397,11 @@ def test_doctor_finds_each_broken_piece_alone(
     breaker(url)
     results = dep.doctor(settings(url))
     failed = [r for r in results if not r.ok]
-    assert [r.name for r in failed] == [check], [str(r) for r in results]
-    line = str(failed[0])
+    # the memory tiers are versions of $LATEST: a runtime or environment changed on
+    # $LATEST alone leaves them running the old one, and doctor says so too
+    also = ["memory tiers"] if check in ("runtime", "signing key") else []
+    assert sorted(r.name for r in failed) == sorted([check, *also]), [str(r) for r in results]
+    line = str(next(r for r in failed if r.name == check))
     assert line.startswith(f"FAIL {check}: ") and " — fix: dolambda deploy --bucket " in line
     # the fix it names repairs it (deploy again), except the extra policy which deploy
     # does not own: doctor keeps telling the user about it
@@ -928,3 +933,51 @@ def test_doctor_knows_every_partitions_regions(region: str) -> None:
     fake.region = "mars-north-1"  # type: ignore[attr-defined]
     with pytest.raises(doctor._Failed, match="not a region with AWS Lambda"):
         doctor._region(dep.DeploySettings(bucket=BUCKET), fake)  # type: ignore[arg-type]
+
+
+# --- memory tiers (issue 16 item 2) -----------------------------------------------------
+
+
+def _tiers(url: str) -> dict[str, int]:
+    lam = clients(url)["lambda"]
+    out = {}
+    for alias in lam.list_aliases(FunctionName="dolambda")["Aliases"]:
+        conf = lam.get_function_configuration(FunctionName="dolambda", Qualifier=alias["Name"])
+        out[alias["Name"]] = conf["MemorySize"]
+    return out
+
+
+def test_deploy_publishes_memory_tiers_as_versions_behind_aliases(
+    url: str, small_package: dep.Package
+) -> None:
+    changes = run_deploy(url, small_package)
+    lam = clients(url)["lambda"]
+    # the default tiers above the base memory, each its own version of the one function
+    assert _tiers(url) == {"mem-2048": 2048, "mem-4096": 4096, "mem-10240": 10240}
+    assert lam.get_function_configuration(FunctionName="dolambda")["MemorySize"] == 1024
+    for alias in ("mem-2048", "mem-10240"):  # Lambda's retries off on each alias too
+        got = lam.get_function_event_invoke_config(FunctionName="dolambda", Qualifier=alias)
+        assert got["MaximumRetryAttempts"] == 0
+    config = load_config()
+    assert config is not None and config.memory_tiers == [2048, 4096, 10240]
+    assert ("created", "memory tiers of dolambda") in [(c.action, c.resource) for c in changes]
+    again = run_deploy(url, small_package)
+    assert ("unchanged", "memory tiers of dolambda") in [(c.action, c.resource) for c in again]
+    healthy = dep.doctor(settings(url))
+    assert [str(r) for r in healthy if not r.ok] == []
+    assert "memory tiers" in [r.name for r in healthy]
+    # a tier pointing at the wrong version: doctor names it, deploy repairs it
+    two = lam.get_alias(FunctionName="dolambda", Name="mem-2048")["FunctionVersion"]
+    lam.update_alias(FunctionName="dolambda", Name="mem-4096", FunctionVersion=two)
+    failed = [r for r in dep.doctor(settings(url)) if not r.ok]
+    assert [r.name for r in failed] == ["memory tiers"], [str(r) for r in failed]
+    assert "mem-4096: its version has 2048 MB" in str(failed[0])
+    run_deploy(url, small_package)
+    assert _tiers(url)["mem-4096"] == 4096
+    # fewer tiers: the others' aliases go, and the versions no alias uses
+    run_deploy(url, small_package, memory_tiers=(2048,))
+    assert _tiers(url) == {"mem-2048": 2048}
+    versions = lam.list_versions_by_function(FunctionName="dolambda")["Versions"]
+    assert sorted(v["Version"] for v in versions) == sorted(["$LATEST", two])
+    with pytest.raises(InvalidArgument, match="not above the function's base memory"):
+        settings(url, memory_tiers=(512,)).validate()

@@ -93,8 +93,8 @@ def test_the_emulators_function_is_what_deploy_makes(running: Any) -> None:
     environment, the emulator's timeout and memory, and its async-invoke config."""
     emu = running
     settings = deploy_mod.DeploySettings(
-        bucket=emu.bucket, endpoint_url=emu.endpoint_url, region=emu.region
-    )
+        bucket=emu.bucket, endpoint_url=emu.endpoint_url, region=emu.region, memory_tiers=()
+    )  # (no memory tiers: the emulator was started without; its emulator.json says so)
     clients = deploy_mod.Clients(settings)
     iam = boto3.client("iam", endpoint_url=emu.endpoint_url, region_name=emu.region)
     doc = iam.get_role_policy(RoleName=settings.role_name, PolicyName=settings.role_policy_name)

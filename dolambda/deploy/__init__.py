@@ -39,6 +39,7 @@ from dolambda.deploy.emulated import adopt, emulator_function, unserved_note
 from dolambda.deploy.function import (
     ensure_event_invoke_config,
     ensure_function,
+    ensure_memory_tiers,
     ensure_permission,
     ensure_recursion_config,
     get_function,
@@ -158,6 +159,7 @@ def deploy(
     step(fn_change)
     step(ensure_package_record(s, c, package))
     step(ensure_event_invoke_config(s, c))
+    step(ensure_memory_tiers(s, c))
     step(ensure_recursion_config(s, c))
     step(ensure_permission(s, c))
     step(ensure_notification(s, c, function_arn))

@@ -62,6 +62,8 @@ def destroy(
             StatementId=PERMISSION_SID,
         )
         step(Change("deleted", f"invoke permission {PERMISSION_SID}"))
+        # without a Qualifier, DeleteFunction deletes every version and alias (the memory
+        # tiers): https://docs.aws.amazon.com/lambda/latest/api/API_DeleteFunction.html
         call(
             "lambda:DeleteFunction",
             f"function {s.function_name}",

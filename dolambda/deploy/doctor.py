@@ -29,6 +29,8 @@ from dolambda.deploy.function import (
     on_failure_destination,
     permission_ok,
     permission_statement,
+    tier_problem,
+    tier_version,
 )
 from dolambda.deploy.package import python_version, runtime_for
 from dolambda.deploy.role import normalize_policy, role_policy
@@ -126,6 +128,7 @@ def doctor(
         fn = function
         check("runtime", lambda: _runtime(fn, python))
         check("async invoke config", lambda: _event_invoke(s, c))
+        check("memory tiers", lambda: _memory_tiers(s, c, fn))
         check("concurrency", lambda: _concurrency(s, c))
         check("permission", lambda: _permission(s, c))
         if bucket_ok:
@@ -236,6 +239,40 @@ def _runtime(fn: dict[str, Any], python: str | None) -> str:
             "pickled bodies only load in the same Python minor version"
         )
     return want
+
+
+def _memory_tiers(s: DeploySettings, c: Clients, fn: dict[str, Any]) -> str:
+    """Each memory tier's alias points at a version of $LATEST with the tier's memory,
+    and has Lambda's retries off (an alias has an event-invoke config of its own)."""
+    from dolambda._aws.invoke import tier_alias
+    from dolambda.deploy.emulated import EMULATOR_TIERS_TAG, emulator_function
+
+    tiers = s.tiers
+    emulated = emulator_function(s, c, fn) if s.memory_tiers is None else None
+    if emulated is not None:  # an emulator's function has the emulator's tiers (deploy keeps them)
+        text = str(emulated["Tags"].get(EMULATOR_TIERS_TAG, ""))
+        tiers = tuple(int(t) for t in text.split(",") if t.strip())
+    problems = []
+    for mb in tiers:
+        alias = tier_alias(mb)
+        problem = tier_problem(fn, tier_version(s, c, mb), mb)
+        if problem:
+            problems.append(f"{alias}: {problem}")
+            continue
+        got = call(
+            "lambda:GetFunctionEventInvokeConfig",
+            f"memory tier {alias}",
+            c.lam.get_function_event_invoke_config,
+            missing=True,
+            FunctionName=s.function_name,
+            Qualifier=alias,
+        )
+        if got is None or got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS:
+            retries = 2 if got is None else got.get("MaximumRetryAttempts")
+            problems.append(f"{alias}: Lambda retries a failed invocation {retries} time(s)")
+    if problems:
+        raise _Failed("; ".join(problems) + "; run dolambda deploy")
+    return ", ".join(f"{mb} MB" for mb in tiers) or "none"
 
 
 def _package_record(s: DeploySettings, c: Clients, fn: dict[str, Any]) -> str:

@@ -32,6 +32,8 @@ from dolambda.deploy.settings import Change, DeploySettings
 
 #: the tag the emulator puts on its function; its value is the emulator's trigger
 EMULATOR_TAG = "dolambda:emulator"
+#: the emulator's memory tiers (MB, comma-separated), which a deploy onto it keeps
+EMULATOR_TIERS_TAG = "dolambda:emulator-tiers"
 #: what an emulator's moto server answers (``dolambda.emulator.events.API`` + ``/ping``;
 #: spelled here because deploy sits below the emulator and may not import it)
 PING_PATH = "/_dolambda/ping"
@@ -103,7 +105,14 @@ def adopt(s: DeploySettings, fn: dict[str, Any]) -> tuple[DeploySettings, Packag
         )
     timeout, memory = int(fn.get("Timeout") or s.timeout), int(fn.get("MemorySize") or s.memory_mb)
     arch = (fn.get("Architectures") or [s.architecture])[0]
+    tiers_text = str(fn["Tags"].get(EMULATOR_TIERS_TAG, ""))
+    tiers = tuple(int(t) for t in tiers_text.split(",") if t.strip())
     notes = []
+    if s.memory_tiers is not None and tuple(s.memory_tiers) != tiers:
+        notes.append(
+            f"keeps the emulator's memory tiers ({tiers_text or 'none'}; the emulator's "
+            "memory_tiers option sets them)"
+        )
     if (timeout, memory, arch) != (s.timeout, s.memory_mb, s.architecture):
         notes.append(
             f"keeps the emulator's {timeout} s, {memory} MB, {arch} (deploy asked for "
@@ -115,7 +124,7 @@ def adopt(s: DeploySettings, fn: dict[str, Any]) -> tuple[DeploySettings, Packag
             f"does not use --requirements {s.requirements}: the emulator's package is built "
             "from the distributions installed here (pip install -r it, restart the emulator)"
         )
-    adopted = replace(s, timeout=timeout, memory_mb=memory, architecture=arch)
+    adopted = replace(s, timeout=timeout, memory_mb=memory, architecture=arch, memory_tiers=tiers)
     # what moto holds stands for the package: no code update (the emulator runs its own
     # build of the package for this machine, from the distributions installed here)
     package = Package(

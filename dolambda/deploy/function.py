@@ -357,3 +357,174 @@ def ensure_permission(s: DeploySettings, c: Clients) -> Change:
         SourceAccount=c.account,
     )
     return Change("updated" if st else "created", what, detail)
+
+
+#: the settings a tier's version must share with ``$LATEST`` (all but MemorySize)
+TIER_SAME = ("CodeSha256", "Runtime", "Role", "Handler", "Timeout", "Environment")
+
+
+def tier_problem(latest: dict[str, Any], version: dict[str, Any] | None, memory_mb: int) -> str:
+    """What is wrong with a tier's version ("" when it is ``$LATEST`` at ``memory_mb``)."""
+    if version is None:
+        return "missing"
+    if version.get("MemorySize") != memory_mb:
+        return f"its version has {version.get('MemorySize')} MB"
+    stale = [k for k in TIER_SAME if version.get(k) != latest.get(k)]
+    return f"its version has another {', '.join(stale)} than $LATEST" if stale else ""
+
+
+def tier_version(s: DeploySettings, c: Clients, memory_mb: int) -> dict[str, Any] | None:
+    """The configuration of the version the tier's alias points at (None: no alias)."""
+    from dolambda._aws.invoke import tier_alias
+
+    got = call(
+        "lambda:GetFunctionConfiguration",
+        f"memory tier {tier_alias(memory_mb)} of {s.function_name}",
+        c.lam.get_function_configuration,
+        missing=True,
+        FunctionName=s.function_name,
+        Qualifier=tier_alias(memory_mb),
+    )
+    return None if got is None else dict(got)
+
+
+def deployed_tiers(s: DeploySettings, c: Clients) -> tuple[int, ...]:
+    """The memory tiers the function has now: the sizes of its ``mem-<MB>`` aliases."""
+    from dolambda._aws.invoke import TIER_ALIAS_PREFIX
+
+    aliases = call(
+        "lambda:ListAliases",
+        f"memory tiers of {s.function_name}",
+        c.lam.list_aliases,
+        FunctionName=s.function_name,
+    ).get("Aliases", [])
+    names = [str(a["Name"]) for a in aliases]
+    sizes = [n[len(TIER_ALIAS_PREFIX) :] for n in names if n.startswith(TIER_ALIAS_PREFIX)]
+    return tuple(sorted(int(mb) for mb in sizes if mb.isdigit()))
+
+
+def ensure_memory_tiers(s: DeploySettings, c: Clients) -> Change:
+    """Each memory tier as a published version of the one function behind the alias
+    ``mem-<MB>`` (a version's memory is immutable, so a tier is ``$LATEST`` published
+    with another MemorySize: https://docs.aws.amazon.com/lambda/latest/dg/configuration-versions.html),
+    with Lambda's retries off on each alias (an alias has an event-invoke config of its
+    own; without one Lambda retries twice:
+    https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html).
+    Aliases of tiers no longer wanted are deleted, and so are versions no alias uses."""
+    from dolambda._aws.invoke import TIER_ALIAS_PREFIX, tier_alias
+
+    what = f"memory tiers of {s.function_name}"
+    tiers = s.tiers
+    latest = _wait(s, c)
+    aliases = call(
+        "lambda:ListAliases", what, c.lam.list_aliases, FunctionName=s.function_name
+    ).get("Aliases", [])
+    ours = {a["Name"]: a for a in aliases if str(a["Name"]).startswith(TIER_ALIAS_PREFIX)}
+    stale = [mb for mb in tiers if tier_problem(latest, tier_version(s, c, mb), mb)]
+    for mb in stale:
+        # $LATEST at the tier's memory, published, then back to the base memory
+        call(
+            "lambda:UpdateFunctionConfiguration",
+            what,
+            c.lam.update_function_configuration,
+            FunctionName=s.function_name,
+            MemorySize=mb,
+        )
+        _wait(s, c)
+        version = call(
+            "lambda:PublishVersion",
+            what,
+            c.lam.publish_version,
+            FunctionName=s.function_name,
+            CodeSha256=latest.get("CodeSha256"),
+            Description=f"dolambda memory tier {mb} MB",
+        )["Version"]
+        alias = tier_alias(mb)
+        if alias in ours:
+            call(
+                "lambda:UpdateAlias",
+                what,
+                c.lam.update_alias,
+                FunctionName=s.function_name,
+                Name=alias,
+                FunctionVersion=version,
+            )
+        else:
+            call(
+                "lambda:CreateAlias",
+                what,
+                c.lam.create_alias,
+                FunctionName=s.function_name,
+                Name=alias,
+                FunctionVersion=version,
+            )
+    if stale:
+        call(
+            "lambda:UpdateFunctionConfiguration",
+            what,
+            c.lam.update_function_configuration,
+            FunctionName=s.function_name,
+            MemorySize=s.memory_mb,
+        )
+        _wait(s, c)
+    want: dict[str, Any] = {
+        "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
+        "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
+    }
+    for mb in tiers:
+        got = call(
+            "lambda:GetFunctionEventInvokeConfig",
+            what,
+            c.lam.get_function_event_invoke_config,
+            missing=True,
+            FunctionName=s.function_name,
+            Qualifier=tier_alias(mb),
+        )
+        if got is None or any(got.get(k) != v for k, v in want.items()):
+            call(
+                "lambda:PutFunctionEventInvokeConfig",
+                what,
+                c.lam.put_function_event_invoke_config,
+                FunctionName=s.function_name,
+                Qualifier=tier_alias(mb),
+                **want,
+            )
+    gone = [name for name in ours if name not in {tier_alias(mb) for mb in tiers}]
+    for name in gone:
+        call(
+            "lambda:DeleteAlias", what, c.lam.delete_alias, FunctionName=s.function_name, Name=name
+        )
+    if stale or gone:
+        _delete_unused_versions(s, c)
+    detail = ", ".join(f"{mb} MB" for mb in tiers) or "none (the base memory only)"
+    if not stale and not gone:
+        return Change("unchanged", what, detail)
+    return Change("updated" if ours else "created", what, detail)
+
+
+def _delete_unused_versions(s: DeploySettings, c: Clients) -> None:
+    """Published versions no alias points at (older tiers) take code storage: delete them."""
+    what = f"versions of {s.function_name}"
+    used = {
+        str(a["FunctionVersion"])
+        for a in call(
+            "lambda:ListAliases", what, c.lam.list_aliases, FunctionName=s.function_name
+        ).get("Aliases", [])
+    }
+    versions = call(
+        "lambda:ListVersionsByFunction",
+        what,
+        c.lam.list_versions_by_function,
+        FunctionName=s.function_name,
+    ).get("Versions", [])
+    for v in versions:
+        number = str(v.get("Version"))
+        if number != "$LATEST" and number not in used:
+            call(
+                "lambda:DeleteFunction",
+                what,
+                c.lam.delete_function,
+                missing=True,
+                FunctionName=s.function_name,
+                Qualifier=number,
+            )

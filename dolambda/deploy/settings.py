@@ -51,6 +51,24 @@ class DeploySettings:
     endpoint_url: str | None = None
     expire_days: int = 7
     rotate_key: bool = False  # replace the signing key (function and client config together)
+    #: the larger memory tiers (MB), each a published version behind the alias
+    #: ``mem-<MB>``; None: the default tiers above ``memory_mb``; (): none
+    memory_tiers: tuple[int, ...] | None = None
+
+    @property
+    def tiers(self) -> tuple[int, ...]:
+        """The memory tiers to publish (validated: above ``memory_mb``, in Lambda's range)."""
+        from dolambda._aws.invoke import DEFAULT_TIERS, check_tiers
+
+        if self.memory_tiers is None:
+            return tuple(t for t in DEFAULT_TIERS if t > self.memory_mb)
+        tiers = check_tiers(self.memory_mb, list(self.memory_tiers), "deploy")
+        if tiers and tiers[0] < MEMORY_RANGE[0]:
+            raise InvalidArgument(
+                f"memory tier {tiers[0]} MB is out of range: Lambda allows "
+                f"{MEMORY_RANGE[0]} to {MEMORY_RANGE[1]} MB"
+            )
+        return tiers
 
     @property
     def clean_prefix(self) -> str:
@@ -109,6 +127,7 @@ class DeploySettings:
             raise InvalidArgument(f"expire days {self.expire_days} must be between 1 and 36500")
         if self.requirements is not None and not Path(self.requirements).is_file():
             raise InvalidArgument(f"requirements file {self.requirements} does not exist")
+        _ = self.tiers  # (validates memory_tiers)
 
 
 def validate_bucket_name(name: str) -> None:
@@ -161,6 +180,7 @@ CONFIG_FIELDS = (
     "prefix",
     "endpoint_url",
     "memory_mb",
+    "memory_tiers",
     "timeout",
     "architecture",
 )
@@ -183,7 +203,7 @@ def settings_from_config(**options: Any) -> DeploySettings:
         for field in CONFIG_FIELDS:
             value = getattr(config, field)
             if field not in given and value is not None:
-                given[field] = value
+                given[field] = tuple(value) if isinstance(value, list) else value
     return DeploySettings(**given)
 
 
@@ -198,6 +218,7 @@ def write_client_config(s: DeploySettings, *, region: str, key: str) -> Change:
         endpoint_url=s.endpoint_url,
         profile=s.profile,
         memory_mb=s.memory_mb,
+        memory_tiers=list(s.tiers),
         timeout=s.timeout,
         architecture=s.architecture,
     )

@@ -157,6 +157,7 @@ class Emulator:
         account_concurrency: int = 1000,
         slow_fraction: float = 0.0,
         slow_factor: float = 20.0,
+        memory_tiers: Iterable[int] = (),
     ) -> None:
         self.config: EmulatorConfig = make_config(
             workers=workers,
@@ -186,6 +187,7 @@ class Emulator:
             account_concurrency=account_concurrency,
             slow_fraction=slow_fraction,
             slow_factor=slow_factor,
+            memory_tiers=memory_tiers,
         )
         self._given_endpoint = endpoint_url
         self.endpoint_url: str = endpoint_url or ""
@@ -422,6 +424,8 @@ class Emulator:
             "task_timeout": c.timeout,
             "max_concurrency": c.workers,
             "signing_key": c.signing_key,
+            "memory_mb": c.memory_mb,
+            "memory_tiers": list(c.memory_tiers),
             # the emulator's S3 accepts any key: never depend on the user's AWS setup
             "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
             "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -515,6 +519,7 @@ def serve(
                     signing_key=emulator.signing_key,
                     endpoint_url=emulator.endpoint_url,
                     memory_mb=emulator.memory_mb,
+                    memory_tiers=list(emulator.config.memory_tiers),
                     timeout=max(1, round(emulator.timeout)),
                     max_concurrency=emulator.workers,
                     pid=os.getpid(),

@@ -87,6 +87,9 @@ class EmulatorConfig:
     # this fraction of invocations (seeded) takes slow_factor times a typical one's time
     slow_fraction: float = 0.0
     slow_factor: float = 20.0
+    # the function's larger memory tiers (MB), each a published version behind the
+    # alias ``mem-<MB>`` (dolambda deploy --memory-tiers); () : the base memory only
+    memory_tiers: tuple[int, ...] = ()
 
 
 def make_config(
@@ -118,6 +121,7 @@ def make_config(
     account_concurrency: int = 1000,
     slow_fraction: float = 0.0,
     slow_factor: float = 20.0,
+    memory_tiers: Iterable[int] = (),
 ) -> EmulatorConfig:
     """The validated configuration; :class:`InvalidArgument` names the first bad setting."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -153,6 +157,9 @@ def make_config(
         )
     if not float(time_scale) > 0:
         raise InvalidArgument(f"Emulator: time_scale must be positive, got {time_scale!r}")
+    from dolambda._aws.invoke import check_tiers
+
+    tiers = check_tiers(int(memory_mb), memory_tiers, "Emulator")
     wanted = (requirements,) if isinstance(requirements, str) else tuple(requirements)
     if not all(isinstance(r, str) and r.strip() for r in wanted):
         raise InvalidArgument(
@@ -200,6 +207,7 @@ def make_config(
         account_concurrency=account_concurrency,
         slow_fraction=float(slow_fraction),
         slow_factor=float(slow_factor),
+        memory_tiers=tiers,
     )
 
 

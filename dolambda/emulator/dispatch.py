@@ -59,6 +59,10 @@ class Invocation:
     error: tuple[str, str] | None = None  # (errorType, errorMessage) of the last failure
     received: float = field(default_factory=time.monotonic)  # when Lambda queued the event
     slowed: float = 1.0  # slow_fraction: runs this many times as long as a typical one
+    version: str = "$LATEST"  # the function version invoked (an alias resolves to one)
+    memory_mb: int | None = None  # that version's MemorySize (None: the emulator's own)
+    #: that version's MaximumRetryAttempts (None: the function's, which `follow` reads)
+    retries: int | None = None
 
 
 def destination_record(
@@ -206,7 +210,7 @@ class Dispatcher:
                 _, _, invocation = heapq.heappop(self._pending)
                 if self._expired(invocation):
                     continue
-                slot = self._idle.pop()
+                slot = self._pick(invocation)
                 self._busy += 1
                 self._stats.max_concurrency = max(self._stats.max_concurrency, self._busy)
                 thread = threading.Thread(
@@ -218,13 +222,25 @@ class Dispatcher:
                 self._running.add(thread)
             thread.start()
 
+    def _pick(self, invocation: Invocation) -> Slot:
+        """The warmest idle slot whose environment serves the invoked version (Lambda
+        runs each version in environments of its own), else the warmest idle one (its
+        environment is replaced); the caller holds ``cond``."""
+        for i in range(len(self._idle) - 1, -1, -1):
+            process = self._idle[i].process
+            if process is not None and process.version == invocation.version:
+                return self._idle.pop(i)
+        return self._idle.pop()
+
     def _run(self, slot: Slot, invocation: Invocation) -> None:
         ok = False
         try:
             if invocation.slowed > 1.0:  # a stalled environment: it holds its slot
                 self._stopping.wait((invocation.slowed - 1.0) * self._typical_duration())
             started = time.monotonic()
-            answer = self._runtime.invoke(slot, invocation.event)
+            answer = self._runtime.invoke(
+                slot, invocation.event, invocation.version, invocation.memory_mb
+            )
             if answer is not None and answer.ok:  # (a slowed one's handler time only)
                 with self._cond:
                     self._durations.append(time.monotonic() - started)
@@ -241,7 +257,10 @@ class Dispatcher:
                 else:
                     self._idle.append(slot)
                 if not ok and invocation.reply_id is None and not self._stopping.is_set():
-                    if invocation.attempt < self.rules.retries:
+                    retries = self.rules.retries
+                    if invocation.retries is not None:  # a version's own config
+                        retries = invocation.retries
+                    if invocation.attempt < retries:
                         self._stats.retried += 1
                         delay = RETRY_DELAYS[invocation.attempt] * self._config.time_scale
                         self.queue(replace(invocation, attempt=invocation.attempt + 1), delay)

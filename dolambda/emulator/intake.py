@@ -182,7 +182,19 @@ class Intake:
                         )
                     continue
                 reply_id = str(item["id"]) if item.get("reply") else None
-                self.receive(event, str(item.get("source", "invoke")), reply_id)
+                version = str(item.get("version") or "$LATEST")
+                # $LATEST runs with the emulator's own memory_mb (moto's record of it is
+                # clamped to Lambda's range); a published version with its MemorySize
+                memory = None if version == "$LATEST" else int(item.get("memory") or 0) or None
+                retries = item.get("retries")
+                self.receive(
+                    event,
+                    str(item.get("source", "invoke")),
+                    reply_id,
+                    version,
+                    memory,
+                    None if retries is None else int(retries),
+                )
 
     def poll_filters(self, s3: Any) -> list[tuple[str, str, str]]:
         """``(prefix, suffix, configuration id)`` from the bucket's notification configuration
@@ -250,7 +262,15 @@ class Intake:
                 seen = {key: value[0] for key, value in current.items()}
             self._stopping.wait(c.poll_interval)
 
-    def receive(self, event: Any, source: str, reply_id: str | None) -> None:
+    def receive(
+        self,
+        event: Any,
+        source: str,
+        reply_id: str | None,
+        version: str = "$LATEST",
+        memory_mb: int | None = None,
+        retries: int | None = None,
+    ) -> None:
         """Apply the test knobs and queue the invocation(s)."""
         c = self.config
         with self._cond:
@@ -266,7 +286,15 @@ class Intake:
                     self._stats.duplicated += 1
             self._recent.append((source, event))
             for _ in range(copies):
-                invocation = Invocation(event, source, reply_id, slowed=self._slowed())
+                invocation = Invocation(
+                    event,
+                    source,
+                    reply_id,
+                    slowed=self._slowed(),
+                    version=version,
+                    memory_mb=memory_mb,
+                    retries=retries,
+                )
                 self._dispatcher.queue(invocation, self._delay())
 
     def _slowed(self) -> float:

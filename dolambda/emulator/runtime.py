@@ -70,9 +70,14 @@ class SandboxProcess:
     under ``awslambdaric``, the function's package as its task root) and what the
     emulator tracks about it."""
 
-    def __init__(self, sandbox: Sandbox, tag: str) -> None:
+    def __init__(
+        self, sandbox: Sandbox, tag: str, version: str = "$LATEST", memory_mb: int = 1024
+    ) -> None:
         self.sandbox = sandbox
         self.tag = tag
+        #: the function version it serves and that version's memory limit (MB)
+        self.version = version
+        self.memory_mb = memory_mb
         self.logs: deque[str] = deque(maxlen=50)
         self.kill_reason: str | None = None
         self.kill_detail = ""
@@ -242,11 +247,18 @@ class Runtime:
                 slot.process.close()
                 slot.process = None
 
-    def invoke(self, slot: Slot, event: Any) -> Answer | None:
-        """One handler call on the slot's process; None when the emulator is stopping."""
+    def invoke(
+        self,
+        slot: Slot,
+        event: Any,
+        version: str = "$LATEST",
+        memory_mb: int | None = None,
+    ) -> Answer | None:
+        """One handler call of the function's ``version`` (with its ``memory_mb``; None:
+        the emulator's own) on the slot's process; None when the emulator is stopping."""
         if self._stopping.is_set():
             return None
-        return self._invoke(slot, event)
+        return self._invoke(slot, event, version, memory_mb or self.config.memory_mb)
 
     def sandbox_environment(self) -> dict[str, str]:
         """The function's own environment variables (what deploy sets), pointed at this
@@ -261,7 +273,7 @@ class Runtime:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def _new_sandbox(self, slot: Slot) -> SandboxProcess:
+    def _new_sandbox(self, slot: Slot, version: str, memory_mb: int) -> SandboxProcess:
         from dolambda.emulator.sandbox import Credentials, Sandbox
 
         c = self.config
@@ -277,7 +289,8 @@ class Runtime:
             runtime=self.runtime_dir,
             handler=c.handler,
             function_name=c.function_name,
-            memory_mb=c.memory_mb,
+            memory_mb=memory_mb,
+            version=version,
             region=c.region,
             credentials=self.credentials
             or Credentials(
@@ -288,20 +301,27 @@ class Runtime:
             init_timeout=max(INIT_TIMEOUT, c.timeout),
             on_output=lambda line: holder[0].on_output(line) if holder else log.info(line),
         )
-        process = SandboxProcess(sandbox, f"{c.function_name}#{slot.index}")
+        tag = f"{c.function_name}#{slot.index}" + ("" if version == "$LATEST" else f":{version}")
+        process = SandboxProcess(sandbox, tag, version, memory_mb)
         holder.append(process)
         return process
 
-    def _invoke(self, slot: Slot, event: Any) -> Answer | None:
+    def _invoke(self, slot: Slot, event: Any, version: str, memory_mb: int) -> Answer | None:
         from dolambda.emulator.runtime_api import FunctionError, InitError, Response
         from dolambda.emulator.sandbox import Timeout
 
         c = self.config
         process = slot.process
-        if process is None or process.kill_reason is not None or not process.alive:
+        if (
+            process is None
+            or process.kill_reason is not None
+            or not process.alive
+            or (process.version, process.memory_mb) != (version, memory_mb)
+        ):
+            # (an environment serves one version: another version's is replaced)
             if process is not None:
                 process.close()
-            process = slot.process = self._new_sandbox(slot)
+            process = slot.process = self._new_sandbox(slot, version, memory_mb)
             if self._stopping.is_set():
                 return None
         if process.served == 0:
@@ -320,7 +340,7 @@ class Runtime:
             self._stats.invocations += 1
             if cold:
                 self._stats.cold_starts += 1
-        log.info("%s START RequestId: %s Version: $LATEST", process.tag, request_id)
+        log.info("%s START RequestId: %s Version: %s", process.tag, request_id, version)
         started = time.perf_counter()
         outcome = process.sandbox.invoke(
             json.dumps(event).encode(), c.timeout, request_id=request_id
@@ -416,14 +436,14 @@ class Runtime:
             request_id,
             duration_ms,
             math.ceil(duration_ms),
-            self.config.memory_mb,
+            process.memory_mb,
             math.ceil(rss_mb),
             init,
         )
 
     def memory_loop(self) -> None:
-        """Kill a worker whose resident memory passes ``memory_mb`` (Lambda's OOM kill)."""
-        limit = self.config.memory_mb
+        """Kill a worker whose resident memory passes its version's ``memory_mb`` (Lambda's
+        OOM kill)."""
         scanned = 0.0
         while not self._stopping.wait(0.02):
             now = time.monotonic()
@@ -439,6 +459,7 @@ class Runtime:
                 process = slot.process
                 if process is None or process.kill_reason is not None:
                     continue
+                limit = getattr(process, "memory_mb", self.config.memory_mb)
                 if isinstance(process, SandboxProcess):
                     used, victim = process.over_limit(limit)
                     if victim is None:

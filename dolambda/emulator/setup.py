@@ -32,6 +32,7 @@ import io
 import math
 import os
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from dolambda.deploy import bucket as _bucket
 from dolambda.deploy import function as _function
 from dolambda.deploy import role as _role
 from dolambda.deploy.aws import Clients
-from dolambda.deploy.emulated import EMULATOR_TAG
+from dolambda.deploy.emulated import EMULATOR_TAG, EMULATOR_TIERS_TAG
 from dolambda.deploy.package import Package, cache_dir, python_version, runtime_for
 from dolambda.deploy.settings import MEMORY_RANGE, TIMEOUT_RANGE, DeploySettings
 from dolambda.emulator.config import EmulatorConfig
@@ -95,6 +96,7 @@ def deploy_settings(config: EmulatorConfig, endpoint_url: str) -> DeploySettings
         prefix=config.prefix,
         endpoint_url=endpoint_url,
         memory_mb=min(max(config.memory_mb, MEMORY_RANGE[0]), MEMORY_RANGE[1]),
+        memory_tiers=config.memory_tiers,
         timeout=min(max(math.ceil(config.timeout), TIMEOUT_RANGE[0]), TIMEOUT_RANGE[1]),
     )
 
@@ -141,8 +143,14 @@ def ensure_all(session: Any, endpoint_url: str, config: EmulatorConfig) -> tuple
         key=config.signing_key,
         existing=_function.get_function(s, c),
     )
-    c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger})
+    tag = ",".join(str(t) for t in config.memory_tiers)
+    c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger, EMULATOR_TIERS_TAG: tag})
     _function.ensure_event_invoke_config(s, c)
+    # the tiers asked for, else those the function has (deployed before the emulator took
+    # it over: they are published again from its code, so an alias runs what $LATEST runs)
+    tiers = config.memory_tiers or _function.deployed_tiers(s, c)
+    if tiers:
+        _function.ensure_memory_tiers(replace(s, memory_tiers=tiers), c)
     put_async_rules(c, config)
     _function.ensure_permission(s, c)
     if config.trigger == "s3":

@@ -4,7 +4,7 @@ Every run measures its own baselines, prints a table of ratios and writes JSON
 (``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
 
 Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, backups,
-cpu, memory, peer.
+tiers, cpu, memory, peer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,18 @@ if str(ROOT) not in sys.path:
 from tests.benchmarks import _common  # noqa: E402
 from tests.benchmarks._common import Row, Server, log  # noqa: E402
 
-SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "backups", "cpu", "memory", "peer")
+SECTIONS = (
+    "local",
+    "s3raw",
+    "requests",
+    "e2e",
+    "fanin",
+    "backups",
+    "tiers",
+    "cpu",
+    "memory",
+    "peer",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -142,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with section("backups", rows, errors):
                 rows += bench_lambda.backups_section(servers.main(), args.quick)
+        if "tiers" in wanted:
+            from tests.benchmarks import bench_tiers
+
+            with section("tiers", rows, errors):
+                rows += bench_tiers.run(servers.moto(), args.quick)
         if "cpu" in wanted:
             from tests.benchmarks import bench_cpu
 

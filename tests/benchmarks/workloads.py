@@ -43,3 +43,12 @@ def calibrate(ms: float) -> int:
         samples.append(time.perf_counter() - t0)
     samples.sort()
     return max(1, int(n * (ms / 1000) / samples[2]))
+
+
+def hog_then_nap(x: int, mb: int, seconds: float) -> int:
+    """Hold ``mb`` MB resident (touched pages) for ``seconds``: a body that needs memory."""
+    hog = bytearray(mb << 20)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+    time.sleep(seconds)
+    return x + len(hog) * 0

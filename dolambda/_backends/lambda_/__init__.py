@@ -70,6 +70,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import math
@@ -95,7 +97,7 @@ from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
 from dolambda._backends.lambda_.state import RunState
 from dolambda._backends.sealing import SealedJob, warn_if_large
 from dolambda._core.tasks import PlannedTask
-from dolambda._errors import ConfigError
+from dolambda._errors import ConfigError, InvalidArgument
 from dolambda._wire import keys as _keys
 
 log = logging.getLogger("dolambda")
@@ -115,6 +117,11 @@ class LambdaBackend(Backend):
     Settings not given come from the config file that ``dolambda deploy`` writes.
     Credentials come from the standard AWS chain (environment, profile, config
     files, instance role) unless ``aws_access_key_id``/``aws_secret_access_key`` are given.
+
+    ``memory=`` (MB) runs every task on the smallest of the function's memory tiers
+    that has it (deploy publishes the tiers; ``memory_mb`` and ``memory_tiers`` say what
+    the function has, read from the client config when not given); a task that runs out
+    of memory is run again on the next tier up, to the largest, before it is reported.
 
     Straggler backups are on (``backups=False`` turns them off): once at least
     ``backup_min_tasks`` tasks exist and more than ``backup_min_done`` of them are done,
@@ -156,6 +163,9 @@ class LambdaBackend(Backend):
         backup_slow_factor: float = 3.0,
         backup_min_tasks: int = 10,
         backup_min_done: float = 0.5,
+        memory: int | None = None,
+        memory_mb: int | None = None,
+        memory_tiers: Any = None,
     ) -> None:
         #: straggler backups (None: ``backups=False``); see the backups module
         self.backup_policy = _backups.backup_policy(
@@ -178,8 +188,15 @@ class LambdaBackend(Backend):
             aws_access_key_id=aws_access_key_id,
             aws_secret_access_key=aws_secret_access_key,
             aws_session_token=aws_session_token,
+            memory=memory,
+            memory_mb=memory_mb,
+            memory_tiers=memory_tiers,
         )
+        _ = self.settings.start_tier  # (memory= larger than every tier: said now)
         self.memory_mb = self.settings.memory_mb
+        #: the memory tier (index in settings.ladder) that last worked for a body, by the
+        #: body's digest: the next run of that body starts there
+        self._learned_tier: dict[str, int] = {}
         self.architecture = self.settings.architecture
         self._checked_setup = False
         self._keep_warm_clients()
@@ -194,6 +211,19 @@ class LambdaBackend(Backend):
         self._concurrency_at: float | None = None
         # the function's package record, as read (check_function_distributions)
         self._records: dict[str, tuple[float, Any]] = {}
+
+    def with_memory(self, memory: int) -> LambdaBackend:
+        """This backend, its tasks starting on the smallest memory tier with ``memory`` MB
+        (its clients, sessions and what it learned are shared)."""
+        if isinstance(memory, bool) or not isinstance(memory, int) or not 0 < memory <= 10240:
+            raise InvalidArgument(
+                f"memory must be a whole number of MB up to 10240 (Lambda's largest), "
+                f"got {memory!r}"
+            )
+        twin = copy.copy(self)
+        twin.settings = dataclasses.replace(self.settings, memory=memory)
+        _ = twin.settings.start_tier  # (more than every tier: said now)
+        return twin
 
     def __getstate__(self) -> dict[str, Any]:
         # warm clients and sessions belong to this process's loops and threads
@@ -402,6 +432,9 @@ class LambdaBackend(Backend):
                     concurrency = self.max_concurrency or _backups.DEFAULT_CONCURRENCY
                     backups = _backups.Backups(self.backup_policy, concurrency)
                 run = RunState(self.settings, s3, job, sealed, pool, backups)
+                body = sealed.body_key(self.prefix)
+                # the tier an earlier run of this body needed (its tasks ran out below it)
+                run.start_tier = max(run.start_tier, self._learned_tier.get(body, 0))
                 job.queued = lambda: len(run.pending)
                 finished = False
                 try:
@@ -414,6 +447,9 @@ class LambdaBackend(Backend):
                         yield result
                     finished = True
                 finally:
+                    if run.top_tier_done > run.start_tier:
+                        self._learned_tier[body] = run.top_tier_done
+                    job.stats.memory_tiers = list(self.settings.ladder)
                     _backups.record_stats(run)
                     await asyncio.shield(dispatch.withdraw(run, finished))
         finally:
@@ -450,7 +486,8 @@ class LambdaBackend(Backend):
             endpoint_url=self.endpoint_url,
             pool=pool,
             counter=counter,
-            with_lambda=self.trigger == "invoke",
+            # (a memory tier is invoked by its alias, whatever the trigger)
+            with_lambda=self.trigger == "invoke" or bool(self.settings.memory_tiers),
             function_name=self.function_name,
             credentials=self.settings.credentials,
             sessions=sessions,

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from dolambda._aws.invoke import tier_alias
 from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
@@ -66,16 +67,23 @@ async def put_body(run: RunState) -> None:
 
 
 async def send(run: RunState, task_id: int, blob: bytes) -> None:
-    """Enqueue one task; the caller holds a place in ``run.uploads``."""
-    invoke = run.settings.trigger == "invoke"
+    """Enqueue one task; the caller holds a place in ``run.uploads``. A task on a memory
+    tier above the base goes to that tier's alias with an Invoke (its key is then not
+    one the bucket's notification fires for)."""
+    entry = run.pending.get(task_id)
+    tier = entry.tier if entry is not None else run.start_tier
+    qualifier = None if tier == 0 else tier_alias(run.settings.ladder[tier])
+    invoke = run.settings.trigger == "invoke" or qualifier is not None
     key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=invoke)
+    if qualifier is not None and run.settings.trigger != "invoke":
+        run.invoked.add(task_id)  # (its key, for the cleanup)
     if invoke:
         payload = invoke_payload(run.settings.bucket, key, blob)
         if "task" not in payload:
             await run.s3.put(key, blob)
         else:
             run.s3.counter.sent(len(payload["task"]))
-        await run.s3.invoker.invoke(payload)
+        await run.s3.invoker.invoke(payload, qualifier)
     else:
         await run.s3.put(key, blob)
 
@@ -117,7 +125,9 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
         await put_job_objects(run)  # before any task a worker could run
     try:
         async for planned in tasks:
-            run.pending[planned.task_id] = Pending(planned, 0, time.monotonic())
+            run.pending[planned.task_id] = Pending(
+                planned, 0, time.monotonic(), tier=run.start_tier
+            )
             run.task_ids.append(planned.task_id)
             if job.resumed:
                 continue
@@ -187,11 +197,13 @@ async def withdraw(run: RunState, finished: bool) -> None:
             await s3.put(_keys.cancel_key(p, job.job_id), b"")
             if not cleanup:  # otherwise the cleanup below deletes the queued tasks
                 await s3.delete_keys(
-                    _keys.task_key(p, job.job_id, t, invoke=invoke) for t in run.pending
+                    _keys.task_key(p, job.job_id, t, invoke=invoke or t in run.invoked)
+                    for t in run.pending
                 )
         if cleanup:
             # every key is known: no LIST, one DeleteObjects per 1,000 keys
             keys = [_keys.task_key(p, job.job_id, t, invoke=invoke) for t in run.task_ids]
+            keys += [_keys.task_key(p, job.job_id, t, invoke=True) for t in run.invoked]
             keys += [_keys.result_key(p, job.job_id, t) for t in run.task_ids]
             # (not the body: other jobs may share it; the lifecycle rule expires it)
             keys += [_keys.manifest_key(p, job.job_id), _keys.plan_key(p, job.job_id)]

@@ -11,7 +11,7 @@ import time
 
 from dolambda._backends.base import TaskResult
 from dolambda._backends.lambda_ import backups, dispatch, split
-from dolambda._backends.lambda_.state import RunState
+from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._backends.sealing import decode_outcome
 from dolambda._errors import SignatureError
 from dolambda._wire import codec
@@ -93,16 +93,35 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         return  # a backup or its original failed while the other is still out
     if (
         failure is not None
-        and failure.kind == "timeout"
+        and failure.kind in ("timeout", "memory")
         and split.can_split(task_id, entry)
         and not run.job.cancelled.is_set()
     ):
-        await split.split_task(run, task_id, entry)  # its halves go out instead
+        # its halves go out instead (an out-of-memory chunk is split before it moves
+        # up a tier: one iteration's need should not put the others on a larger tier)
+        await split.split_task(run, task_id, entry)
+        return
+    if (
+        failure is not None
+        and failure.kind == "memory"
+        and entry.tier + 1 < len(run.settings.ladder)
+        and not run.job.cancelled.is_set()
+    ):
+        # out of memory: the next tier up (a new Invoke of its alias), not a retry; the
+        # invocation that ran out is billed (to its kill), so it counts in the stats
+        if outcome.stats is not None:
+            run.job.stats.tasks.append(outcome.stats)
+        await run.s3.delete_keys([key])
+        run.seen.discard(task_id)
+        entry.last_failure = failure.message
+        entry.tier += 1
+        entry.escalations += 1
+        await dispatch.resend(run, task_id, entry)
         return
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
-        and entry.attempt < run.settings.retries
+        and entry.retries_used < run.settings.retries
         and not run.job.cancelled.is_set()
     ):
         # the runtime reported the task failed (timeout, memory, crash): run it again,
@@ -116,7 +135,31 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
     run.last_progress = time.monotonic()
     if run.backups is not None:
         run.backups.finished(run, entry, outcome, run.last_progress)
-    await _deliver(run, decode_outcome(outcome, attempts=entry.attempt + 1))
+    if failure is None and entry.escalations:
+        run.top_tier_done = max(run.top_tier_done, entry.tier)
+    if failure is not None and failure.kind == "memory":
+        outcome = outcome.model_copy(
+            update={
+                "failure": failure.model_copy(
+                    update={"message": _memory_message(run, entry, failure.message)}
+                )
+            }
+        )
+    # (moves up a memory tier are not retries: they are counted by tier in the stats)
+    await _deliver(run, decode_outcome(outcome, attempts=entry.retries_used + 1))
+
+
+def _memory_message(run: RunState, entry: Pending, message: str) -> str:
+    """An out-of-memory failure that stands: the tiers it ran out of memory on, and what
+    to do."""
+    ladder = run.settings.ladder
+    tried = [str(mb) for mb in ladder[entry.tier - entry.escalations : entry.tier + 1]]
+    sizes = tried[0] if len(tried) == 1 else ", ".join(tried[:-1]) + " and " + tried[-1]
+    if entry.tier + 1 >= len(ladder) and len(ladder) > 1:
+        hint = "it needs more than the largest memory tier"
+    else:
+        hint = "deploy a larger memory tier (dolambda deploy --memory-tiers ...)"
+    return f"ran out of memory on {sizes} MB ({hint}): {message}"
 
 
 async def _deliver(run: RunState, result: TaskResult) -> None:
@@ -154,7 +197,7 @@ async def _requeue_lost(run: RunState) -> None:
         since = now - max(entry.last_sent, run.last_progress)
         if since < run.deadline:
             continue
-        if entry.attempt >= run.settings.retries:
+        if entry.retries_used >= run.settings.retries:
             del run.pending[task_id]
             message = (
                 f"no result for task {task_id} after {entry.attempt + 1} attempt(s), each "

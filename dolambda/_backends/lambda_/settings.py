@@ -43,6 +43,30 @@ class LambdaSettings:
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
     memory_mb: int = 1024
     architecture: str = "x86_64"
+    #: the function's larger memory tiers (MB), aliases ``mem-<MB>`` (deploy publishes them)
+    memory_tiers: tuple[int, ...] = ()
+    #: the memory (MB) the loop asked for: it starts on the smallest tier that has it
+    memory: int | None = None
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """Every memory size a task may run with: the base memory, then the tiers."""
+        return (self.memory_mb, *self.memory_tiers)
+
+    @property
+    def start_tier(self) -> int:
+        """The index in :attr:`ladder` a task starts on: the smallest with ``memory``."""
+        if self.memory is None:
+            return 0
+        for i, mb in enumerate(self.ladder):
+            if mb >= self.memory:
+                return i
+        sizes = ", ".join(str(mb) for mb in self.ladder)
+        raise InvalidArgument(
+            f"LambdaBackend: memory={self.memory} MB is more than the function's largest "
+            f"memory tier ({self.ladder[-1]} MB; it has {sizes} MB): ask for at most "
+            f"{self.ladder[-1]}, or deploy a larger tier (dolambda deploy --memory-tiers ...)"
+        )
 
     @property
     def key(self) -> bytes:
@@ -75,6 +99,9 @@ def resolve_settings(
     keep: bool = False,
     signing_key: str | bytes | None = None,
     *,
+    memory: int | None = None,
+    memory_mb: int | None = None,
+    memory_tiers: object = None,
     aws_access_key_id: str | None = None,
     aws_secret_access_key: str | None = None,
     aws_session_token: str | None = None,
@@ -121,6 +148,22 @@ def resolve_settings(
             "aws_access_key_id": same.aws_access_key_id,
             "aws_secret_access_key": same.aws_secret_access_key or "",
         }
+    for name, value in (("memory", memory), ("memory_mb", memory_mb)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10240
+        ):
+            raise InvalidArgument(
+                f"LambdaBackend: {name} must be a whole number of MB up to 10240 (Lambda's "
+                f"largest), got {value!r}"
+            )
+    base_mb = memory_mb if memory_mb is not None else (same.memory_mb if same else 1024)
+    from dolambda._aws.invoke import check_tiers
+
+    tiers = check_tiers(
+        base_mb,
+        memory_tiers if memory_tiers is not None else (same.memory_tiers if same else []),
+        "LambdaBackend",
+    )
     key_text = (
         signing_key
         if signing_key is not None
@@ -147,8 +190,10 @@ def resolve_settings(
         keep=bool(keep),
         signing_key=signing_key_bytes(key_text) if key_text else None,
         credentials=credentials,
-        memory_mb=same.memory_mb if same else 1024,
+        memory_mb=base_mb,
         architecture=same.architecture if same else "x86_64",
+        memory_tiers=tiers,
+        memory=memory,
     )
 
 

@@ -73,7 +73,7 @@ async def split_task(run: RunState, task_id: int, entry: Pending) -> None:
     run.splits[task_id] = Halves(task_id, entry)
     now = time.monotonic()
     for half in halves:
-        run.pending[half.task_id] = Pending(half, 0, now)
+        run.pending[half.task_id] = Pending(half, 0, now, tier=entry.tier)
         run.task_ids.append(half.task_id)  # (for the cleanup)
     del run.pending[task_id]
     for half in halves:

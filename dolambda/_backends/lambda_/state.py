@@ -38,6 +38,15 @@ class Pending:
     backup_at: float | None = None
     #: when it could start running (the function runs at most ``max_concurrency`` at once)
     running_since: float | None = None
+    #: the memory tier it runs on (an index in ``settings.ladder``), and how many times it
+    #: moved up a tier after running out of memory (those runs are not retries)
+    tier: int = 0
+    escalations: int = 0
+
+    @property
+    def retries_used(self) -> int:
+        """Attempts past the first that were retries (not moves to a larger tier)."""
+        return self.attempt - self.escalations
 
     @property
     def last_sent(self) -> float:
@@ -80,6 +89,12 @@ class RunState:
         self.deadline = settings.task_timeout + settings.grace
         self.backups = backups  # straggler backups (None: off)
         self.splits: dict[int, Halves] = {}  # timed-out chunks waiting for their halves
+        #: the memory tier tasks start on (the loop's memory=, or what an earlier run of
+        #: the same body needed), and the highest a task then finished on
+        self.start_tier = settings.start_tier
+        self.top_tier_done = -1
+        #: task ids sent to a tier's alias with an Invoke (their key is the invoke kind's)
+        self.invoked: set[int] = set()
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT

@@ -137,11 +137,82 @@ def function_key(region: str, name: str) -> str:
     return f"{region}/{name}"
 
 
-def _item(source: str, payload: str, reply: bool = False) -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex, "source": source, "payload": payload, "reply": reply}
+def _item(
+    source: str, payload: str, reply: bool = False, version: str = "$LATEST", memory: int = 0
+) -> dict[str, Any]:
+    """A mailbox entry; ``version`` and ``memory`` are those of the version invoked (an
+    alias resolves to one: a memory tier runs with its version's MemorySize)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "source": source,
+        "payload": payload,
+        "reply": reply,
+        "version": version,
+        "memory": memory,
+    }
 
 
 # --------------------------------------------------------------------------- moto patches
+
+
+def patch_lambda_qualifiers() -> None:
+    """Where moto's Lambda API differs from Lambda's for versions and aliases (the memory
+    tiers): applied by the emulator's server, and by the tests' plain moto server."""
+    from moto.awslambda import models as lambda_models
+    from moto.awslambda.responses import LambdaResponse
+
+    # moto's Invoke reads the query parameter "qualifier", but the API's (and boto3's) is
+    # "Qualifier": an Invoke of an alias or version ran $LATEST. Lambda runs the version
+    # the qualifier names: https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html
+    moto_invoke = LambdaResponse.invoke
+
+    def invoke_qualified(self: Any) -> Any:
+        named = self.querystring.get("Qualifier")
+        if named and not self.querystring.get("qualifier"):
+            self.querystring["qualifier"] = named
+        return moto_invoke(self)
+
+    setattr(LambdaResponse, "invoke", invoke_qualified)  # noqa: B010
+
+    # An event-invoke config belongs to a function, version or alias (the Qualifier);
+    # moto ignores the qualifier (every config lands on $LATEST), and a version it
+    # publishes copies $LATEST's config, where Lambda's new version has none (so Lambda's
+    # defaults, 2 retries, apply to it):
+    # https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html
+    from urllib.parse import unquote
+
+    from moto.awslambda.exceptions import UnknownEventConfig
+    from moto.core.responses import ActionResult
+
+    def _qualified(response: Any) -> Any:
+        name = unquote(response.path.rsplit("/", 2)[1])
+        qualifier = (response.querystring.get("Qualifier") or [None])[0]
+        return response.backend.get_function(name, qualifier)
+
+    def put_event_invoke_config(self: Any) -> Any:
+        fn = _qualified(self)
+        config = lambda_models.EventInvokeConfig(fn.function_arn, fn.last_modified, self.json_body)
+        fn.event_invoke_config = [config]
+        return ActionResult(config.response())
+
+    def get_event_invoke_config(self: Any) -> Any:
+        fn = _qualified(self)
+        if not fn.event_invoke_config:
+            raise UnknownEventConfig(fn.function_arn)
+        return ActionResult(fn.event_invoke_config[0].response())
+
+    setattr(LambdaResponse, "put_function_event_invoke_config", put_event_invoke_config)  # noqa: B010
+    setattr(LambdaResponse, "get_function_event_invoke_config", get_event_invoke_config)  # noqa: B010
+    moto_publish = lambda_models.LambdaBackend.publish_version
+
+    def publish_version(self: Any, function_name: str, description: str = "") -> Any:
+        version = moto_publish(self, function_name, description)
+        if version is not None and not getattr(version, "_dolambda_published", False):
+            version.event_invoke_config = []  # a new version has no config of its own
+            setattr(version, "_dolambda_published", True)  # noqa: B010
+        return version
+
+    setattr(lambda_models.LambdaBackend, "publish_version", publish_version)  # noqa: B010
 
 
 def patch_moto() -> None:
@@ -209,11 +280,21 @@ def patch_moto() -> None:
         if kind == "DryRun":
             return b""
         target = function_key(self.region, self.function_name)
+        # moto resolved the qualifier: ``self`` is the version invoked (an alias's too)
+        version, memory = str(self.version or "$LATEST"), int(self.memory_size or 0)
         if kind == "Event":
-            MAILBOX.put(target, _item("invoke", payload))
+            item = _item("invoke", payload, version=version, memory=memory)
+            if version != "$LATEST":  # a version's own event-invoke config (or Lambda's 2)
+                configs = getattr(self, "event_invoke_config", None) or []
+                item["retries"] = int(
+                    (configs[0].config if configs else {}).get("MaximumRetryAttempts", 2)
+                )
+            MAILBOX.put(target, item)
             return b""
         answer = MAILBOX.call(
-            target, _item("invoke", payload, reply=True), float(self.timeout or 3) + 30
+            target,
+            _item("invoke", payload, reply=True, version=version, memory=memory),
+            float(self.timeout or 3) + 30,
         )
         if answer is None:
             response_headers["x-amz-function-error"] = "Unhandled"
@@ -236,6 +317,7 @@ def patch_moto() -> None:
         fn.event_invoke_config = [event_config]
         return dict(event_config.response())
 
+    patch_lambda_qualifiers()
     notifications._get_s3_event = get_s3_event
     notifications._invoke_awslambda = invoke_awslambda
     setattr(lambda_models.LambdaFunction, "invoke", invoke)  # noqa: B010
