@@ -25,6 +25,7 @@ from dolambda.deploy.function import (
     HANDLER,
     MAX_EVENT_AGE,
     MAX_RETRY_ATTEMPTS,
+    get_event_invoke_config,
     get_function,
     on_failure_destination,
     permission_ok,
@@ -243,33 +244,25 @@ def _runtime(fn: dict[str, Any], python: str | None) -> str:
 
 def _memory_tiers(s: DeploySettings, c: Clients, fn: dict[str, Any]) -> str:
     """Each memory tier's alias points at a version of $LATEST with the tier's memory,
-    and has Lambda's retries off (an alias has an event-invoke config of its own)."""
+    and has the function's async invoke config (an alias has one of its own)."""
     from dolambda._aws.invoke import tier_alias
-    from dolambda.deploy.emulated import EMULATOR_TIERS_TAG, emulator_function
+    from dolambda.deploy.emulated import emulator_function
 
     tiers = s.tiers
     emulated = emulator_function(s, c, fn) if s.memory_tiers is None else None
-    if emulated is not None:  # an emulator's function has the emulator's tiers (deploy keeps them)
-        text = str(emulated["Tags"].get(EMULATOR_TIERS_TAG, ""))
-        tiers = tuple(int(t) for t in text.split(",") if t.strip())
+    if emulated is not None:  # an emulator's function: its tiers (deploy keeps them)
+        tiers = tuple(emulated["Tiers"])
     problems = []
     for mb in tiers:
         alias = tier_alias(mb)
         problem = tier_problem(fn, tier_version(s, c, mb), mb)
+        if not problem:
+            try:
+                _event_invoke(s, c, alias)
+            except _Failed as exc:
+                problem = exc.detail.removesuffix("; run dolambda deploy")
         if problem:
             problems.append(f"{alias}: {problem}")
-            continue
-        got = call(
-            "lambda:GetFunctionEventInvokeConfig",
-            f"memory tier {alias}",
-            c.lam.get_function_event_invoke_config,
-            missing=True,
-            FunctionName=s.function_name,
-            Qualifier=alias,
-        )
-        if got is None or got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS:
-            retries = 2 if got is None else got.get("MaximumRetryAttempts")
-            problems.append(f"{alias}: Lambda retries a failed invocation {retries} time(s)")
     if problems:
         raise _Failed("; ".join(problems) + "; run dolambda deploy")
     return ", ".join(f"{mb} MB" for mb in tiers) or "none"
@@ -312,14 +305,8 @@ def _package_record(s: DeploySettings, c: Clients, fn: dict[str, Any]) -> str:
     return f"{len(dists)} distributions"
 
 
-def _event_invoke(s: DeploySettings, c: Clients) -> str:
-    got = call(
-        "lambda:GetFunctionEventInvokeConfig",
-        f"function {s.function_name}",
-        c.lam.get_function_event_invoke_config,
-        missing=True,
-        FunctionName=s.function_name,
-    )
+def _event_invoke(s: DeploySettings, c: Clients, qualifier: str | None = None) -> str:
+    got = get_event_invoke_config(s, c, qualifier)
     if got is None:
         raise _Failed("no async invoke config (retries and event age are Lambda's defaults)")
     if got.get("MaximumRetryAttempts") != MAX_RETRY_ATTEMPTS:

@@ -32,8 +32,6 @@ from dolambda.deploy.settings import Change, DeploySettings
 
 #: the tag the emulator puts on its function; its value is the emulator's trigger
 EMULATOR_TAG = "dolambda:emulator"
-#: the emulator's memory tiers (MB, comma-separated), which a deploy onto it keeps
-EMULATOR_TIERS_TAG = "dolambda:emulator-tiers"
 #: what an emulator's moto server answers (``dolambda.emulator.events.API`` + ``/ping``;
 #: spelled here because deploy sits below the emulator and may not import it)
 PING_PATH = "/_dolambda/ping"
@@ -65,7 +63,8 @@ def unserved_note(s: DeploySettings) -> Change | None:
 def emulator_function(
     s: DeploySettings, c: Clients, existing: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """The function's configuration when an emulator made it (its tags under ``Tags``)."""
+    """The function's configuration when an emulator made it (its tags under ``Tags``,
+    its memory tiers, read from its aliases, under ``Tiers``)."""
     if not s.endpoint_url or existing is None:
         return None
     tags = call(
@@ -78,7 +77,9 @@ def emulator_function(
     found = dict((tags or {}).get("Tags") or {})
     if EMULATOR_TAG not in found:
         return None
-    return {**existing, "Tags": found}
+    from dolambda.deploy.function import tier_aliases
+
+    return {**existing, "Tags": found, "Tiers": tuple(tier_aliases(s, c))}
 
 
 def adopt(s: DeploySettings, fn: dict[str, Any]) -> tuple[DeploySettings, Package, list[Change]]:
@@ -105,13 +106,13 @@ def adopt(s: DeploySettings, fn: dict[str, Any]) -> tuple[DeploySettings, Packag
         )
     timeout, memory = int(fn.get("Timeout") or s.timeout), int(fn.get("MemorySize") or s.memory_mb)
     arch = (fn.get("Architectures") or [s.architecture])[0]
-    tiers_text = str(fn["Tags"].get(EMULATOR_TIERS_TAG, ""))
-    tiers = tuple(int(t) for t in tiers_text.split(",") if t.strip())
+    tiers = tuple(fn.get("Tiers") or ())
     notes = []
     if s.memory_tiers is not None and tuple(s.memory_tiers) != tiers:
+        named = ", ".join(f"{mb} MB" for mb in tiers) or "none"
         notes.append(
-            f"keeps the emulator's memory tiers ({tiers_text or 'none'}; the emulator's "
-            "memory_tiers option sets them)"
+            f"keeps the emulator's memory tiers ({named}; the emulator's memory_tiers "
+            "option sets them)"
         )
     if (timeout, memory, arch) != (s.timeout, s.memory_mb, s.architecture):
         notes.append(

@@ -220,15 +220,30 @@ def _retry_while_role_settles(action: str, what: str, fn: Callable[[], Any]) -> 
             time.sleep(ROLE_SETTLE_PAUSE)
 
 
-def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
-    what = f"async invoke config of {s.function_name}"
+def get_event_invoke_config(
+    s: DeploySettings, c: Clients, qualifier: str | None = None
+) -> dict[str, Any] | None:
+    """The event-invoke config of the function, or of its version or alias ``qualifier``
+    (each has its own: https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionEventInvokeConfig.html)."""
+    extra = {} if qualifier is None else {"Qualifier": qualifier}
     got = call(
         "lambda:GetFunctionEventInvokeConfig",
-        what,
+        f"function {s.function_name}" + (f":{qualifier}" if qualifier else ""),
         c.lam.get_function_event_invoke_config,
         missing=True,
         FunctionName=s.function_name,
+        **extra,
     )
+    return None if got is None else dict(got)
+
+
+def ensure_event_invoke_config(
+    s: DeploySettings, c: Clients, qualifier: str | None = None
+) -> Change:
+    """Lambda's retries off and no destination, on the function or on ``qualifier``."""
+    what = f"async invoke config of {s.function_name}" + (f":{qualifier}" if qualifier else "")
+    extra = {} if qualifier is None else {"Qualifier": qualifier}
+    got = get_event_invoke_config(s, c, qualifier)
     # No on-failure destination: with the worker reporting its own timeouts, memory kills
     # and crashes, what is left (an init failure, a runtime killed outright) the client's
     # deadline catches. Put overwrites the whole config ("If you exclude any settings,
@@ -251,7 +266,9 @@ def ensure_event_invoke_config(s: DeploySettings, c: Clients) -> Change:
     _retry_while_role_settles(
         "lambda:PutFunctionEventInvokeConfig",
         what,
-        lambda: c.lam.put_function_event_invoke_config(FunctionName=s.function_name, **want),
+        lambda: c.lam.put_function_event_invoke_config(
+            FunctionName=s.function_name, **extra, **want
+        ),
     )
     return Change("updated" if got else "created", what, detail)
 
@@ -388,8 +405,8 @@ def tier_version(s: DeploySettings, c: Clients, memory_mb: int) -> dict[str, Any
     return None if got is None else dict(got)
 
 
-def deployed_tiers(s: DeploySettings, c: Clients) -> tuple[int, ...]:
-    """The memory tiers the function has now: the sizes of its ``mem-<MB>`` aliases."""
+def tier_aliases(s: DeploySettings, c: Clients) -> dict[int, str]:
+    """The function's memory tiers now: MB -> the version its ``mem-<MB>`` alias names."""
     from dolambda._aws.invoke import TIER_ALIAS_PREFIX
 
     aliases = call(
@@ -398,9 +415,12 @@ def deployed_tiers(s: DeploySettings, c: Clients) -> tuple[int, ...]:
         c.lam.list_aliases,
         FunctionName=s.function_name,
     ).get("Aliases", [])
-    names = [str(a["Name"]) for a in aliases]
-    sizes = [n[len(TIER_ALIAS_PREFIX) :] for n in names if n.startswith(TIER_ALIAS_PREFIX)]
-    return tuple(sorted(int(mb) for mb in sizes if mb.isdigit()))
+    out = {}
+    for a in aliases:
+        size = str(a["Name"])[len(TIER_ALIAS_PREFIX) :]
+        if str(a["Name"]).startswith(TIER_ALIAS_PREFIX) and size.isdigit():
+            out[int(size)] = str(a["FunctionVersion"])
+    return dict(sorted(out.items()))
 
 
 def ensure_memory_tiers(s: DeploySettings, c: Clients) -> Change:
@@ -411,26 +431,16 @@ def ensure_memory_tiers(s: DeploySettings, c: Clients) -> Change:
     own; without one Lambda retries twice:
     https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html).
     Aliases of tiers no longer wanted are deleted, and so are versions no alias uses."""
-    from dolambda._aws.invoke import TIER_ALIAS_PREFIX, tier_alias
+    from dolambda._aws.invoke import tier_alias
 
     what = f"memory tiers of {s.function_name}"
     tiers = s.tiers
     latest = _wait(s, c)
-    aliases = call(
-        "lambda:ListAliases", what, c.lam.list_aliases, FunctionName=s.function_name
-    ).get("Aliases", [])
-    ours = {a["Name"]: a for a in aliases if str(a["Name"]).startswith(TIER_ALIAS_PREFIX)}
+    had = tier_aliases(s, c)
     stale = [mb for mb in tiers if tier_problem(latest, tier_version(s, c, mb), mb)]
     for mb in stale:
         # $LATEST at the tier's memory, published, then back to the base memory
-        call(
-            "lambda:UpdateFunctionConfiguration",
-            what,
-            c.lam.update_function_configuration,
-            FunctionName=s.function_name,
-            MemorySize=mb,
-        )
-        _wait(s, c)
+        _update_memory(s, c, mb)
         version = call(
             "lambda:PublishVersion",
             what,
@@ -439,67 +449,49 @@ def ensure_memory_tiers(s: DeploySettings, c: Clients) -> Change:
             CodeSha256=latest.get("CodeSha256"),
             Description=f"dolambda memory tier {mb} MB",
         )["Version"]
-        alias = tier_alias(mb)
-        if alias in ours:
-            call(
-                "lambda:UpdateAlias",
-                what,
-                c.lam.update_alias,
-                FunctionName=s.function_name,
-                Name=alias,
-                FunctionVersion=version,
-            )
-        else:
-            call(
-                "lambda:CreateAlias",
-                what,
-                c.lam.create_alias,
-                FunctionName=s.function_name,
-                Name=alias,
-                FunctionVersion=version,
-            )
+        action, method = (
+            ("lambda:UpdateAlias", c.lam.update_alias)
+            if mb in had
+            else ("lambda:CreateAlias", c.lam.create_alias)
+        )
+        call(
+            action,
+            what,
+            method,
+            FunctionName=s.function_name,
+            Name=tier_alias(mb),
+            FunctionVersion=version,
+        )
     if stale:
-        call(
-            "lambda:UpdateFunctionConfiguration",
-            what,
-            c.lam.update_function_configuration,
-            FunctionName=s.function_name,
-            MemorySize=s.memory_mb,
-        )
-        _wait(s, c)
-    want: dict[str, Any] = {
-        "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
-        "MaximumEventAgeInSeconds": MAX_EVENT_AGE,
-    }
+        _update_memory(s, c, s.memory_mb)
     for mb in tiers:
-        got = call(
-            "lambda:GetFunctionEventInvokeConfig",
-            what,
-            c.lam.get_function_event_invoke_config,
-            missing=True,
-            FunctionName=s.function_name,
-            Qualifier=tier_alias(mb),
-        )
-        if got is None or any(got.get(k) != v for k, v in want.items()):
-            call(
-                "lambda:PutFunctionEventInvokeConfig",
-                what,
-                c.lam.put_function_event_invoke_config,
-                FunctionName=s.function_name,
-                Qualifier=tier_alias(mb),
-                **want,
-            )
-    gone = [name for name in ours if name not in {tier_alias(mb) for mb in tiers}]
-    for name in gone:
+        ensure_event_invoke_config(s, c, tier_alias(mb))
+    gone = [mb for mb in had if mb not in tiers]
+    for mb in gone:
         call(
-            "lambda:DeleteAlias", what, c.lam.delete_alias, FunctionName=s.function_name, Name=name
+            "lambda:DeleteAlias",
+            what,
+            c.lam.delete_alias,
+            FunctionName=s.function_name,
+            Name=tier_alias(mb),
         )
     if stale or gone:
         _delete_unused_versions(s, c)
     detail = ", ".join(f"{mb} MB" for mb in tiers) or "none (the base memory only)"
     if not stale and not gone:
         return Change("unchanged", what, detail)
-    return Change("updated" if ours else "created", what, detail)
+    return Change("updated" if had else "created", what, detail)
+
+
+def _update_memory(s: DeploySettings, c: Clients, memory_mb: int) -> None:
+    call(
+        "lambda:UpdateFunctionConfiguration",
+        f"memory tiers of {s.function_name}",
+        c.lam.update_function_configuration,
+        FunctionName=s.function_name,
+        MemorySize=memory_mb,
+    )
+    _wait(s, c)
 
 
 def _delete_unused_versions(s: DeploySettings, c: Clients) -> None:
@@ -511,13 +503,13 @@ def _delete_unused_versions(s: DeploySettings, c: Clients) -> None:
             "lambda:ListAliases", what, c.lam.list_aliases, FunctionName=s.function_name
         ).get("Aliases", [])
     }
-    versions = call(
+    paginator = c.lam.get_paginator("list_versions_by_function")  # (50 a page)
+    pages = call(
         "lambda:ListVersionsByFunction",
         what,
-        c.lam.list_versions_by_function,
-        FunctionName=s.function_name,
-    ).get("Versions", [])
-    for v in versions:
+        lambda: list(paginator.paginate(FunctionName=s.function_name)),
+    )
+    for v in (v for page in pages for v in page.get("Versions", [])):
         number = str(v.get("Version"))
         if number != "$LATEST" and number not in used:
             call(

@@ -41,7 +41,7 @@ from dolambda.deploy import bucket as _bucket
 from dolambda.deploy import function as _function
 from dolambda.deploy import role as _role
 from dolambda.deploy.aws import Clients
-from dolambda.deploy.emulated import EMULATOR_TAG, EMULATOR_TIERS_TAG
+from dolambda.deploy.emulated import EMULATOR_TAG
 from dolambda.deploy.package import Package, cache_dir, python_version, runtime_for
 from dolambda.deploy.settings import MEMORY_RANGE, TIMEOUT_RANGE, DeploySettings
 from dolambda.emulator.config import EmulatorConfig
@@ -143,12 +143,11 @@ def ensure_all(session: Any, endpoint_url: str, config: EmulatorConfig) -> tuple
         key=config.signing_key,
         existing=_function.get_function(s, c),
     )
-    tag = ",".join(str(t) for t in config.memory_tiers)
-    c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger, EMULATOR_TIERS_TAG: tag})
+    c.lam.tag_resource(Resource=arn, Tags={EMULATOR_TAG: config.trigger})
     _function.ensure_event_invoke_config(s, c)
     # the tiers asked for, else those the function has (deployed before the emulator took
     # it over: they are published again from its code, so an alias runs what $LATEST runs)
-    tiers = config.memory_tiers or _function.deployed_tiers(s, c)
+    tiers = config.memory_tiers or tuple(_function.tier_aliases(s, c))
     if tiers:
         _function.ensure_memory_tiers(replace(s, memory_tiers=tiers), c)
     put_async_rules(c, config)
