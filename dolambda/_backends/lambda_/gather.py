@@ -91,44 +91,24 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         and await backups.drop_failed_copy(run, task_id, key, entry, failure)
     ):
         return  # a backup or its original failed while the other is still out
-    if (
-        failure is not None
-        and failure.kind in ("timeout", "memory")
-        and split.can_split(task_id, entry)
-        and not run.job.cancelled.is_set()
-    ):
-        # its halves go out instead (an out-of-memory chunk is split before it moves
-        # up a tier: one iteration's need should not put the others on a larger tier)
-        await split.split_task(run, task_id, entry)
-        return
-    if (
-        failure is not None
-        and failure.kind == "memory"
-        and entry.tier + 1 < len(run.settings.ladder)
-        and not run.job.cancelled.is_set()
-    ):
-        # out of memory: the next tier up (a new Invoke of its alias), not a retry; the
-        # invocation that ran out is billed (to its kill), so it counts in the stats
+    again = None if failure is None else _run_again(run, task_id, entry, failure.kind)
+    if again is not None and failure is not None:
+        # the task runs again (split, on a larger tier, or retried): this invocation was
+        # billed all the same, so it counts in the job's stats
         if outcome.stats is not None:
             run.job.stats.tasks.append(outcome.stats)
+        if again == "split":
+            # its halves go out instead (an out-of-memory chunk is split before it moves
+            # up a tier: one iteration's need should not put the others on a larger tier)
+            await split.split_task(run, task_id, entry)
+            return
+        # clear the error result, so the next attempt's result can be written
         await run.s3.delete_keys([key])
         run.seen.discard(task_id)
         entry.last_failure = failure.message
-        entry.tier += 1
-        entry.escalations += 1
-        await dispatch.resend(run, task_id, entry)
-        return
-    if (
-        failure is not None
-        and failure.kind in RUNTIME_FAILURES
-        and entry.retries_used < run.settings.retries
-        and not run.job.cancelled.is_set()
-    ):
-        # the runtime reported the task failed (timeout, memory, crash): run it again,
-        # after clearing the error result so the retry's result can be written
-        await run.s3.delete_keys([key])
-        run.seen.discard(task_id)
-        entry.last_failure = failure.message
+        if again == "tier":  # out of memory: the next tier up (an Invoke of its alias)
+            entry.tier += 1
+            entry.escalations += 1
         await dispatch.resend(run, task_id, entry)
         return
     del run.pending[task_id]
@@ -147,6 +127,19 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         )
     # (moves up a memory tier are not retries: they are counted by tier in the stats)
     await _deliver(run, decode_outcome(outcome, attempts=entry.retries_used + 1))
+
+
+def _run_again(run: RunState, task_id: int, entry: Pending, kind: str) -> str | None:
+    """How a task whose runtime failed (``kind``) runs again: ``"split"`` (a timed-out or
+    out-of-memory chunk), ``"tier"`` (out of memory, a larger tier left), ``"retry"``
+    (retries left), or None: its failure stands."""
+    if run.job.cancelled.is_set() or kind not in RUNTIME_FAILURES:
+        return None
+    if kind in ("timeout", "memory") and split.can_split(task_id, entry):
+        return "split"
+    if kind == "memory" and entry.tier + 1 < len(run.settings.ladder):
+        return "tier"
+    return "retry" if entry.retries_used < run.settings.retries else None
 
 
 def _memory_message(run: RunState, entry: Pending, message: str) -> str:
