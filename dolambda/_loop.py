@@ -127,8 +127,16 @@ class Loop(LoopSpec, metaclass=_LoopType):
 
         def resolve() -> Backend:
             chosen = resolve_remote_backend(backend)
+            if memory is None:
+                return chosen
             with_memory = getattr(chosen, "with_memory", None)
-            return chosen if memory is None or with_memory is None else with_memory(memory)
+            if with_memory is None:  # (a Lambda backend of one's own, without tiers)
+                raise InvalidArgument(
+                    f"memory={memory!r}: {type(chosen).__name__} has no memory tiers to "
+                    "choose from; use a LambdaBackend"
+                )
+            result: Backend = with_memory(memory)
+            return result
 
         return self._wait(self._job(fn, resolve, progress))
 
