@@ -36,7 +36,8 @@ def test_only_the_iterations_that_time_out_fail(moto_url: str, bad: tuple[int, .
     ) as emu:
         # the client gives a task 6 s + grace before it counts as lost: the workers'
         # timeout records (the function's timeout is 2 s) come well before that
-        backend = LambdaBackend(**{**emu.backend_settings(), "retries": 0, "task_timeout": 6.0})
+        settings = {**emu.backend_settings(), "retries": 0, "task_timeout": 6.0}
+        backend = LambdaBackend(**settings, backups=False)  # (every invocation is a task)
         body = functools.partial(hangs_on, bad=bad)
         loop = foreach(x=range(8)).seed(3).chunk_size(8).errorhandling("pass")
         job = loop.submit(body, backend=backend, progress=False)
@@ -52,6 +53,9 @@ def test_only_the_iterations_that_time_out_fail(moto_url: str, bad: tuple[int, .
         # the worker's watchdog stops each timed-out task itself, before Lambda's deadline
         # (so the emulator sees none), and reports it: the client splits what timed out
         assert emu.stats.timeouts == 0 and emu.stats.invocations > 1 + len(bad)
+        # every invocation is in the job's stats, the timed-out ones that were split too:
+        # they are billed, so the GB-seconds and the cost count them
+        assert job.stats.task_count == emu.stats.invocations
 
 
 def test_attach_in_the_middle_of_a_split(moto_url: str, tmp_path: Path) -> None:

@@ -97,6 +97,8 @@ async def fetch(run: RunState, task_id: int, key: str) -> None:
         and split.can_split(task_id, entry)
         and not run.job.cancelled.is_set()
     ):
+        if outcome.stats is not None:  # the timed-out invocation is billed: it counts
+            run.job.stats.tasks.append(outcome.stats)
         await split.split_task(run, task_id, entry)  # its halves go out instead
         return
     if (
