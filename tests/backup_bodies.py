@@ -35,11 +35,19 @@ def straggler(x: int, flag: str | None, slow: float = 10.0) -> tuple[int, float]
 
 
 def backup_crashes(x: int, flag: str | None) -> tuple[int, float]:
-    """Iteration STRAGGLER's first copy is slow but succeeds; its backup crashes."""
+    """Iteration STRAGGLER's first copy is slow but succeeds; its backup crashes.
+
+    The first copy stays out until its backup has started (``flag + ".backup"``), not
+    for a fixed time a slow machine's median could outlast (no backup would be sent),
+    then a second more, so the client reads the backup's crash while it is still out."""
     if flag is not None and x == STRAGGLER:
         if first_copy(flag):
-            time.sleep(4.0)
+            deadline = time.monotonic() + 30.0
+            while not os.path.exists(flag + ".backup") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(1.0)
         else:
+            os.close(os.open(flag + ".backup", os.O_CREAT | os.O_WRONLY))
             os._exit(3)
     time.sleep(0.3)
     return x, float(rng().random())

@@ -157,7 +157,7 @@ def test_a_backup_that_crashes_while_its_original_runs_is_not_an_error(
         assert job.stats.backups >= 1 and job.stats.failed == 0
         # the backup's os._exit killed the worker's child (the watchdog reported it as a
         # crash, the environment lived): the emulator saw no crashed environment
-        assert (tmp_path / "flag").exists() and emu.stats.crashed == 0
+        assert (tmp_path / "flag.backup").exists() and emu.stats.crashed == 0
 
 
 def test_backups_false_waits_for_the_straggler(moto_url: str, tmp_path: Path) -> None:

@@ -546,3 +546,109 @@ def backups_section(server: Server, quick: bool) -> list[Row]:
             )
         )
     return rows
+
+
+# --------------------------------------------------------------------------- section 5c
+
+
+def split_model(n: int, bad: tuple[int, ...]) -> tuple[int, int]:
+    """``(invocations, timeout rounds)`` of splitting one chunk of ``n`` iterations of
+    which ``bad`` always time out, halving as split.py does (no retries, no backups): every
+    node of the tree that holds a bad iteration and more than one iteration is split."""
+
+    def walk(lo: int, hi: int) -> tuple[int, int]:
+        if not any(lo <= b < hi for b in bad):
+            return 1, 0  # completes in the round its parent timed out
+        if hi - lo == 1:
+            return 1, 1
+        h = (hi - lo) // 2
+        left, right = walk(lo, lo + h), walk(lo + h, hi)
+        return 1 + left[0] + right[0], 1 + max(left[1], right[1])
+
+    return walk(0, n)
+
+
+def split_section(server: Server, quick: bool) -> list[Row]:
+    """A timed-out chunk split before it is reported (issue 16 item 3): one chunk of 1,000
+    iterations, 3 of which always run past the function's timeout; alone, then as one of
+    20 chunks (the 19 others finish at once, so the straggler backups' rule is live)."""
+    import functools
+    import math
+
+    from dolambda import TaskError
+
+    n, bad, timeout = 1000, (7, 500, 993), 2.0
+    body = functools.partial(workloads.hang_on, bad=bad)
+    model_calls, model_rounds = split_model(n, bad)
+    rule = 2 * len(bad) * math.log2(n / len(bad))
+    rows = []
+    runs = [("retries=0", 0, 1)]
+    if not quick:
+        runs += [("default retries=2", 2, 1), ("retries=0, 1 of 20 chunks", 0, 20)]
+    for label, retries, chunks in runs:
+        name = f"bench-split-r{retries}-c{chunks}"
+        emu = Emulator(
+            workers=4,
+            timeout=timeout,
+            endpoint_url=server.url,
+            bucket=name,
+            function_name=name,
+            discovery="events" if server.events else "poll",
+        )
+        total = n * chunks
+        loop = foreach(x=range(total)).chunk_size(n).errorhandling("pass")
+        with emu:
+            backend = LambdaBackend(**{**emu.backend_settings(), "retries": retries})
+            run_job(foreach(x=range(4)).chunk_size(1), backend, workloads.noop)  # warm
+            calls = emu.stats.invocations
+            t0 = time.perf_counter()
+            job = loop.submit(body, backend=backend, progress=False)
+            got = job.result()
+            seconds = time.perf_counter() - t0
+            calls = emu.stats.invocations - calls
+            failed = [k for k in range(total) if isinstance(got[k], TaskError)]
+            right = failed == list(bad) and all(got[k] == k for k in range(total) if k not in bad)
+            log(
+                f"split {label}: {seconds:.1f}s, {calls} invocations "
+                f"({job.stats.backups} backups), failed {failed}"
+            )
+        want_calls = model_calls + len(bad) * retries + chunks - 1
+        want_rounds = model_rounds + retries
+        what = f"1 chunk of {n:,} iterations" if chunks == 1 else f"{chunks} chunks of {n:,}"
+        rows += [
+            Row(
+                "5c split",
+                f"{what}, {len(bad)} iterations always past the {timeout:.0f} s timeout, "
+                f"{label}: iterations that failed",
+                len(failed),
+                "iterations",
+                target=f"value <= {len(bad)}",
+                met=right,  # exactly these iterations, and every other value as unsplit
+                note=f"failed {failed}, want {list(bad)}; every other value correct: {right}",
+            ),
+            Row(
+                "5c split",
+                f"  {label}: invocations",
+                calls,
+                "invocations",
+                baseline_name=f"split tree of these {len(bad)} (2k log2(n/k) = {rule:.0f})"
+                + (f" + {chunks - 1} chunks" if chunks > 1 else ""),
+                baseline_value=want_calls,
+                # backups of the timing-out halves come on top when other tasks are done
+                target="ratio <= 1.1" if chunks == 1 else "",
+                note=f"{job.stats.backups} backups among them; the tree: "
+                f"{model_calls} + {len(bad)} x {retries} retries",
+            ),
+            Row(
+                "5c split",
+                f"  {label}: time to the result",
+                seconds,
+                "s",
+                baseline_name=f"{want_rounds} timeout rounds x {timeout:.0f} s",
+                baseline_value=want_rounds * timeout,
+                note="the worker's watchdog reports each timeout 0.25 s before the function's "
+                "(no wait for the client's deadline of timeout + grace)",
+                extra={"failed": failed, "rounds_model": want_rounds, "backups": job.stats.backups},
+            ),
+        ]
+    return rows

@@ -4,7 +4,7 @@ Every run measures its own baselines, prints a table of ratios and writes JSON
 (``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
 
 Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, backups,
-tiers, cpu, memory, peer.
+split, tiers, cpu, memory, peer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ SECTIONS = (
     "e2e",
     "fanin",
     "backups",
+    "split",
     "tiers",
     "cpu",
     "memory",
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with section("backups", rows, errors):
                 rows += bench_lambda.backups_section(servers.main(), args.quick)
+        if "split" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("split", rows, errors):
+                rows += bench_lambda.split_section(servers.main(), args.quick)
         if "tiers" in wanted:
             from tests.benchmarks import bench_tiers
 

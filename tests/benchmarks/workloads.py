@@ -52,3 +52,11 @@ def hog_then_nap(x: int, mb: int, seconds: float) -> int:
         hog[i] = 1
     time.sleep(seconds)
     return x + len(hog) * 0
+
+
+def hang_on(x: int, bad: tuple[int, ...]) -> int:
+    """Iterations in ``bad`` sleep far past any benchmark's function timeout; the others
+    return at once."""
+    if x in bad:
+        time.sleep(120)
+    return x
