@@ -40,6 +40,9 @@ class JobStats:
     backups: int = 0
     backups_won: int = 0
     backup_seconds: float = 0.0
+    #: synchronous invokes (trigger="call") Lambda throttled (429), each sent again after
+    #: a backoff
+    throttles: int = 0
 
     @property
     def task_count(self) -> int:
@@ -96,6 +99,8 @@ class JobStats:
                     f", {self.backups} backups ({self.backups_won} won, "
                     f"~{self.backup_gb_seconds:.3f} GB-s)"
                 )
+        if self.throttles:
+            text += f", {self.throttles} calls throttled (429, sent again)"
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"
         return text

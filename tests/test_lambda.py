@@ -61,7 +61,7 @@ def backend_for(emu: Any, **kwargs: Any) -> LambdaBackend:
     return LambdaBackend(**settings)
 
 
-@pytest.fixture(params=["s3", "invoke"])
+@pytest.fixture(params=["s3", "invoke", "call"])
 def backend(request: pytest.FixtureRequest, emu: Any) -> LambdaBackend:
     return backend_for(emu, trigger=request.param)
 

@@ -89,6 +89,7 @@ from dolambda._backends.base import AttachedJob, Backend, JobContext, TaskResult
 from dolambda._backends.fan_in import fan_in
 from dolambda._backends.lambda_ import attach as _attach
 from dolambda._backends.lambda_ import backups as _backups
+from dolambda._backends.lambda_ import call as _call
 from dolambda._backends.lambda_ import code as _code
 from dolambda._backends.lambda_ import dispatch, gather
 from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
@@ -401,7 +402,10 @@ class LambdaBackend(Backend):
                 if self.backup_policy is not None:
                     concurrency = self.max_concurrency or _backups.DEFAULT_CONCURRENCY
                     backups = _backups.Backups(self.backup_policy, concurrency)
+                if self.trigger == "call":
+                    backups = None  # (a call is answered or fails within its deadline)
                 run = RunState(self.settings, s3, job, sealed, pool, backups)
+                run.call_slots = asyncio.Semaphore(self.workers)
                 job.queued = lambda: len(run.pending)
                 finished = False
                 try:
@@ -415,6 +419,8 @@ class LambdaBackend(Backend):
                     finished = True
                 finally:
                     _backups.record_stats(run)
+                    await _call.stop(run)
+                    job.stats.throttles += s3.invoker.throttles
                     await asyncio.shield(dispatch.withdraw(run, finished))
         finally:
             for kind, n in counter.counts.items():
@@ -451,6 +457,8 @@ class LambdaBackend(Backend):
             pool=pool,
             counter=counter,
             with_lambda=self.trigger == "invoke",
+            # a call may take the function's timeout, and the grace period to answer
+            call_timeout=self.task_timeout + self.grace if self.trigger == "call" else None,
             function_name=self.function_name,
             credentials=self.settings.credentials,
             sessions=sessions,

@@ -67,7 +67,7 @@ async def put_body(run: RunState) -> None:
 
 async def send(run: RunState, task_id: int, blob: bytes) -> None:
     """Enqueue one task; the caller holds a place in ``run.uploads``."""
-    invoke = run.settings.trigger == "invoke"
+    invoke = run.settings.trigger in ("invoke", "call")
     key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=invoke)
     if invoke:
         payload = invoke_payload(run.settings.bucket, key, blob)
@@ -75,6 +75,12 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
             await run.s3.put(key, blob)
         else:
             run.s3.counter.sent(len(payload["task"]))
+        if run.settings.trigger == "call":
+            from dolambda._backends.lambda_ import call  # (it imports this module)
+
+            # the worker returns the result in the response: no LIST, no GET
+            await call.start(run, task_id, {**payload, "respond": True})
+            return
         await run.s3.invoker.invoke(payload)
     else:
         await run.s3.put(key, blob)
@@ -182,7 +188,7 @@ async def withdraw(run: RunState, finished: bool) -> None:
     with contextlib.suppress(Exception):
         stopped = not finished or job.cancelled.is_set()
         cleanup = not run.settings.keep and (finished or job.cancelled.is_set())
-        invoke = run.settings.trigger == "invoke"
+        invoke = run.settings.trigger in ("invoke", "call")
         if stopped:
             await s3.put(_keys.cancel_key(p, job.job_id), b"")
             if not cleanup:  # otherwise the cleanup below deletes the queued tasks

@@ -81,6 +81,10 @@ class RunState:
         self.backups = backups  # straggler backups (None: off)
         self.splits: dict[int, Halves] = {}  # timed-out chunks waiting for their halves
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
+        # trigger="call": the synchronous calls out (at most the function's concurrency:
+        # LambdaBackend.run_tasks sets it from what it learned), each answering its task
+        self.call_slots = asyncio.Semaphore(settings.max_concurrency or 1000)
+        self.calls: set[asyncio.Task[None]] = set()
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
         )
