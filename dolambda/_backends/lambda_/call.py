@@ -33,27 +33,42 @@ from dolambda._wire.models import TaskFailure
 
 
 async def start(run: RunState, task_id: int, payload: dict[str, Any]) -> None:
-    """Wait for a call slot (the dispatch waits with it), then call in the background."""
-    await run.call_slots.acquire()
-    try:
-        entry = run.pending.get(task_id)
-        if entry is None:  # (answered meanwhile)
-            run.call_slots.release()
-            return
-        entry.dispatched_at = time.monotonic()  # its deadline runs from the call
-        attempt = entry.attempt
-        run.seen.add(task_id)  # answered by the call: never listed, never requeued
-        task = asyncio.create_task(_call(run, task_id, attempt, payload))
-    except BaseException:
-        run.call_slots.release()
-        raise
+    """Call the function for the task in the background, once a call slot is free.
+
+    The dispatch does not wait for the slot: it finishes (and writes the plan, so the
+    job can be attached) while the calls are still queued here."""
+    entry = run.pending.get(task_id)
+    if entry is None:  # (answered meanwhile)
+        return
+    run.seen.add(task_id)  # answered by the call: never listed, never requeued
+    task = asyncio.create_task(_call(run, task_id, entry.attempt, payload))
     run.calls.add(task)
     task.add_done_callback(run.calls.discard)
 
 
+async def resume(run: RunState) -> None:
+    """An attached call-mode job: the tasks without a result (after the gather's first
+    LIST) are called again, same attempt (a late result of the departed client's call
+    counts); the LIST loop goes on for the rest."""
+    for task_id, entry in list(run.pending.items()):
+        if task_id in run.seen:
+            continue
+        blob = run.sealed.sealed_task(entry.planned, attempt=entry.attempt)
+        key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=True)
+        payload = dispatch.invoke_payload(run.settings.bucket, key, blob)
+        if "task" not in payload:
+            await run.s3.put(key, blob)
+        await start(run, task_id, {**payload, "respond": True})
+
+
 async def _call(run: RunState, task_id: int, attempt: int, payload: dict[str, Any]) -> None:
     try:
+        await run.call_slots.acquire()  # (a cancel here leaves no slot taken)
         try:
+            entry = run.pending.get(task_id)
+            if entry is None or entry.attempt != attempt:
+                return  # answered, or sent again, while it waited
+            entry.dispatched_at = time.monotonic()  # its deadline runs from the call
             answer, error = await run.s3.invoker.call(payload)
         except CallFailed as exc:
             answer, error = b"", f"the call got no answer ({exc})"
@@ -62,10 +77,10 @@ async def _call(run: RunState, task_id: int, attempt: int, payload: dict[str, An
         run.seen.discard(task_id)
         if error is None:
             entries = _results(answer)
-            for entry in entries:
-                key = entry["key"]
-                if "result" in entry:
-                    blob: bytes | None = base64.b64decode(entry["result"])
+            for item in entries:
+                key = item["key"]
+                if "result" in item:
+                    blob: bytes | None = base64.b64decode(item["result"])
                 else:  # too large for the response: in S3
                     async with run.downloads:
                         blob = await run.s3.get(key)

@@ -128,6 +128,11 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
             if job.resumed:
                 continue
             blob = run.sealed.sealed_task(planned, with_job=run.inline_job)
+            if run.settings.trigger == "call":
+                # the tasks are in no object: the plan carries them, for Job.attach
+                run.task_blobs[planned.task_id] = (
+                    run.sealed.sealed_task(planned) if run.inline_job else blob
+                )
             await run.uploads.acquire()  # backpressure: at most `pool` uploads in flight
             sends.add(asyncio.create_task(_send_and_release(run, planned.task_id, blob)))
             for done in [s for s in sends if s.done()]:
@@ -162,6 +167,11 @@ async def _put_plan(run: RunState) -> None:
         # the loop's combine, for Job.attach (None: it could not be pickled)
         "client": None if state is None else base64.b64encode(state).decode(),
     }
+    if run.task_blobs:  # trigger="call": the sealed tasks (no task object holds them)
+        plan["sealed_tasks"] = {
+            str(t): base64.b64encode(b).decode() for t, b in run.task_blobs.items()
+        }
+        run.task_blobs.clear()
     await run.s3.put(
         _keys.plan_key(run.prefix, job.job_id),
         codec.seal(json.dumps(plan).encode(), key=run.sealed.key, context=plan_context(job.job_id)),

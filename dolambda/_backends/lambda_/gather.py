@@ -41,6 +41,11 @@ async def gather_results(run: RunState) -> None:
     if run.settings.trigger == "call" and not run.job.resumed:
         await _wait_for_calls(run)
         return
+    if run.settings.trigger == "call" and run.job.resumed:
+        from dolambda._backends.lambda_ import call  # (it imports this module)
+
+        await _poll_once(run)  # what finished while no client was there
+        await call.resume(run)  # the rest is called again
     interval = POLL_MIN
     started = time.monotonic()
     received = 0

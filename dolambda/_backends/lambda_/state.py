@@ -85,6 +85,8 @@ class RunState:
         # LambdaBackend.run_tasks sets it from what it learned), each answering its task
         self.call_slots = asyncio.Semaphore(settings.max_concurrency or 1000)
         self.calls: set[asyncio.Task[None]] = set()
+        #: trigger="call": each task sealed (without the job), for the plan (Job.attach)
+        self.task_blobs: dict[int, bytes] = {}
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
         )
