@@ -318,7 +318,7 @@ async def open_s3(
         if call_timeout is not None:
             call_config = AioConfig(
                 max_pool_connections=pool,
-                retries={"max_attempts": 1, "mode": "standard"},  # (no botocore retries)
+                retries={"total_max_attempts": 1, "mode": "standard"},  # (no retries)
                 connect_timeout=10,
                 read_timeout=call_timeout,
                 tcp_keepalive=True,
