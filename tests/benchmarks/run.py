@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from tests.benchmarks import _common  # noqa: E402
 from tests.benchmarks._common import Row, Server, log  # noqa: E402
 
-SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "backups", "memory", "peer")
+SECTIONS = ("local", "s3raw", "requests", "e2e", "fanin", "backups", "call", "memory", "peer")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with section("backups", rows, errors):
                 rows += bench_lambda.backups_section(servers.main(), args.quick)
+        if "call" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("call", rows, errors):
+                rows += bench_lambda.call_section(servers.main(), args.quick)
         if "memory" in wanted:
             from tests.benchmarks import bench_memory
 
