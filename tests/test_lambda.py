@@ -254,7 +254,7 @@ def test_the_portal_closes_its_warm_clients_at_exit(emu: Any, tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:3] == [
         "20",
-        "['keeper', 'lambda', 's3'] True",
+        "['call', 'keeper', 'lambda', 's3'] True",
         "[] False",
     ]
 
