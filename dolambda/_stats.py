@@ -42,6 +42,9 @@ class JobStats:
     backup_seconds: float = 0.0
     #: the function's memory sizes (MB): the base memory, then its tiers (Lambda backend)
     memory_tiers: list[int] = field(default_factory=list)
+    #: synchronous invokes (trigger="call") Lambda throttled (429), each sent again after
+    #: a backoff
+    throttles: int = 0
 
     @property
     def task_count(self) -> int:
@@ -123,6 +126,8 @@ class JobStats:
                 text += ", memory tiers: " + ", ".join(
                     f"{mb} MB x{counts[mb]} ({gbs:.3f} GB-s)" for mb, gbs in by_tier.items()
                 )
+        if self.throttles:
+            text += f", {self.throttles} calls throttled (429, sent again)"
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"
         return text

@@ -28,6 +28,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     global _s3
     if _s3 is None:
         _s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+    results: list[dict[str, str]] = []  # (trigger="call": the results, in the response)
     outcomes = handle_event(
         event,
         context,
@@ -37,5 +38,8 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         state=_state,
         only_bucket=os.environ.get("DOLAMBDA_BUCKET") or None,
         watchdog=_watchdog,
+        results=results,
     )
+    if results:
+        return {"outcomes": outcomes, "results": results}
     return {"outcomes": outcomes}

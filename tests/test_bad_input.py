@@ -440,7 +440,7 @@ API: list[Case] = [
         "LambdaBackend(trigger=): unknown",
         'LambdaBackend(..., trigger="sqs")',
         "InvalidArgument",
-        "trigger must be 's3' or 'invoke'",
+        "trigger must be 's3', 'invoke' or 'call'",
         lambda c: lb(trigger="sqs"),
     ),
     Case(

@@ -61,7 +61,7 @@ def backend_for(emu: Any, **kwargs: Any) -> LambdaBackend:
     return LambdaBackend(**settings)
 
 
-@pytest.fixture(params=["s3", "invoke"])
+@pytest.fixture(params=["s3", "invoke", "call"])
 def backend(request: pytest.FixtureRequest, emu: Any) -> LambdaBackend:
     return backend_for(emu, trigger=request.param)
 
@@ -179,7 +179,7 @@ def test_closure_and_large_capture_uploaded_once(emu: Any) -> None:
     assert {t.s3_requests for t in job.stats.tasks} <= {2, 4}
 
 
-@pytest.mark.parametrize("trigger", ["s3", "invoke"])
+@pytest.mark.parametrize("trigger", ["s3", "invoke", "call"])
 def test_small_job_travels_in_its_tasks(emu: Any, trigger: str) -> None:
     # every worker is new to this job: none of them fetches the manifest or the body
     backend = backend_for(emu, trigger=trigger, keep=True)
@@ -190,8 +190,8 @@ def test_small_job_travels_in_its_tasks(emu: Any, trigger: str) -> None:
 
     job = foreach(x=range(12)).chunk_size(1).submit(body, backend=backend, progress=False)
     assert job.result() == [x + offset for x in range(12)]
-    # s3: GET task + PUT result; invoke: the task is in the payload, PUT result only
-    expected = {"s3": 2, "invoke": 1}[trigger]
+    # s3: GET task + PUT result; invoke, call: the task is in the payload, PUT result only
+    expected = {"s3": 2, "invoke": 1, "call": 1}[trigger]
     assert [t.s3_requests for t in job.stats.tasks] == [expected] * 12
     # the job objects are still written (after the tasks), so the job can be attached
     keys = job_keys(emu, job.id)
@@ -254,7 +254,7 @@ def test_the_portal_closes_its_warm_clients_at_exit(emu: Any, tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:3] == [
         "20",
-        "['keeper', 'lambda', 's3'] True",
+        "['call', 'keeper', 'lambda', 's3'] True",
         "[] False",
     ]
 
@@ -356,8 +356,9 @@ def test_cancel_stops_new_work_and_cleans_up(emu: Any, tmp_path: Path) -> None:
     assert all("/results/" in k for k in leftovers)  # only late results of running tasks
 
 
-def test_task_past_timeout_is_reported_not_hung(emu: Any) -> None:
-    backend = backend_for(emu, retries=0)
+@pytest.mark.parametrize("trigger", ["s3", "call"])
+def test_task_past_timeout_is_reported_not_hung(emu: Any, trigger: str) -> None:
+    backend = backend_for(emu, retries=0, trigger=trigger)
 
     def sleepy(x: int) -> int:
         if x == 1:
@@ -378,8 +379,9 @@ def test_task_past_timeout_is_reported_not_hung(emu: Any) -> None:
     assert time.monotonic() - started < 25
 
 
-def test_worker_killed_mid_task_is_retried(emu: Any, tmp_path: Path) -> None:
-    backend = backend_for(emu, retries=2)
+@pytest.mark.parametrize("trigger", ["s3", "call"])
+def test_worker_killed_mid_task_is_retried(emu: Any, tmp_path: Path, trigger: str) -> None:
+    backend = backend_for(emu, retries=2, trigger=trigger)
     flag = tmp_path / "killed-once"
 
     def fragile(x: int) -> int:
@@ -406,7 +408,8 @@ def test_version_mismatch_is_an_error_naming_both(
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in str(info.value)
 
 
-def test_attach_after_client_dies(emu: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("trigger", ["s3", "call"])
+def test_attach_after_client_dies(emu: Any, tmp_path: Path, trigger: str) -> None:
     script = tmp_path / "client.py"
     script.write_text(
         textwrap.dedent(
@@ -421,7 +424,7 @@ def test_attach_after_client_dies(emu: Any, tmp_path: Path) -> None:
             backend = LambdaBackend(bucket={emu.backend.bucket!r}, region="us-east-1",
                 endpoint_url={emu.endpoint_url!r}, signing_key={emu.signing_key!r},
                 function_name={emu.backend.function_name!r}, prefix={emu.backend.prefix!r},
-                task_timeout=30.0)
+                task_timeout=30.0, trigger={trigger!r})
             job = foreach(x=range(12)).chunk_size(1).combine(sum).submit(slow, backend=backend,
                 progress=False)
             print(job.id, flush=True)
@@ -441,7 +444,7 @@ def test_attach_after_client_dies(emu: Any, tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    backend = backend_for(emu, task_timeout=30.0)
+    backend = backend_for(emu, task_timeout=30.0, trigger=trigger)
     job = dolambda.Job.attach(job_id, backend)
     assert job.id == job_id
     assert job.result(timeout=60) == 3 * sum(range(12))

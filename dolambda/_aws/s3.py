@@ -69,6 +69,7 @@ class S3:
         counter: RequestCounter,
         lambda_client: Any = None,
         function_name: str = "",
+        call_client: Any = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -76,7 +77,12 @@ class S3:
         self.counter = counter
         self.function_name = function_name
         self.invoker = Invoker(
-            lambda_client, function_name, bucket=bucket, region=region, count=counter.add
+            lambda_client,
+            function_name,
+            bucket=bucket,
+            region=region,
+            count=counter.add,
+            call_client=call_client,
         )
 
     def _translated(self, key: str, action: str) -> contextlib.AbstractContextManager[None]:
@@ -239,6 +245,7 @@ async def open_s3(
     pool: int,
     counter: RequestCounter,
     with_lambda: bool = False,
+    call_timeout: float | None = None,
     function_name: str = "",
     credentials: dict[str, str] | None = None,
     shared: dict[str, Any] | None = None,
@@ -252,10 +259,21 @@ async def open_s3(
     does, and the portal at exit). Otherwise the clients live for this run only.
     With ``sessions`` (a dict the caller keeps for one thread) clients come from a
     session kept there: a client from a new session costs ~70-130 ms (botocore loads
-    its models per session), from a used one ~5 ms.
+    its models per session), from a used one ~5 ms. With ``call_timeout`` (seconds,
+    trigger="call") a second Lambda client for synchronous Invokes is opened: its read
+    timeout is ``call_timeout`` (the function's timeout and a margin) and botocore does
+    not retry it (the caller paces and retries a throttled call itself).
     """
     if shared is not None and "s3" in shared:
-        yield S3(shared["s3"], bucket, region, counter, shared.get("lambda"), function_name)
+        yield S3(
+            shared["s3"],
+            bucket,
+            region,
+            counter,
+            shared.get("lambda"),
+            function_name,
+            call_client=shared.get("call"),
+        )
         return
     down = refused(endpoint_url)
     if down is not None:  # fail now, not after botocore's retries (~26 s)
@@ -292,10 +310,23 @@ async def open_s3(
         s3 = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, config=config, verify=verify)
         )
-        lam = None
+        lam = call = None
         if with_lambda:
             lam = await stack.enter_async_context(
                 session.client("lambda", endpoint_url=endpoint_url, config=config, verify=verify)
+            )
+        if call_timeout is not None:
+            call_config = AioConfig(
+                max_pool_connections=pool,
+                retries={"total_max_attempts": 1, "mode": "standard"},  # (no retries)
+                connect_timeout=10,
+                read_timeout=call_timeout,
+                tcp_keepalive=True,
+            )
+            call = await stack.enter_async_context(
+                session.client(
+                    "lambda", endpoint_url=endpoint_url, config=call_config, verify=verify
+                )
             )
     except BaseException:
         await stack.aclose()
@@ -308,11 +339,11 @@ async def open_s3(
             await stack.aclose()
 
         keeper = await _sync.at_loop_shutdown(close)  # held here: the loop holds it weakly
-        shared.update({"s3": s3, "lambda": lam, "keeper": keeper})
-        yield S3(s3, bucket, region, counter, lam, function_name)
+        shared.update({"s3": s3, "lambda": lam, "call": call, "keeper": keeper})
+        yield S3(s3, bucket, region, counter, lam, function_name, call_client=call)
         return
     async with stack:
-        yield S3(s3, bucket, region, counter, lam, function_name)
+        yield S3(s3, bucket, region, counter, lam, function_name, call_client=call)
 
 
 async def gather_limited(limit: int, coros: Iterable[Any]) -> list[Any]:

@@ -47,6 +47,7 @@ def process_s3_task(
     inline_task: bytes | None = None,
     log: Callable[[str], None] = print,
     watchdog: Watchdog | None = None,
+    written: Callable[[str, bytes], None] | None = None,
 ) -> str:
     """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
 
@@ -57,7 +58,8 @@ def process_s3_task(
     ``"ignored"``, ``"gone"``, ``"done"``, ``"duplicate"`` or ``"cancelled"``; never raises
     for the body. With a ``watchdog`` and a ``context`` that tells the time left, the task
     runs in the watchdog's child process, which is stopped (and no result written) when
-    the job's cancel marker appears while it runs.
+    the job's cancel marker appears while it runs. ``written(key, sealed)`` is told the
+    result this call wrote (trigger="call" returns it in the response).
     """
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -164,7 +166,7 @@ def process_s3_task(
     )
     if outcome.failure is not None:
         log(f"dolambda: task {job_id}/{task_id}: {outcome.failure.kind}: {outcome.failure.message}")
-    if not put_result(s3, bucket, prefix, signing_key, outcome):
+    if not put_result(s3, bucket, prefix, signing_key, outcome, written=written):
         return "duplicate"
     return "done"
 
@@ -180,8 +182,17 @@ def _verified_task(blob: bytes, key: bytes, job_id: str, task_id: int) -> TaskSp
     return task if (task.job_id, task.task_id) == (job_id, task_id) else None
 
 
-def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: TaskOutcome) -> bool:
-    """Write a task's result once (``If-None-Match: *``); False when one already exists."""
+def put_result(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    signing_key: bytes,
+    outcome: TaskOutcome,
+    *,
+    written: Callable[[str, bytes], None] | None = None,
+) -> bool:
+    """Write a task's result once (``If-None-Match: *``); False when one already exists.
+    ``written(key, sealed)`` is called with what was written."""
     job_id, task_id = outcome.job_id, outcome.task_id
     data = codec.seal_model(
         outcome, key=signing_key, context=codec.outcome_context(job_id, task_id)
@@ -190,6 +201,8 @@ def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: T
     for attempt in range(CONFLICT_RETRIES + 1):
         try:
             s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            if written is not None:
+                written(key, data)
             return True
         except Exception as exc:
             kind = kind_of(exc)
@@ -202,7 +215,14 @@ def put_result(s3: Any, bucket: str, prefix: str, signing_key: bytes, outcome: T
 
 
 def report_handler_error(
-    s3: Any, bucket: str, key: str, *, prefix: str, signing_key: bytes, exc: Exception
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    prefix: str,
+    signing_key: bytes,
+    exc: Exception,
+    written: Callable[[str, bytes], None] | None = None,
 ) -> str:
     """Write an ``internal`` failure for the task at ``key`` naming ``exc`` (the AWS error
     code and message as S3 gave them); re-raise when even that cannot be written."""
@@ -225,10 +245,10 @@ def report_handler_error(
         stats=TaskStats(finished_at=time.time()),
     )
     try:
-        written = put_result(s3, bucket, prefix, signing_key, outcome)
+        stored = put_result(s3, bucket, prefix, signing_key, outcome, written=written)
     except Exception:
         raise exc from None
-    return "failure-recorded" if written else "duplicate"
+    return "failure-recorded" if stored else "duplicate"
 
 
 #: how often a result PUT that S3 answers 409 ConditionalRequestConflict is tried again
@@ -285,13 +305,23 @@ def handle_event(
     state: WorkerState,
     only_bucket: str | None = None,
     watchdog: Watchdog | None = None,
+    results: list[dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Everything the Lambda handler does with one event; counts what happened to each task.
 
     With a ``watchdog`` (the deployed handler's), each task runs in its warm child
-    process (:mod:`dolambda._aws.watchdog`).
+    process (:mod:`dolambda._aws.watchdog`). When the event asks for its results
+    (``"respond": true``, trigger="call") and ``results`` is a list, each result written
+    is appended to it (:func:`response_entry`) for the handler to return.
     """
     outcomes: dict[str, int] = {}
+    respond = isinstance(event, dict) and event.get("respond") is True
+    budget = [RESPONSE_BUDGET]
+
+    def written(key: str, data: bytes) -> None:
+        if results is not None and respond:
+            results.append(response_entry(key, data, budget))
+
     for bucket, object_key, inline in task_records(event):
         if only_bucket is not None and bucket != only_bucket:
             print(f"dolambda: ignoring event from bucket {bucket!r} (serving {only_bucket!r})")
@@ -311,6 +341,7 @@ def handle_event(
                     context=context,
                     inline_task=inline,
                     watchdog=watchdog,
+                    written=written,
                 )
             except Exception as exc:
                 # not the body's (that is in the outcome): S3 refused the worker, most
@@ -318,7 +349,39 @@ def handle_event(
                 # retries are off and no destination is set, so unless the worker says
                 # so the client would only see it at its deadline: write the failure.
                 what = report_handler_error(
-                    s3, bucket, object_key, prefix=prefix, signing_key=signing_key, exc=exc
+                    s3,
+                    bucket,
+                    object_key,
+                    prefix=prefix,
+                    signing_key=signing_key,
+                    exc=exc,
+                    written=written,
                 )
         outcomes[what] = outcomes.get(what, 0) + 1
     return outcomes
+
+
+#: the largest response a synchronous invoke may return: 6 MB (the request's limit too).
+#: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
+RESPONSE_LIMIT = 6 * 1024 * 1024
+#: what the response's results may take: the limit less room for the rest of the
+#: response (the outcome counts, the keys, JSON punctuation)
+RESPONSE_BUDGET = RESPONSE_LIMIT - 64 * 1024
+
+
+def response_entry(key: str, data: bytes, budget: list[int]) -> dict[str, str]:
+    """``{"key", "result": <base64 sealed result>}`` for a synchronous invoke's response,
+    or only ``{"key"}`` when the result (4/3 larger in base64) does not fit what is left
+    of ``budget[0]``: the client then GETs it. The budget shrinks by what is returned.
+
+    >>> budget = [RESPONSE_BUDGET]
+    >>> sorted(response_entry("k", b"abc", budget)), RESPONSE_BUDGET - budget[0]
+    (['key', 'result'], 4)
+    >>> response_entry("k", bytes(5 * 1024 * 1024), budget)
+    {'key': 'k'}
+    """
+    size = 4 * -(-len(data) // 3)
+    if size > budget[0]:
+        return {"key": key}
+    budget[0] -= size
+    return {"key": key, "result": base64.b64encode(data).decode()}

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 WIRE_VERSION = 6
 
 ErrorHandling = Literal["stop", "remove", "pass"]
-Trigger = Literal["s3", "invoke", "local"]
+Trigger = Literal["s3", "invoke", "call", "local"]
 FailureKind = Literal[
     "signature",  # an object failed HMAC verification
     "version",  # Python/dill/wire version differs between client and worker

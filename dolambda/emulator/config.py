@@ -44,6 +44,8 @@ class EmulatorStats:
     expired: int = 0  #: async events discarded past the maximum event age
     destination_records: int = 0  #: invocation records written to the on-failure destination
     max_concurrency: int = 0  #: most invocations running at once
+    #: synchronous invokes answered 429 (beyond the function's concurrency, as on Lambda)
+    throttled: int = 0
 
 
 @dataclass(frozen=True)

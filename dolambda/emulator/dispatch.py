@@ -175,6 +175,18 @@ class Dispatcher:
         heapq.heappush(self._pending, (time.monotonic() + delay, next(self._seq), invocation))
         self._cond.notify_all()
 
+    def admits_sync(self) -> bool:
+        """Whether a synchronous invoke may run now; the caller holds ``cond``.
+
+        Lambda does not queue a synchronous invoke beyond the function's concurrency:
+        it answers 429 TooManyRequestsException (the caller retries). The synchronous
+        invokes already waiting for a slot count as running.
+        https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html and
+        https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html
+        """
+        waiting = sum(1 for _, _, i in self._pending if i.reply_id is not None)
+        return self._busy + waiting < len(self._runtime.slots)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is pending or running."""
         deadline = time.monotonic() + timeout

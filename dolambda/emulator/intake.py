@@ -109,11 +109,14 @@ class MailboxClient:
         finally:
             conn.close()
 
-    def reply(self, reply_id: str, payload: str, error: bool) -> None:
-        """Answer a synchronous Invoke waiting in the moto server."""
+    def reply(self, reply_id: str, payload: str, error: bool, throttled: bool = False) -> None:
+        """Answer a synchronous Invoke waiting in the moto server (``throttled``: with a
+        429 instead of running it)."""
         conn = self._connection(10)
         try:
-            body = json.dumps({"id": reply_id, "payload": payload, "error": error})
+            body = json.dumps(
+                {"id": reply_id, "payload": payload, "error": error, "throttled": throttled}
+            )
             conn.request(
                 "POST", f"{API}/reply", body=body, headers={"Content-Type": "application/json"}
             )
@@ -274,7 +277,17 @@ class Intake:
         """Apply the test knobs and queue the invocation(s)."""
         c = self.config
         with self._cond:
-            self._stats.events += 1
+            # (a throttled invoke never reaches the function: not an event)
+            throttled = reply_id is not None and not self._dispatcher.admits_sync()
+            if throttled:
+                self._stats.throttled += 1
+            else:
+                self._stats.events += 1
+        if throttled:
+            assert reply_id is not None
+            self._mailbox.reply(reply_id, "", False, throttled=True)
+            return
+        with self._cond:
             copies = 1
             if reply_id is None:  # only asynchronous events are dropped or duplicated
                 if c.drop_fraction and self._rng.random() < c.drop_fraction:

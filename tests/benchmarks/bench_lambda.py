@@ -651,4 +651,81 @@ def split_section(server: Server, quick: bool) -> list[Row]:
                 extra={"failed": failed, "rounds_model": want_rounds, "backups": job.stats.backups},
             ),
         ]
+
+
+# --------------------------------------------------------------------------- section 5d
+
+
+def call_section(server: Server, quick: bool) -> list[Row]:
+    """trigger="call" (issue 17.1): fan-in of 1-task jobs, S3 requests per additional
+    task, and chunk-1 throughput against the S3 trigger's in the same run."""
+    workers = 4
+    jobs = 10 if quick else 30
+    n_tasks = 100 if quick else 300
+    rows: list[Row] = []
+    with (
+        emulator(server, "call", trigger="invoke", workers=workers) as emu,
+        emulator(server, "call-s3", workers=workers) as emu_s3,
+    ):
+        settings = {**emu.backend_settings(), "max_concurrency": workers, "trigger": "call"}
+        call = LambdaBackend(**settings)
+        s3 = LambdaBackend(**{**emu_s3.backend_settings(), "max_concurrency": workers})
+        run_job(foreach(x=range(workers)).chunk_size(1), s3, workloads.noop)  # warm
+        run_job(foreach(x=range(workers)).chunk_size(1), call, workloads.noop)  # warm
+        lat = []
+        for _ in range(jobs):
+            job = run_job(foreach(x=range(1)).chunk_size(1), call, workloads.inc)
+            returned = time.time()
+            lat.append((returned - job.stats.tasks[0].finished_at) * 1000)
+        rows.append(
+            Row(
+                "5d call",
+                "trigger='call', 1-task jobs: result written -> value returned, median",
+                median(lat),
+                "ms",
+                target="value < 10",
+                spread=spread(lat, "ms"),
+                note="worker finished_at is taken just before its result PUT",
+            )
+        )
+        small = counts(run_job(foreach(x=range(1)).chunk_size(1), call, workloads.inc))
+        large = counts(run_job(foreach(x=range(n_tasks)).chunk_size(1), call, workloads.inc))
+        per_task = (large["client_s3"] - large["client"].get("call", 0) + large["worker_s3"]) - (
+            small["client_s3"] - small["client"].get("call", 0) + small["worker_s3"]
+        )
+        per_task /= n_tasks - 1
+        rows.append(
+            Row(
+                "5d call",
+                "trigger='call': S3 requests (client + worker) per additional task, chunk 1",
+                per_task,
+                "req",
+                target="value <= 1.01",
+                note=f"1 task: {small['client']}; {n_tasks} tasks: {large['client']}",
+            )
+        )
+        rates: dict[str, list[float]] = {"call": [], "s3": []}
+        for _ in range(1 if quick else 3):
+            for label, backend in (("call", call), ("s3", s3)):
+                t0 = time.perf_counter()
+                run_job(foreach(x=range(n_tasks)).chunk_size(1), backend, workloads.noop)
+                rates[label].append(n_tasks / (time.perf_counter() - t0))
+        ours, theirs = median(rates["call"]), median(rates["s3"])
+        rows.append(
+            Row(
+                "5d call",
+                f"trigger='call': chunk-1 throughput, {n_tasks} no-op tasks on {workers} workers",
+                ours,
+                "tasks/s",
+                baseline_name="trigger='s3', same emulator",
+                baseline_value=theirs,
+                ratio=ours / theirs if theirs else None,
+                target="ratio >= 1.5",
+                spread=spread(rates["call"], "tasks/s"),
+            )
+        )
+    log(
+        f"call: fan-in median {median(lat):.1f} ms, {per_task:.3f} S3 req/task, "
+        f"{ours:.0f} vs {theirs:.0f} tasks/s"
+    )
     return rows

@@ -4,7 +4,7 @@ Every run measures its own baselines, prints a table of ratios and writes JSON
 (``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
 
 Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, backups,
-split, tiers, cpu, memory, peer.
+call, split, tiers, cpu, memory, peer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ SECTIONS = (
     "e2e",
     "fanin",
     "backups",
+    "call",
     "split",
     "tiers",
     "cpu",
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
             with section("backups", rows, errors):
                 rows += bench_lambda.backups_section(servers.main(), args.quick)
+        if "call" in wanted:
+            from tests.benchmarks import bench_lambda
+
+            with section("call", rows, errors):
+                rows += bench_lambda.call_section(servers.main(), args.quick)
         if "split" in wanted:
             from tests.benchmarks import bench_lambda
 

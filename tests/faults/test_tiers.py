@@ -77,3 +77,14 @@ def test_memory_asks_for_the_smallest_tier_that_has_it(tiered: Emulator) -> None
     assert loop.do_lambda(needs_memory, backend=backend, memory=TIER, progress=False) == [0, 1, 2]
     with pytest.raises(InvalidArgument, match=r"memory=4096 MB is more than .* 512 MB"):
         loop.do_lambda(needs_memory, backend=backend, memory=4096)
+
+
+def test_a_call_that_runs_out_of_memory_calls_the_next_tier(tiered: Emulator) -> None:
+    # trigger="call": the tier's alias is called synchronously (RequestResponse with its
+    # Qualifier), and its answer carries the result
+    backend = backend_for(tiered, retries=0, backups=False, trigger="call")
+    loop = foreach(x=range(3), mb=[0, FITS_TIER, 0]).chunk_size(1)
+    job = loop.submit(needs_memory, backend=backend)
+    assert job.result(timeout=120) == [0, 1, 2]
+    assert job.stats.tasks_by_tier == {BASE: 3, TIER: 1}, job.stats.tasks_by_tier
+    assert job.stats.client_s3_requests.get("list", 0) == 0, job.stats.client_s3_requests

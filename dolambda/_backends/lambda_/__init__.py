@@ -91,6 +91,7 @@ from dolambda._backends.base import AttachedJob, Backend, JobContext, TaskResult
 from dolambda._backends.fan_in import fan_in
 from dolambda._backends.lambda_ import attach as _attach
 from dolambda._backends.lambda_ import backups as _backups
+from dolambda._backends.lambda_ import call as _call
 from dolambda._backends.lambda_ import code as _code
 from dolambda._backends.lambda_ import dispatch, gather
 from dolambda._backends.lambda_.settings import LambdaSettings, resolve_settings
@@ -431,10 +432,13 @@ class LambdaBackend(Backend):
                 if self.backup_policy is not None:
                     concurrency = self.max_concurrency or _backups.DEFAULT_CONCURRENCY
                     backups = _backups.Backups(self.backup_policy, concurrency)
+                if self.trigger == "call":
+                    backups = None  # (a call is answered or fails within its deadline)
                 run = RunState(self.settings, s3, job, sealed, pool, backups)
                 body = sealed.body_key(self.prefix)
                 # the tier an earlier run of this body needed (its tasks ran out below it)
                 run.start_tier = max(run.start_tier, self._learned_tier.get(body, 0))
+                run.call_slots = asyncio.Semaphore(self.workers)
                 job.queued = lambda: len(run.pending)
                 finished = False
                 try:
@@ -451,6 +455,8 @@ class LambdaBackend(Backend):
                         self._learned_tier[body] = run.top_tier_done
                     job.stats.memory_tiers = list(self.settings.ladder)
                     _backups.record_stats(run)
+                    await _call.stop(run)
+                    job.stats.throttles += s3.invoker.throttles
                     await asyncio.shield(dispatch.withdraw(run, finished))
         finally:
             for kind, n in counter.counts.items():
@@ -488,6 +494,8 @@ class LambdaBackend(Backend):
             counter=counter,
             # (a memory tier is invoked by its alias, whatever the trigger)
             with_lambda=self.trigger == "invoke" or bool(self.settings.memory_tiers),
+            # a call may take the function's timeout, and the grace period to answer
+            call_timeout=self.task_timeout + self.grace if self.trigger == "call" else None,
             function_name=self.function_name,
             credentials=self.settings.credentials,
             sessions=sessions,

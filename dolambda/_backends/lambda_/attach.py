@@ -74,8 +74,14 @@ async def find_job(s3: S3, settings: LambdaSettings, job_id: str) -> AttachedJob
             "results stay under results/ until cleaned up)"
         )
     spec: LoopSpec = codec.loads(base64.b64decode(plan["client"]))
-    task_keys = [k async for k in s3.list_keys(_keys.queue_dir(prefix, job_id))]
-    blobs = await gather_limited(16, [s3.get(k) for k in task_keys])
+    carried = plan.get("sealed_tasks")
+    if isinstance(carried, dict):  # trigger="call": the plan carries the tasks
+        ids = sorted(carried, key=int)
+        task_keys = [_keys.task_key(prefix, job_id, int(t), invoke=True) for t in ids]
+        blobs: list[bytes | None] = [base64.b64decode(carried[t]) for t in ids]
+    else:
+        task_keys = [k async for k in s3.list_keys(_keys.queue_dir(prefix, job_id))]
+        blobs = await gather_limited(16, [s3.get(k) for k in task_keys])
     items: list[PlannedTask | InnerDone] = []
     for task_key, tblob in zip(task_keys, blobs, strict=True):
         parsed = _keys.parse_task_key(prefix, task_key)

@@ -69,13 +69,13 @@ async def put_body(run: RunState) -> None:
 async def send(run: RunState, task_id: int, blob: bytes) -> None:
     """Enqueue one task; the caller holds a place in ``run.uploads``. A task on a memory
     tier above the base goes to that tier's alias with an Invoke (its key is then not
-    one the bucket's notification fires for)."""
+    one the bucket's notification fires for), or a call of that alias."""
     entry = run.pending.get(task_id)
     tier = entry.tier if entry is not None else run.start_tier
     qualifier = None if tier == 0 else tier_alias(run.settings.ladder[tier])
-    invoke = run.settings.trigger == "invoke" or qualifier is not None
+    invoke = run.settings.trigger in ("invoke", "call") or qualifier is not None
     key = _keys.task_key(run.prefix, run.job.job_id, task_id, invoke=invoke)
-    if qualifier is not None and run.settings.trigger != "invoke":
+    if qualifier is not None and run.settings.trigger == "s3":
         run.invoked.add(task_id)  # (its key, for the cleanup)
     if invoke:
         payload = invoke_payload(run.settings.bucket, key, blob)
@@ -83,6 +83,12 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
             await run.s3.put(key, blob)
         else:
             run.s3.counter.sent(len(payload["task"]))
+        if run.settings.trigger == "call":
+            from dolambda._backends.lambda_ import call  # (it imports this module)
+
+            # the worker returns the result in the response: no LIST, no GET
+            await call.start(run, task_id, {**payload, "respond": True}, qualifier)
+            return
         await run.s3.invoker.invoke(payload, qualifier)
     else:
         await run.s3.put(key, blob)
@@ -132,6 +138,11 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
             if job.resumed:
                 continue
             blob = run.sealed.sealed_task(planned, with_job=run.inline_job)
+            if run.settings.trigger == "call":
+                # the tasks are in no object: the plan carries them, for Job.attach
+                run.task_blobs[planned.task_id] = (
+                    run.sealed.sealed_task(planned) if run.inline_job else blob
+                )
             await run.uploads.acquire()  # backpressure: at most `pool` uploads in flight
             sends.add(asyncio.create_task(_send_and_release(run, planned.task_id, blob)))
             for done in [s for s in sends if s.done()]:
@@ -166,6 +177,11 @@ async def _put_plan(run: RunState) -> None:
         # the loop's combine, for Job.attach (None: it could not be pickled)
         "client": None if state is None else base64.b64encode(state).decode(),
     }
+    if run.task_blobs:  # trigger="call": the sealed tasks (no task object holds them)
+        plan["sealed_tasks"] = {
+            str(t): base64.b64encode(b).decode() for t, b in run.task_blobs.items()
+        }
+        run.task_blobs.clear()
     await run.s3.put(
         _keys.plan_key(run.prefix, job.job_id),
         codec.seal(json.dumps(plan).encode(), key=run.sealed.key, context=plan_context(job.job_id)),
@@ -192,7 +208,7 @@ async def withdraw(run: RunState, finished: bool) -> None:
     with contextlib.suppress(Exception):
         stopped = not finished or job.cancelled.is_set()
         cleanup = not run.settings.keep and (finished or job.cancelled.is_set())
-        invoke = run.settings.trigger == "invoke"
+        invoke = run.settings.trigger in ("invoke", "call")
         if stopped:
             await s3.put(_keys.cancel_key(p, job.job_id), b"")
             if not cleanup:  # otherwise the cleanup below deletes the queued tasks

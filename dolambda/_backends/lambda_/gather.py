@@ -38,6 +38,14 @@ async def gather_results(run: RunState) -> None:
         # or the Invoke, then its PUT), each about as long as the first task's send:
         # a LIST before then finds nothing
         await asyncio.sleep(min(2 * run.first_send, POLL_FAST_MAX))
+    if run.settings.trigger == "call" and not run.job.resumed:
+        await _wait_for_calls(run)
+        return
+    if run.settings.trigger == "call" and run.job.resumed:
+        from dolambda._backends.lambda_ import call  # (it imports this module)
+
+        await _poll_once(run)  # what finished while no client was there
+        await call.resume(run)  # the rest is called again
     interval = POLL_MIN
     started = time.monotonic()
     received = 0
@@ -59,12 +67,32 @@ async def gather_results(run: RunState) -> None:
         await sleep_unless_woken(run.wake, interval)
 
 
+async def _wait_for_calls(run: RunState) -> None:
+    """trigger="call": the calls bring the results (no LIST); each call ends with a
+    result or a failure within the task's deadline (its client's read timeout), so this
+    only waits for the last one."""
+    while True:
+        run.wake.clear()
+        if run.dispatch_done and not run.pending:
+            return
+        await sleep_unless_woken(run.wake, POLL_MAX)
+
+
 async def fetch(run: RunState, task_id: int, key: str) -> None:
     """GET one result; a runtime failure with retries left sends the task again."""
     async with run.downloads:
         blob = await run.s3.get(key)
+    if blob is None:
+        run.seen.discard(task_id)
+        return
+    await accept(run, task_id, key, blob)
+
+
+async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
+    """A task's sealed result ``blob`` (from ``key``, or from a call's response): verified,
+    then retried, split or delivered as it says."""
     entry = run.pending.get(task_id)
-    if blob is None or entry is None:
+    if entry is None:
         run.seen.discard(task_id)
         return
     try:
@@ -160,6 +188,9 @@ async def _deliver(run: RunState, result: TaskResult) -> None:
     merged = split.absorb(run, result)
     if merged is not None:
         await run.out.put(merged)
+
+
+deliver = _deliver  # (for the call trigger's failures)
 
 
 async def _poll_once(run: RunState) -> int:

@@ -30,7 +30,7 @@ class LambdaSettings:
     profile: str | None = None
     endpoint_url: str | None = None
     prefix: str = "dolambda"
-    trigger: Literal["s3", "invoke"] = "s3"
+    trigger: Literal["s3", "invoke", "call"] = "s3"
     chunk_size: int | Literal["auto"] = "auto"
     retries: int = 2
     #: the function's timeout: seconds a task may run
@@ -242,8 +242,10 @@ def _check_values(
     task_timeout: object,
     max_concurrency: object,
 ) -> None:
-    if trigger not in ("s3", "invoke"):
-        raise InvalidArgument(f"LambdaBackend: trigger must be 's3' or 'invoke', got {trigger!r}")
+    if trigger not in ("s3", "invoke", "call"):
+        raise InvalidArgument(
+            f"LambdaBackend: trigger must be 's3', 'invoke' or 'call', got {trigger!r}"
+        )
     if chunk_size != "auto" and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):

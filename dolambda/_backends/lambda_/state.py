@@ -96,6 +96,12 @@ class RunState:
         #: task ids sent to a tier's alias with an Invoke (their key is the invoke kind's)
         self.invoked: set[int] = set()
         # an attached job's body is only in S3 (its tasks and retries refer to it there)
+        # trigger="call": the synchronous calls out (at most the function's concurrency:
+        # LambdaBackend.run_tasks sets it from what it learned), each answering its task
+        self.call_slots = asyncio.Semaphore(settings.max_concurrency or 1000)
+        self.calls: set[asyncio.Task[None]] = set()
+        #: trigger="call": each task sealed (without the job), for the plan (Job.attach)
+        self.task_blobs: dict[int, bytes] = {}
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
         )

@@ -301,6 +301,12 @@ def patch_moto() -> None:
             return json.dumps(
                 {"errorType": "Emulator.NoAnswer", "errorMessage": "no emulator answered"}
             ).encode()
+        if answer.get("throttled"):
+            # beyond the function's concurrency Lambda runs nothing and answers 429
+            # https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html
+            throttle = LambdaClientError("TooManyRequestsException", "Rate Exceeded.")
+            throttle.code = 429
+            raise throttle
         if answer.get("error"):
             response_headers["x-amz-function-error"] = "Unhandled"
         return str(answer.get("payload", "null")).encode()
