@@ -235,6 +235,20 @@ class S3:
         return dict(response)
 
 
+def _socket_budget() -> int:
+    """Half the process's soft open-file limit (a socket is a file: macOS's default limit
+    is 256, many Linux shells' 1,024), 256 where it cannot be read."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, soft // 2)
+
+
 @contextlib.asynccontextmanager
 async def open_s3(
     *,
@@ -246,6 +260,7 @@ async def open_s3(
     counter: RequestCounter,
     with_lambda: bool = False,
     call_timeout: float | None = None,
+    call_connections: int = 0,
     function_name: str = "",
     credentials: dict[str, str] | None = None,
     shared: dict[str, Any] | None = None,
@@ -262,7 +277,10 @@ async def open_s3(
     its models per session), from a used one ~5 ms. With ``call_timeout`` (seconds,
     trigger="call") a second Lambda client for synchronous Invokes is opened: its read
     timeout is ``call_timeout`` (the function's timeout and a margin) and botocore does
-    not retry it (the caller paces and retries a throttled call itself).
+    not retry it (the caller paces and retries a throttled call itself); it holds up to
+    ``call_connections`` connections (a call holds one for the whole task: with ``pool``
+    only, calls beyond it would wait for a connection, not for Lambda), within half the
+    process's open-file limit.
     """
     if shared is not None and "s3" in shared:
         yield S3(
@@ -317,7 +335,7 @@ async def open_s3(
             )
         if call_timeout is not None:
             call_config = AioConfig(
-                max_pool_connections=pool,
+                max_pool_connections=max(pool, min(call_connections, _socket_budget())),
                 retries={"total_max_attempts": 1, "mode": "standard"},  # (no retries)
                 connect_timeout=10,
                 read_timeout=call_timeout,
