@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import operator
 import os
 import pickle
@@ -593,11 +594,21 @@ def test_auto_chunks_are_sized_from_the_last_run_of_the_same_body(emu: Any) -> N
     first = loop.submit(cheap, backend=backend, progress=False)
     assert first.result() == [x + 1 for x in range(2000)]
     assert first.stats.task_count == 32  # 2000 / (4 x 8)
+    # the first run measured the body's seconds per iteration (under load it varies, so
+    # the second run's count is checked against the formula for what was measured)
+    assert len(run._SECONDS_PER_ITERATION) == 1
+    measured = next(iter(run._SECONDS_PER_ITERATION.values()))
+    assert 0 < measured < 1
     second = loop.submit(cheap, backend=backend, progress=False)
     assert second.result() == [x + 1 for x in range(2000)]
-    # sized from the measured seconds per iteration: a few tasks, not 32 (the worker's
-    # watchdog reports each iteration to its parent, which a cheap body's timing counts)
-    assert second.stats.task_count <= 4
+    expected = math.ceil(2000 / backend.chunk_size_for(2000, measured))
+    assert second.stats.task_count == expected
+    # a measured cheap body (a microsecond an iteration) goes in one task, not 32
+    digest = next(iter(run._SECONDS_PER_ITERATION))
+    run._SECONDS_PER_ITERATION[digest] = 1e-6
+    third = loop.submit(cheap, backend=backend, progress=False)
+    assert third.result() == [x + 1 for x in range(2000)]
+    assert third.stats.task_count == 1
 
     slow = foreach(x=range(64))
     for _ in range(2):
