@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import platform
 import sys
@@ -39,6 +40,28 @@ SECTIONS = (
     "memory",
     "peer",
 )
+
+
+#: the sections that are one call ``fn(server, quick) -> rows``: name -> (module under
+#: tests.benchmarks, function, which server: "moto" where emulators need S3 events and
+#: Invoke, "main" for the --endpoint-url / --s3 server)
+ONE_CALL: dict[str, tuple[str, str, str]] = {
+    "requests": ("bench_lambda", "requests_section", "moto"),
+    "fanin": ("bench_lambda", "fanin_section", "main"),
+    "backups": ("bench_lambda", "backups_section", "main"),
+    "call": ("bench_lambda", "call_section", "main"),
+    "split": ("bench_lambda", "split_section", "main"),
+    "tiers": ("bench_tiers", "run", "moto"),
+    "cpu": ("bench_cpu", "run", "main"),
+    "memory": ("bench_memory", "run", "main"),
+}
+
+
+def name_module(name: str) -> str:
+    """The module of section ``name``."""
+    if name in ONE_CALL:
+        return ONE_CALL[name][0]
+    return {"e2e": "bench_lambda"}.get(name, f"bench_{name}")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -123,68 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         servers = Servers(args, stack)
-        if "local" in wanted:
-            from tests.benchmarks import bench_local
-
-            with section("local", rows, errors):
-                rows += bench_local.run(args.quick)
-        if {"s3raw", "e2e"} & set(wanted):
-            from tests.benchmarks import bench_s3raw
-
-            with section("s3raw", rows, errors):
-                got, raw = bench_s3raw.run(servers.main(), args.quick)
-                rows += got
-        if "requests" in wanted:
-            from tests.benchmarks import bench_lambda
-
-            with section("requests", rows, errors):
-                rows += bench_lambda.requests_section(servers.moto(), args.quick)
-        if {"e2e", "peer"} & set(wanted):
-            from tests.benchmarks import bench_lambda
-
-            with section("e2e", rows, errors):
-                got, ours = bench_lambda.e2e_section(servers.main(), raw, args.quick)
-                rows += got
-        if "fanin" in wanted:
-            from tests.benchmarks import bench_lambda
-
-            with section("fanin", rows, errors):
-                rows += bench_lambda.fanin_section(servers.main(), args.quick)
-        if "backups" in wanted:
-            from tests.benchmarks import bench_lambda
-
-            with section("backups", rows, errors):
-                rows += bench_lambda.backups_section(servers.main(), args.quick)
-        if "call" in wanted:
-            from tests.benchmarks import bench_lambda
-
-            with section("call", rows, errors):
-                rows += bench_lambda.call_section(servers.main(), args.quick)
-        if "split" in wanted:
-            from tests.benchmarks import bench_lambda
-
-            with section("split", rows, errors):
-                rows += bench_lambda.split_section(servers.main(), args.quick)
-        if "tiers" in wanted:
-            from tests.benchmarks import bench_tiers
-
-            with section("tiers", rows, errors):
-                rows += bench_tiers.run(servers.moto(), args.quick)
-        if "cpu" in wanted:
-            from tests.benchmarks import bench_cpu
-
-            with section("cpu", rows, errors):
-                rows += bench_cpu.run(servers.main(), args.quick)
-        if "memory" in wanted:
-            from tests.benchmarks import bench_memory
-
-            with section("memory", rows, errors):
-                rows += bench_memory.run(servers.main(), args.quick)
-        if "peer" in wanted:
-            from tests.benchmarks import bench_peer
-
-            with section("peer", rows, errors):
-                rows += bench_peer.run(servers.main(), ours, args.quick)
+        for name in SECTIONS:
+            needed = name in wanted or (name == "s3raw" and "e2e" in wanted)
+            if not needed and not (name == "e2e" and "peer" in wanted):
+                continue
+            module = importlib.import_module(f"tests.benchmarks.{name_module(name)}")
+            with section(name, rows, errors):
+                if name == "local":
+                    rows += module.run(args.quick)
+                elif name == "s3raw":  # (its raw rates are e2e's baselines)
+                    got, raw = module.run(servers.main(), args.quick)
+                    rows += got
+                elif name == "e2e":  # (its own rates are the peers' baselines)
+                    got, ours = module.e2e_section(servers.main(), raw, args.quick)
+                    rows += got
+                elif name == "peer":
+                    rows += module.run(servers.main(), ours, args.quick)
+                else:
+                    _, fn, server = ONE_CALL[name]
+                    rows += getattr(module, fn)(getattr(servers, server)(), args.quick)
         server_kind = servers._main.kind if servers._main else ""
         server_url = servers._main.url if servers._main else ""
     meta = {
