@@ -260,7 +260,6 @@ async def open_s3(
     counter: RequestCounter,
     with_lambda: bool = False,
     call_timeout: float | None = None,
-    call_connections: int = 0,
     function_name: str = "",
     credentials: dict[str, str] | None = None,
     shared: dict[str, Any] | None = None,
@@ -277,10 +276,12 @@ async def open_s3(
     its models per session), from a used one ~5 ms. With ``call_timeout`` (seconds,
     trigger="call") a second Lambda client for synchronous Invokes is opened: its read
     timeout is ``call_timeout`` (the function's timeout and a margin) and botocore does
-    not retry it (the caller paces and retries a throttled call itself); it holds up to
-    ``call_connections`` connections (a call holds one for the whole task: with ``pool``
-    only, calls beyond it would wait for a connection, not for Lambda), within half the
-    process's open-file limit.
+    not retry it (the caller paces and retries a throttled call itself); it may hold up
+    to half the process's open-file limit in connections (a call holds one for the whole
+    task: with ``pool`` only, calls beyond it would wait for a connection, not for
+    Lambda). The caller paces the calls to the function's concurrency; the cap is only a
+    bound (connections open as calls need them), so a client shared by later jobs of a
+    larger concurrency is not the first job's size.
     """
     if shared is not None and "s3" in shared:
         yield S3(
@@ -335,7 +336,7 @@ async def open_s3(
             )
         if call_timeout is not None:
             call_config = AioConfig(
-                max_pool_connections=max(pool, min(call_connections, _socket_budget())),
+                max_pool_connections=max(pool, _socket_budget()),
                 retries={"total_max_attempts": 1, "mode": "standard"},  # (no retries)
                 connect_timeout=10,
                 read_timeout=call_timeout,

@@ -496,7 +496,6 @@ class LambdaBackend(Backend):
             with_lambda=self.trigger == "invoke" or bool(self.settings.memory_tiers),
             # a call may take the function's timeout, and the grace period to answer
             call_timeout=self.task_timeout + self.grace if self.trigger == "call" else None,
-            call_connections=self.workers if self.trigger == "call" else 0,
             function_name=self.function_name,
             credentials=self.settings.credentials,
             sessions=sessions,
