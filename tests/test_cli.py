@@ -158,10 +158,11 @@ def test_a_refused_local_endpoint_fails_in_about_a_second() -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: "), result.output
     assert "is the emulator running?" in result.output
-    assert took < 3, f"{took:.1f} s"  # botocore's retries took ~26 s
+    # about a second; botocore's retries took ~26 s (10 leaves room for a loaded machine)
+    assert took < 10, f"{took:.1f} s"
     started = time.monotonic()
     doctor = runner.invoke(main, ["doctor", "--bucket", "b", "--endpoint-url", url])
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10
     assert doctor.exit_code == 1
     # a network failure is not a credentials problem: no "aws configure"
     assert "is the emulator running?" in doctor.output and "aws configure" not in doctor.output
