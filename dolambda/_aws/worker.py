@@ -27,11 +27,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
+from dolambda._aws import dispatcher
+from dolambda._aws.dispatcher import queued_by_dispatcher
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
 from dolambda._aws.watchdog import Watchdog
 from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.events import parse_dispatch
 from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
 
 
@@ -48,6 +51,7 @@ def process_s3_task(
     log: Callable[[str], None] = print,
     watchdog: Watchdog | None = None,
     written: Callable[[str, bytes], None] | None = None,
+    check_cancel: bool = False,
 ) -> str:
     """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
 
@@ -59,7 +63,9 @@ def process_s3_task(
     for the body. With a ``watchdog`` and a ``context`` that tells the time left, the task
     runs in the watchdog's child process, which is stopped (and no result written) when
     the job's cancel marker appears while it runs. ``written(key, sealed)`` is told the
-    result this call wrote (trigger="call" returns it in the response).
+    result this call wrote (trigger="call" returns it in the response). A task a remote
+    dispatcher queued (``check_cancel``, or its object's mark) is skipped when the job's
+    cancel marker exists (:mod:`dolambda._aws.dispatcher`).
     """
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -110,12 +116,15 @@ def process_s3_task(
         blob = inline_task
     else:
         try:
-            blob = get(key)
+            requests += 1
+            response = s3.get_object(Bucket=bucket, Key=key)
+            blob = response["Body"].read()
         except Exception as exc:
             if kind_of(exc) in OBJECT_MISSING:
                 log(f"dolambda: task s3://{bucket}/{key} is gone (job cancelled or finished)")
                 return "gone"
             raise
+        check_cancel = check_cancel or queued_by_dispatcher(response)
     stats: dict[str, Any] = {}
     if context is not None:
         stats["request_id"] = str(getattr(context, "aws_request_id", ""))
@@ -133,6 +142,9 @@ def process_s3_task(
             return False
         return True
 
+    if check_cancel and cancelled():
+        log(f"dolambda: task {job_id}/{task_id} skipped: the job was cancelled")
+        return "cancelled"
     task = _verified_task(blob, signing_key, job_id, task_id)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if watchdog is not None and task is not None and callable(remaining):
@@ -306,8 +318,14 @@ def handle_event(
     only_bucket: str | None = None,
     watchdog: Watchdog | None = None,
     results: list[dict[str, str]] | None = None,
+    lambda_client: Callable[[], Any] | None = None,
+    function_name: str = "",
 ) -> dict[str, int]:
     """Everything the Lambda handler does with one event; counts what happened to each task.
+
+    A remote dispatcher's event (``{"dispatch": ...}``) queues a range of a job's tasks
+    (:mod:`dolambda._aws.dispatcher`) through ``s3`` and ``lambda_client()`` (the boto3
+    Lambda client, made on first use), invoking ``function_name`` (this function).
 
     With a ``watchdog`` (the deployed handler's), each task runs in its warm child
     process (:mod:`dolambda._aws.watchdog`). When the event asks for its results
@@ -316,6 +334,24 @@ def handle_event(
     """
     outcomes: dict[str, int] = {}
     respond = isinstance(event, dict) and event.get("respond") is True
+    share = parse_dispatch(event)
+    if share is not None:
+        if only_bucket is not None and share.bucket != only_bucket:
+            print(f"dolambda: ignoring dispatch from bucket {share.bucket!r} (not {only_bucket!r})")
+            return {"ignored": 1}
+        if signing_key is None:
+            print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to dispatch anything")
+            return {"no-key": 1}
+        return dispatcher.dispatch(
+            share,
+            context,
+            s3,
+            lambda_client or _no_lambda_client,
+            prefix=prefix,
+            signing_key=signing_key,
+            function_name=function_name,
+        )
+    dispatched = isinstance(event, dict) and event.get("dispatched") is True
     budget = [RESPONSE_BUDGET]
 
     def written(key: str, data: bytes) -> None:
@@ -342,6 +378,7 @@ def handle_event(
                     inline_task=inline,
                     watchdog=watchdog,
                     written=written,
+                    check_cancel=dispatched,
                 )
             except Exception as exc:
                 # not the body's (that is in the outcome): S3 refused the worker, most
@@ -359,6 +396,10 @@ def handle_event(
                 )
         outcomes[what] = outcomes.get(what, 0) + 1
     return outcomes
+
+
+def _no_lambda_client() -> Any:
+    raise RuntimeError("the handler gave the worker no Lambda client")
 
 
 #: the largest response a synchronous invoke may return: 6 MB (the request's limit too).
