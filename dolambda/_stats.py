@@ -45,6 +45,10 @@ class JobStats:
     #: synchronous invokes (trigger="call") Lambda throttled (429), each sent again after
     #: a backoff
     throttles: int = 0
+    #: who queued the tasks (Lambda backend): "client", or "remote" (dispatchers in the
+    #: function, from one plan the client wrote), and how many dispatchers that took
+    dispatch: str = "client"
+    dispatchers: int = 0
 
     @property
     def task_count(self) -> int:
