@@ -27,30 +27,36 @@ _state = WorkerState()  # warm containers keep the loaded job (manifest + body)
 _watchdog = Watchdog() if enabled_from_env() else None  # the warm child runs the tasks
 # as many connections as a dispatcher has requests in flight (botocore's default is 10)
 _config = Config(max_pool_connections=THREADS)
-_clients: dict[str, Any] = {}
+_s3: Any = None
+_lambda: Any = None
 
 
-def _client(service: str) -> Any:
-    if service not in _clients:
-        endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or None
-        make: Any = boto3.client  # (its overloads want a literal service name)
-        _clients[service] = make(service, endpoint_url=endpoint, config=_config)
-    return _clients[service]
+def _lambda_client() -> Any:
+    """The Lambda client, made on first use (a remote dispatcher's, or for its tasks)."""
+    global _lambda
+    if _lambda is None:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_LAMBDA") or None
+        _lambda = boto3.client("lambda", endpoint_url=endpoint, config=_config)
+    return _lambda
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    global _s3
+    if _s3 is None:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or None
+        _s3 = boto3.client("s3", endpoint_url=endpoint, config=_config)
     results: list[dict[str, str]] = []  # (trigger="call": the results, in the response)
     outcomes = handle_event(
         event,
         context,
-        _client("s3"),
+        _s3,
         prefix=os.environ.get("DOLAMBDA_PREFIX", "dolambda"),
         signing_key=signing_key_from_env(),
         state=_state,
         only_bucket=os.environ.get("DOLAMBDA_BUCKET") or None,
         watchdog=_watchdog,
         results=results,
-        lambda_client=lambda: _client("lambda"),
+        lambda_client=_lambda_client,
         function_name=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "dolambda"),
     )
     if results:

@@ -774,7 +774,7 @@ def _call_handler(event: Any, url: str, bucket: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DOLAMBDA_PREFIX", "dolambda")
     monkeypatch.setenv("DOLAMBDA_BUCKET", bucket)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
-    monkeypatch.setattr(lf, "_clients", {})
+    monkeypatch.setattr(lf, "_s3", None)
     monkeypatch.setattr(lf, "_state", lf.WorkerState())
     return lf.lambda_handler(event, None)
 
