@@ -132,6 +132,8 @@ class JobStats:
                 )
         if self.throttles:
             text += f", {self.throttles} calls throttled (429, sent again)"
+        if self.dispatch == "remote":
+            text += f", dispatched remotely ({self.dispatchers} dispatchers)"
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"
         return text

@@ -122,6 +122,9 @@ def dispatch(
 
     with ThreadPoolExecutor(THREADS) as pool:
         if r.size > r.span and r.depth < LEVELS - 1:
+            if _cancelled(s3, r.bucket, prefix, r.job_id, log):
+                log(f"dolambda: dispatch of job {r.job_id} stopped: the job was cancelled")
+                return {"cancelled": r.size}
             children = split_range(r, FANOUT, LEVELS)
 
             def invoke_child(child: DispatchRange) -> None:
