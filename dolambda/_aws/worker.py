@@ -8,6 +8,8 @@ The handler (``handler/lambda_function.py``) hands each event to :func:`handle_e
   archives it has not cached, ``<prefix>/code/<sha256>.zip``), runs it through the
   one execution path (:func:`dolambda._core.execute.run_task_blob`) and writes the
   sealed outcome once (:func:`put_result`, ``If-None-Match: *``);
+- a remote dispatcher's event (``{"dispatch": ...}``) queues a range of a job's tasks
+  from its signed dispatch plan (:mod:`dolambda._aws.dispatcher`);
 - with the deployed handler's :class:`~dolambda._aws.watchdog.Watchdog`, the
   iterations run in a warm child process, so a task that runs past the invocation's
   time, out of memory or crashes becomes an error result written here, in seconds
@@ -56,7 +58,8 @@ def process_s3_task(
     """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
 
     ``s3`` is a boto3 S3 client (the one the Lambda runtime ships). Keys outside
-    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again.
+    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again (only a
+    remote dispatcher writes under ``queue/``: :mod:`dolambda._aws.dispatcher`).
     A task object that is gone was cancelled. The result is written with
     ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
     ``"ignored"``, ``"gone"``, ``"done"``, ``"duplicate"`` or ``"cancelled"``; never raises
