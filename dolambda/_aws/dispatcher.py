@@ -14,9 +14,10 @@
                                     ◄── Invoke {"bucket","key",...}  (trigger="invoke")
 
 Each dispatcher first verifies the plan (signed with the job's key, for this job);
-one whose range holds more than ``span`` tasks invokes child dispatchers for its
-sub-ranges (:func:`dolambda._wire.events.split_range`) and queues nothing itself;
-the others queue their tasks through a pool of :data:`THREADS` threads (boto3 clients
+one whose range holds more than ``span`` tasks splits it
+(:func:`dolambda._wire.events.split_range`), invokes a child dispatcher for each
+sub-range but the first, and goes on with the first (split again, down the levels);
+then it queues its tasks through a pool of :data:`THREADS` threads (boto3 clients
 are thread-safe), looking at the job's cancel marker before each batch and at the
 invocation's time left. A request that fails is logged and skipped, never raised: a
 raise would make the invocation fail (and on a function with Lambda's retries on, run
@@ -121,11 +122,13 @@ def dispatch(
         log(f"dolambda: dispatch of job {r.job_id}: {what}: {type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(THREADS) as pool:
-        if r.size > r.span and r.depth < LEVELS - 1:
+        share = r  # (children first: the first sub-range is then queued from here)
+        while share.size > share.span and share.depth < LEVELS - 1:
             if _cancelled(s3, r.bucket, prefix, r.job_id, log):
                 log(f"dolambda: dispatch of job {r.job_id} stopped: the job was cancelled")
-                return {"cancelled": r.size}
-            children = split_range(r, FANOUT, LEVELS)
+                count("cancelled", share.size)
+                return counts
+            share, *children = split_range(share, FANOUT, LEVELS)
 
             def invoke_child(child: DispatchRange) -> None:
                 try:
@@ -139,7 +142,6 @@ def dispatch(
                     failed(f"dispatcher for tasks {child.first}..{child.last}", exc)
 
             list(pool.map(invoke_child, children))
-            return counts
 
         def queue(position: int) -> None:
             task_id, task = plan.task_ids[position], plan.tasks[position]
@@ -151,21 +153,21 @@ def dispatch(
             except Exception as exc:
                 failed(f"task {task_id}", exc)
 
-        for start in range(r.first, r.last, BATCH):
+        for start in range(share.first, share.last, BATCH):
             left = _remaining(context)
             if left is not None and left < margin:
                 log(
                     f"dolambda: dispatch of job {r.job_id} stopped at task position {start} "
-                    f"of {r.first}..{r.last}: the invocation's time is up (the client sends "
-                    "the rest)"
+                    f"of {share.first}..{share.last}: the invocation's time is up (the "
+                    "client sends the rest)"
                 )
-                count("unsent", r.last - start)
+                count("unsent", share.last - start)
                 break
             if _cancelled(s3, r.bucket, prefix, r.job_id, log):
                 log(f"dolambda: dispatch of job {r.job_id} stopped: the job was cancelled")
-                count("cancelled", r.last - start)
+                count("cancelled", share.last - start)
                 break
-            list(pool.map(queue, range(start, min(start + BATCH, r.last))))
+            list(pool.map(queue, range(start, min(start + BATCH, share.last))))
     return counts
 
 

@@ -118,10 +118,10 @@ def parse_dispatch(event: Any) -> DispatchRange | None:
 
 
 def split_range(r: DispatchRange, fanout: int, levels: int) -> list[DispatchRange]:
-    """The children of a dispatcher whose range holds more than ``r.span`` tasks: at most
-    ``fanout`` near-equal ranges, except for the children on the last of ``levels``
-    levels, which must each fit one dispatcher: so a tree never has more than ``levels``
-    levels of dispatchers, whatever the job's size.
+    """The sub-ranges of a dispatcher's range that holds more than ``r.span`` tasks (it
+    keeps the first, and invokes a child for each other): at most ``fanout`` near-equal
+    ranges, except on the last of ``levels`` levels, whose ranges must each fit one
+    dispatcher: so a tree never has more than ``levels`` levels, whatever the job's size.
 
     >>> r = DispatchRange("b", "k", "j", 0, 10_000, 1_000)
     >>> [(c.first, c.last, c.depth) for c in split_range(r, 4, 3)][:2]
@@ -141,13 +141,17 @@ def split_range(r: DispatchRange, fanout: int, levels: int) -> list[DispatchRang
 
 
 def tree_size(r: DispatchRange, fanout: int = FANOUT, levels: int = LEVELS) -> int:
-    """How many dispatchers queue the range ``r`` (the one given ``r`` included).
+    """How many dispatchers (invocations) queue the range ``r``, the one given ``r``
+    included: a dispatcher keeps the first of its sub-ranges (split further, down the
+    levels, in the same invocation) and invokes a child for each of the others, so each
+    range of at most ``span`` tasks at the bottom is one dispatcher's.
 
     >>> tree_size(DispatchRange("b", "k", "j", 0, 900, 1_000))
     1
     >>> tree_size(DispatchRange("b", "k", "j", 0, 10_000, 1_000))
-    11
+    10
     """
     if r.size <= r.span or r.depth >= levels - 1:
         return 1
-    return 1 + sum(tree_size(c, fanout, levels) for c in split_range(r, fanout, levels))
+    first, *rest = split_range(r, fanout, levels)
+    return tree_size(first, fanout, levels) + sum(tree_size(c, fanout, levels) for c in rest)

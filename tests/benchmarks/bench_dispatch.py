@@ -27,7 +27,7 @@ from tests.benchmarks import workloads
 from tests.benchmarks._common import Row, Server, log
 
 SECTION = "17.2 remote dispatch"
-#: the function's timeout: a dispatcher's share is sized from it (4,000 tasks here)
+#: the function's timeout (a dispatcher's share is MAX_SPAN here: 1,000 tasks)
 TIMEOUT = 60.0
 
 

@@ -40,14 +40,14 @@ REMOTE_FROM = 1_000
 #: generator of inputs, is dispatched by the client as it goes: its first tasks run
 #: while the rest is planned)
 AUTO_WAIT = 1.0
-#: tasks one remote dispatcher queues a second, for sizing its share: a conservative
-#: figure (32 requests in flight at ~10-20 ms each in the region is ~1,600-3,200 a
-#: second; S3 takes at least 3,500 PUTs a second per prefix)
+#: tasks one remote dispatcher queues a second, for sizing its share: its CPU is the
+#: bound (32 requests in flight at ~10-20 ms each in the region would be ~1,600-3,200 a
+#: second, but boto3 spends ~1-2 ms of CPU a request, and a 1 GB function has ~0.6 vCPU)
 DISPATCH_RATE = 500.0
-#: a dispatcher queues at most this many tasks itself (a larger job is split among
-#: children, who work in parallel), and at most what it queues in a quarter of the
-#: function's timeout at DISPATCH_RATE
-MAX_SPAN = 4_000
+#: a dispatcher queues at most this many tasks itself, ~2 s of it (a larger job is split
+#: among children, who work in parallel, up to S3's 3,500 PUTs a second per prefix), and
+#: at most what it queues in a quarter of the function's timeout at DISPATCH_RATE
+MAX_SPAN = 1_000
 
 
 # a body at least this large is uploaded only when the bucket lacks it (one HEAD first);
@@ -214,7 +214,7 @@ def dispatch_span(task_timeout: float) -> int:
     queues in a quarter of the function's timeout at :data:`DISPATCH_RATE`).
 
     >>> dispatch_span(900.0), dispatch_span(4.0)
-    (4000, 500)
+    (1000, 500)
     """
     return max(1, min(MAX_SPAN, int(DISPATCH_RATE * task_timeout / 4)))
 
