@@ -45,6 +45,10 @@ class JobStats:
     #: synchronous invokes (trigger="call") Lambda throttled (429), each sent again after
     #: a backoff
     throttles: int = 0
+    #: who queued the tasks (Lambda backend): "client", or "remote" (dispatchers in the
+    #: function, from one plan the client wrote), and how many dispatchers that took
+    dispatch: str = "client"
+    dispatchers: int = 0
 
     @property
     def task_count(self) -> int:
@@ -128,6 +132,8 @@ class JobStats:
                 )
         if self.throttles:
             text += f", {self.throttles} calls throttled (429, sent again)"
+        if self.dispatch == "remote":
+            text += f", dispatched remotely ({self.dispatchers} dispatchers)"
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"
         return text

@@ -444,6 +444,20 @@ API: list[Case] = [
         lambda c: lb(trigger="sqs"),
     ),
     Case(
+        "LambdaBackend(dispatch=): unknown",
+        'LambdaBackend(..., dispatch="lambda")',
+        "InvalidArgument",
+        "dispatch must be 'auto', 'client' or 'remote'",
+        lambda c: lb(dispatch="lambda"),
+    ),
+    Case(
+        "LambdaBackend(dispatch=): remote with trigger call",
+        'LambdaBackend(..., trigger="call", dispatch="remote")',
+        "InvalidArgument",
+        "dispatch='remote' needs trigger 's3' or 'invoke'",
+        lambda c: lb(trigger="call", dispatch="remote"),
+    ),
+    Case(
         "LambdaBackend(chunk_size=): zero",
         "LambdaBackend(..., chunk_size=0)",
         "InvalidArgument",

@@ -132,6 +132,10 @@ def test_deploy_into_empty_account_creates_everything(url: str, small_package: d
         },
         # the 404 (not 403) for a task object that is gone, scoped to the prefix
         ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}"),
+        # a remote dispatcher: task objects under queue/, and its own function
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/dolambda/queue/*.task"),
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/dolambda/queue/*.itask"),
+        ("lambda:InvokeFunction", f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:dolambda"),
     }
     [listing] = [st for st in doc["PolicyDocument"]["Statement"] if st["Sid"] == "ListOwnKeys"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["dolambda/*"]}}
@@ -295,6 +299,10 @@ def test_deploy_installs_the_key_layout_of_keys_py(
     assert resources["ReadTasksAndJobs"] == [objects + g for g in keys.worker_read_globs(prefix)]
     assert f"{objects}team-a/runs/inbox/*" in resources["ReadTasksAndJobs"]
     assert resources["WriteResults"] == [objects + g for g in keys.worker_write_globs(prefix)]
+    # a remote dispatcher writes task objects under the moved queue, with its suffix
+    assert resources["DispatchTasks"] == [objects + g for g in keys.dispatcher_write_globs(prefix)]
+    assert f"{objects}team-a/runs/inbox/*.job" in resources["DispatchTasks"]
+    assert resources["InvokeItself"] == ["arn:aws:lambda:us-east-1:123456789012:function:dolambda"]
     results = dep.doctor(settings(url, prefix=prefix))
     assert [str(r) for r in results if not r.ok] == []
     assert "OK  notification (team-a/runs/inbox/*.job -> dolambda)" in [str(r) for r in results]
@@ -657,6 +665,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "handler/__init__.py",
         "dolambda/__init__.py",
         "dolambda/_aws/__init__.py",
+        "dolambda/_aws/dispatcher.py",
         "dolambda/_aws/errors.py",
         "dolambda/_aws/watchdog.py",
         "dolambda/_aws/worker.py",
@@ -670,6 +679,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "dolambda/_wire/__init__.py",
         "dolambda/_wire/models.py",
         "dolambda/_wire/codec.py",
+        "dolambda/_wire/events.py",
         "dolambda/_wire/keys.py",
         "dolambda/_errors.py",
     } == names

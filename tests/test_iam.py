@@ -116,10 +116,14 @@ def test_the_role_may_do_what_its_policy_says_and_nothing_else(emu: Emulator) ->
     admin.put_object(Bucket=emu.bucket, Key="elsewhere/data", Body=b"secret")
     assert role.get_object(Bucket=emu.bucket, Key=task)["Body"].read() == b"task"
     role.put_object(Bucket=emu.bucket, Key=result, Body=b"out")  # results/: allowed
+    role.put_object(Bucket=emu.bucket, Key=task, Body=b"task")  # a task: a remote dispatcher's
+    manifest = keys.manifest_key(emu.prefix, "job-a")
     denied = [
         lambda: role.get_object(Bucket=emu.bucket, Key="elsewhere/data"),
         lambda: role.get_object(Bucket=emu.bucket, Key=result),  # results are write-only
-        lambda: role.put_object(Bucket=emu.bucket, Key=task, Body=b"x"),  # never the queue
+        lambda: role.put_object(Bucket=emu.bucket, Key=manifest, Body=b"x"),  # never a job's
+        # in the queue only task objects (not one the bucket's notification ignores)
+        lambda: role.put_object(Bucket=emu.bucket, Key=task + ".txt", Body=b"x"),
         lambda: role.delete_object(Bucket=emu.bucket, Key=task),
         lambda: role.list_objects_v2(Bucket=emu.bucket),  # no prefix: the whole bucket
         lambda: role.list_objects_v2(Bucket=emu.bucket, Prefix="elsewhere/"),
@@ -136,6 +140,42 @@ def test_the_role_may_do_what_its_policy_says_and_nothing_else(emu: Emulator) ->
     assert task in [o["Key"] for o in listed["Contents"]]
     # the client (any other key) is not the role: everything stays allowed
     assert admin.get_object(Bucket=emu.bucket, Key="elsewhere/data")["Body"].read() == b"secret"
+
+
+def role_lambda(emu: Emulator) -> Any:
+    """A Lambda client holding the role's credentials, as the workers hold them."""
+    arn = client(emu, "iam").get_role(RoleName=role_name(emu))["Role"]["Arn"]
+    creds = client(emu, "sts").assume_role(RoleArn=arn, RoleSessionName="test")["Credentials"]
+    return client(
+        emu,
+        "lambda",
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def test_the_role_may_invoke_its_own_function_and_no_other(emu: Emulator) -> None:
+    """A remote dispatcher invokes its own function (its tasks, its child dispatchers):
+    lambda:InvokeFunction on that function's ARN, nothing else of Lambda's."""
+    lam = role_lambda(emu)
+    gone = json.dumps({"bucket": emu.bucket, "key": keys.task_key(emu.prefix, "job-iam", 0)})
+    answer = lam.invoke(FunctionName=emu.function_name, Payload=gone)
+    assert json.loads(answer["Payload"].read()) == {"outcomes": {"gone": 1}}
+    denied = [
+        lambda: lam.invoke(FunctionName="another-function", Payload=gone),
+        lambda: lam.invoke(FunctionName=emu.function_name, Payload=gone, Qualifier="mem-2048"),
+        lambda: lam.get_function(FunctionName=emu.function_name),
+    ]
+    for attempt in denied:
+        with pytest.raises(ClientError) as info:
+            attempt()
+        assert error_code(info.value) == "AccessDeniedException"
+        assert "is not authorized to perform: lambda:" in str(info.value)
+    with policy_without(emu, "InvokeItself"):
+        with pytest.raises(ClientError) as info:
+            lam.invoke(FunctionName=emu.function_name, Payload=gone)
+        assert error_code(info.value) == "AccessDeniedException"
 
 
 def test_a_wrong_session_token_is_refused(emu: Emulator) -> None:

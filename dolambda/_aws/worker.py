@@ -8,6 +8,8 @@ The handler (``handler/lambda_function.py``) hands each event to :func:`handle_e
   archives it has not cached, ``<prefix>/code/<sha256>.zip``), runs it through the
   one execution path (:func:`dolambda._core.execute.run_task_blob`) and writes the
   sealed outcome once (:func:`put_result`, ``If-None-Match: *``);
+- a remote dispatcher's event (``{"dispatch": ...}``) queues a range of a job's tasks
+  from its signed dispatch plan (:mod:`dolambda._aws.dispatcher`);
 - with the deployed handler's :class:`~dolambda._aws.watchdog.Watchdog`, the
   iterations run in a warm child process, so a task that runs past the invocation's
   time, out of memory or crashes becomes an error result written here, in seconds
@@ -27,11 +29,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
+from dolambda._aws import dispatcher
+from dolambda._aws.dispatcher import queued_by_dispatcher
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
 from dolambda._aws.watchdog import Watchdog
 from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
+from dolambda._wire.events import parse_dispatch
 from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
 
 
@@ -48,18 +53,22 @@ def process_s3_task(
     log: Callable[[str], None] = print,
     watchdog: Watchdog | None = None,
     written: Callable[[str, bytes], None] | None = None,
+    check_cancel: bool = False,
 ) -> str:
     """Run the task stored at ``bucket``/``key`` and write its result; return what happened.
 
     ``s3`` is a boto3 S3 client (the one the Lambda runtime ships). Keys outside
-    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again.
+    ``<prefix>/queue/`` are ignored, so nothing this writes can trigger it again (only a
+    remote dispatcher writes under ``queue/``: :mod:`dolambda._aws.dispatcher`).
     A task object that is gone was cancelled. The result is written with
     ``If-None-Match: *``: a duplicate event cannot overwrite a result. Returns
     ``"ignored"``, ``"gone"``, ``"done"``, ``"duplicate"`` or ``"cancelled"``; never raises
     for the body. With a ``watchdog`` and a ``context`` that tells the time left, the task
     runs in the watchdog's child process, which is stopped (and no result written) when
     the job's cancel marker appears while it runs. ``written(key, sealed)`` is told the
-    result this call wrote (trigger="call" returns it in the response).
+    result this call wrote (trigger="call" returns it in the response). A task a remote
+    dispatcher queued (``check_cancel``, or its object's mark) is skipped when the job's
+    cancel marker exists (:mod:`dolambda._aws.dispatcher`).
     """
     parsed = _keys.parse_task_key(prefix, key)
     if parsed is None:
@@ -110,12 +119,15 @@ def process_s3_task(
         blob = inline_task
     else:
         try:
-            blob = get(key)
+            requests += 1
+            response = s3.get_object(Bucket=bucket, Key=key)
+            blob = response["Body"].read()
         except Exception as exc:
             if kind_of(exc) in OBJECT_MISSING:
                 log(f"dolambda: task s3://{bucket}/{key} is gone (job cancelled or finished)")
                 return "gone"
             raise
+        check_cancel = check_cancel or queued_by_dispatcher(response)
     stats: dict[str, Any] = {}
     if context is not None:
         stats["request_id"] = str(getattr(context, "aws_request_id", ""))
@@ -133,6 +145,9 @@ def process_s3_task(
             return False
         return True
 
+    if check_cancel and cancelled():
+        log(f"dolambda: task {job_id}/{task_id} skipped: the job was cancelled")
+        return "cancelled"
     task = _verified_task(blob, signing_key, job_id, task_id)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if watchdog is not None and task is not None and callable(remaining):
@@ -306,8 +321,14 @@ def handle_event(
     only_bucket: str | None = None,
     watchdog: Watchdog | None = None,
     results: list[dict[str, str]] | None = None,
+    lambda_client: Callable[[], Any] | None = None,
+    function_name: str = "",
 ) -> dict[str, int]:
     """Everything the Lambda handler does with one event; counts what happened to each task.
+
+    A remote dispatcher's event (``{"dispatch": ...}``) queues a range of a job's tasks
+    (:mod:`dolambda._aws.dispatcher`) through ``s3`` and ``lambda_client()`` (the boto3
+    Lambda client, made on first use), invoking ``function_name`` (this function).
 
     With a ``watchdog`` (the deployed handler's), each task runs in its warm child
     process (:mod:`dolambda._aws.watchdog`). When the event asks for its results
@@ -316,6 +337,24 @@ def handle_event(
     """
     outcomes: dict[str, int] = {}
     respond = isinstance(event, dict) and event.get("respond") is True
+    share = parse_dispatch(event)
+    if share is not None:
+        if only_bucket is not None and share.bucket != only_bucket:
+            print(f"dolambda: ignoring dispatch from bucket {share.bucket!r} (not {only_bucket!r})")
+            return {"ignored": 1}
+        if signing_key is None:
+            print("dolambda: DOLAMBDA_SIGNING_KEY is not set; refusing to dispatch anything")
+            return {"no-key": 1}
+        return dispatcher.dispatch(
+            share,
+            context,
+            s3,
+            lambda_client or _no_lambda_client,
+            prefix=prefix,
+            signing_key=signing_key,
+            function_name=function_name,
+        )
+    dispatched = isinstance(event, dict) and event.get("dispatched") is True
     budget = [RESPONSE_BUDGET]
 
     def written(key: str, data: bytes) -> None:
@@ -342,6 +381,7 @@ def handle_event(
                     inline_task=inline,
                     watchdog=watchdog,
                     written=written,
+                    check_cancel=dispatched,
                 )
             except Exception as exc:
                 # not the body's (that is in the outcome): S3 refused the worker, most
@@ -359,6 +399,10 @@ def handle_event(
                 )
         outcomes[what] = outcomes.get(what, 0) + 1
     return outcomes
+
+
+def _no_lambda_client() -> Any:
+    raise RuntimeError("the handler gave the worker no Lambda client")
 
 
 #: the largest response a synchronous invoke may return: 6 MB (the request's limit too).

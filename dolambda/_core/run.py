@@ -455,6 +455,8 @@ class JobRun:
                 postfix["failed"] = self.failed
             if self.stats.backups:  # straggler backups sent (the Lambda backend)
                 postfix["backups"] = f"{self.stats.backups} ({self.stats.backups_won} won)"
+            if self.stats.dispatch == "remote":  # (the Lambda backend: issue 17.2)
+                postfix["dispatch"] = "remote"
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 

@@ -57,6 +57,11 @@ def plan_context(job_id: str) -> str:
     return f"jobs/{job_id}/plan"
 
 
+def dispatch_context(job_id: str) -> str:
+    """A remotely dispatched job's tasks (``keys.dispatch_plan_key``)."""
+    return f"jobs/{job_id}/dispatch"
+
+
 def body_context(digest: str) -> str:
     """A body is signed for its content (sha256 ``digest``), not for one job: jobs with the
     same body share one object (``keys.body_key``). Each job's signed manifest names the

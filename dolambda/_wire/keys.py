@@ -9,6 +9,8 @@
     <prefix>/jobs/<job>/plan.json        task count, nested-loop sizes and what the client
                                          needs to resume (the loop's combine), once dispatched
     <prefix>/jobs/<job>/cancel           cancel marker (empty)
+    <prefix>/jobs/<job>/dispatch         remote dispatch: every task of the job, sealed
+                                         (DispatchPlan), for the dispatchers to queue
     <prefix>/queue/<job>/<task>.task     one per task; the only objects that trigger the function
     <prefix>/queue/<job>/<task>.itask    trigger="invoke": a task too large to inline
     <prefix>/results/<job>/<task>.out    one per task, written once (If-None-Match: *)
@@ -24,7 +26,7 @@ Task numbers are zero-padded so a LIST returns them in order.
 What follows from the layout lives here too, so that it cannot drift from it: the
 trigger filter (:func:`trigger_filter`: the bucket notification that ``dolambda deploy``
 and the emulator install), and the key globs of the worker's IAM policy
-(:func:`worker_read_globs`, :func:`worker_write_globs`).
+(:func:`worker_read_globs`, :func:`worker_write_globs`, :func:`dispatcher_write_globs`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ def plan_key(prefix: str, job_id: str) -> str:
 
 def cancel_key(prefix: str, job_id: str) -> str:
     return f"{job_dir(prefix, job_id)}cancel"
+
+
+def dispatch_plan_key(prefix: str, job_id: str) -> str:
+    """A remotely dispatched job's tasks, which its dispatchers queue."""
+    return f"{job_dir(prefix, job_id)}dispatch"
 
 
 def queue_root(prefix: str) -> str:
@@ -150,8 +157,15 @@ def worker_read_globs(prefix: str) -> list[str]:
 
 
 def worker_write_globs(prefix: str) -> list[str]:
-    """Key globs the worker writes (``s3:PutObject``): results only, never the queue."""
+    """Key globs the worker writes (``s3:PutObject``) for its tasks: results only."""
     return [f"{results_root(prefix)}*"]
+
+
+def dispatcher_write_globs(prefix: str) -> list[str]:
+    """Key globs a remote dispatcher writes (``s3:PutObject``): the task objects it
+    queues (``.task``, and for trigger="invoke" the ``.itask`` too large to inline)."""
+    root = queue_root(prefix)
+    return [f"{root}*{TASK_SUFFIX}", f"{root}*{INVOKE_TASK_SUFFIX}"]
 
 
 def parse_task_key(prefix: str, key: str) -> tuple[str, int] | None:

@@ -94,6 +94,18 @@ class TaskSpec(_Model):
     job_body: bytes | None = None
 
 
+class DispatchPlan(_Model):
+    """A remotely dispatched job's tasks, sealed as the client would have sent them:
+    ``tasks[i]`` is task ``task_ids[i]``. Its dispatchers queue them (PUT under
+    ``queue/``, or Invoke), each a range of positions."""
+
+    wire_version: int = WIRE_VERSION
+    job_id: str
+    trigger: Literal["s3", "invoke"]
+    task_ids: tuple[int, ...]
+    tasks: tuple[bytes, ...]
+
+
 class IterationError(_Model):
     """How iteration ``position`` (counted within its task) failed."""
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # settings imports this module
 WORKER_MODULES = (
     "_errors.py",
     "_aws/__init__.py",
+    "_aws/dispatcher.py",
     "_aws/errors.py",
     "_aws/watchdog.py",
     "_aws/worker.py",
@@ -72,6 +73,7 @@ WORKER_MODULES = (
     "_core/seeds.py",
     "_wire/__init__.py",
     "_wire/codec.py",
+    "_wire/events.py",
     "_wire/keys.py",
     "_wire/models.py",
 )

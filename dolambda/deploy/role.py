@@ -1,7 +1,8 @@
 """The function's IAM role: trust (Lambda only) and its one least-privilege inline policy.
 
 The policy lets the worker read the queue and the jobs, list the keys under the prefix
-(see :func:`role_policy` for why), write results and its own logs, and use the bucket's
+(see :func:`role_policy` for why), write results and its own logs, queue tasks and
+invoke its own function (a remote dispatcher), and use the bucket's
 customer managed KMS key when the bucket encrypts with one; the S3 resources are the key globs of
 :mod:`dolambda._wire.keys`, so they follow the key layout.
 """
@@ -38,10 +39,21 @@ def log_group_arn(settings: DeploySettings, clients: Clients) -> str:
     )
 
 
+def function_arn(settings: DeploySettings, clients: Clients) -> str:
+    """The function's unqualified ARN ($LATEST: what a remote dispatcher invokes)."""
+    return (
+        f"arn:{clients.partition}:lambda:{clients.region}:{clients.account}:"
+        f"function:{settings.function_name}"
+    )
+
+
 def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
     """The function's only permissions: read tasks and jobs, list keys under the prefix,
-    write results and its own logs (no lambda:InvokeFunction: there is no on-failure
-    destination; the worker's watchdog reports timed-out and out-of-memory tasks).
+    write results and its own logs, and what a remote dispatcher needs (issue 17.2):
+    write task objects under ``queue/`` and ``lambda:InvokeFunction`` on this function
+    alone, unqualified (the tasks it invokes and its child dispatchers run on $LATEST;
+    a memory tier's alias is only ever invoked by the client). There is no on-failure
+    destination: the worker's watchdog reports timed-out and out-of-memory tasks.
 
     Why ``s3:ListBucket`` (issue 14.5): a GET of a missing key is ``404 NoSuchKey`` only
     to a principal that may list the bucket, ``403 AccessDenied`` to any other
@@ -92,6 +104,18 @@ def role_policy(settings: DeploySettings, clients: Clients) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:PutObject"],
                 "Resource": [objects + g for g in _keys.worker_write_globs(settings.prefix)],
+            },
+            {
+                "Sid": "DispatchTasks",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [objects + g for g in _keys.dispatcher_write_globs(settings.prefix)],
+            },
+            {
+                "Sid": "InvokeItself",
+                "Effect": "Allow",
+                "Action": ["lambda:InvokeFunction"],
+                "Resource": [function_arn(settings, clients)],
             },
             {
                 "Sid": "OwnLogs",

@@ -269,6 +269,8 @@ class Runtime:
             "DOLAMBDA_PREFIX": c.prefix,
             "DOLAMBDA_BUCKET": c.bucket,
             "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            # (a remote dispatcher invokes the function: the emulator's Lambda API)
+            "AWS_ENDPOINT_URL_LAMBDA": self.endpoint_url,
             "AWS_ENDPOINT_URL": self.endpoint_url,  # no AWS service is reachable from here
             "AWS_EC2_METADATA_DISABLED": "true",
         }

@@ -20,6 +20,9 @@
        small tasks inlined in the payload)       task key (trigger="invoke")    container, unless
                                                                                 the task carries
                                                                                 them), run it
+    remote dispatch (a large job): PUT jobs/<id>/dispatch (every task, sealed), one
+      Invoke {"dispatch": ...} ────────────────────────────────────────────────► dispatchers
+                                                 ◄── PUT queue/... or Invoke ── (a tree of them)
     gather: LIST results/<id>/ (StartAfter  ◄── results/<id>/<task>.out ◄──── PUT If-None-Match: *
       the first missing task), GET new ones
       concurrently, adaptive poll interval
@@ -43,7 +46,11 @@ The walk of one job, module by module:
   from the engine as upload slots free up, seals each and PUTs it under
   ``queue/`` (or Invokes the function with it); each becomes a pending entry with
   its dispatch time. When the last task is out it writes ``plan.json``: from then
-  on ``Job.attach`` can resume the job.
+  on ``Job.attach`` can resume the job. A large job (``dispatch="auto"``, 1,000 tasks
+  or more) is dispatched remotely instead: every task sealed in one
+  ``jobs/<id>/dispatch`` object, ``plan.json``, then one Invoke of the function with a
+  dispatch event; the function's dispatchers (:mod:`dolambda._aws.dispatcher`) queue
+  the tasks from inside AWS, and the client's lost-task timer covers any they miss.
 - Gather (:mod:`~dolambda._backends.lambda_.gather`): LISTs ``results/`` from the
   first pending task on, GETs the new results concurrently, verifies and decodes
   them and hands each to the engine; the LIST interval follows the rate at which
@@ -129,6 +136,12 @@ class LambdaBackend(Backend):
     a task out longer than ``backup_slow_factor`` times the median finished duration is
     sent once more; the first of the two results wins (the same result either way).
 
+    ``dispatch`` says who queues the tasks: ``"client"`` (this process PUTs or Invokes
+    each), ``"remote"`` (it writes every task in one signed plan and makes one Invoke:
+    the function queues them from inside AWS, in a tree of dispatchers for a large job)
+    or ``"auto"`` (the default: remote from 1,000 tasks on, with trigger "s3" or
+    "invoke"; trigger "call" is always dispatched by the client).
+
     >>> from dolambda import LambdaBackend, foreach, register
     >>> backend = LambdaBackend(bucket="my-queue", region="us-east-1", signing_key="00" * 32)
     >>> register(backend)  # then foreach(x=range(1000)).combine(sum).run(simulate)
@@ -167,6 +180,7 @@ class LambdaBackend(Backend):
         memory: int | None = None,
         memory_mb: int | None = None,
         memory_tiers: Any = None,
+        dispatch: str = "auto",
     ) -> None:
         #: straggler backups (None: ``backups=False``); see the backups module
         self.backup_policy = _backups.backup_policy(
@@ -192,6 +206,7 @@ class LambdaBackend(Backend):
             memory=memory,
             memory_mb=memory_mb,
             memory_tiers=memory_tiers,
+            dispatch=dispatch,
         )
         _ = self.settings.start_tier  # (memory= larger than every tier: said now)
         self.memory_mb = self.settings.memory_mb
@@ -289,6 +304,11 @@ class LambdaBackend(Backend):
     @property
     def trigger(self) -> str:
         return self.settings.trigger
+
+    @property
+    def dispatch(self) -> str:
+        """Who queues the tasks: "auto", "client" or "remote"."""
+        return self.settings.dispatch
 
     @property
     def chunk_size(self) -> int | str:
@@ -493,7 +513,10 @@ class LambdaBackend(Backend):
             pool=pool,
             counter=counter,
             # (a memory tier is invoked by its alias, whatever the trigger)
-            with_lambda=self.trigger == "invoke" or bool(self.settings.memory_tiers),
+            # (and the Invoke of a remote dispatcher)
+            with_lambda=self.trigger == "invoke"
+            or bool(self.settings.memory_tiers)
+            or (self.dispatch != "client" and self.trigger == "s3"),
             # a call may take the function's timeout, and the grace period to answer
             call_timeout=self.task_timeout + self.grace if self.trigger == "call" else None,
             function_name=self.function_name,

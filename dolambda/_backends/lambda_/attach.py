@@ -2,7 +2,8 @@
 
 The results in S3 are the only source of truth: the job's ``manifest.json``,
 its ``plan.json`` (written last, with the loop's combine) and its task objects
-become an :class:`~dolambda._backends.base.AttachedJob`. A job that was not fully
+become an :class:`~dolambda._backends.base.AttachedJob` (a job dispatched remotely: its
+tasks come from its dispatch plan, ``jobs/<id>/dispatch``). A job that was not fully
 dispatched cannot be finished: its queued tasks are cancelled and its objects
 deleted.
 """
@@ -24,8 +25,8 @@ from dolambda._core.tasks import InnerDone, PlannedTask
 from dolambda._errors import InvalidArgument, InvalidArgumentType
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.codec import manifest_context, plan_context, task_context
-from dolambda._wire.models import JobManifest, TaskSpec
+from dolambda._wire.codec import dispatch_context, manifest_context, plan_context, task_context
+from dolambda._wire.models import DispatchPlan, JobManifest, TaskSpec
 
 
 def check_job_id(job_id: object) -> str:
@@ -79,6 +80,18 @@ async def find_job(s3: S3, settings: LambdaSettings, job_id: str) -> AttachedJob
         ids = sorted(carried, key=int)
         task_keys = [_keys.task_key(prefix, job_id, int(t), invoke=True) for t in ids]
         blobs: list[bytes | None] = [base64.b64decode(carried[t]) for t in ids]
+    elif plan.get("dispatch") == "remote":  # every task is in the dispatch plan
+        dispatched = await s3.get(_keys.dispatch_plan_key(prefix, job_id))
+        if dispatched is None:
+            raise InvalidArgument(
+                f"Job.attach: job {job_id!r} has lost its dispatch plan; it was cancelled "
+                "or partly cleaned up"
+            )
+        tasks = codec.unseal_model(
+            DispatchPlan, dispatched, key=key, context=dispatch_context(job_id)
+        )
+        task_keys = [_keys.task_key(prefix, job_id, t) for t in tasks.task_ids]
+        blobs = list(tasks.tasks)
     else:
         task_keys = [k async for k in s3.list_keys(_keys.queue_dir(prefix, job_id))]
         blobs = await gather_limited(16, [s3.get(k) for k in task_keys])

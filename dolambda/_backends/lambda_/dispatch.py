@@ -12,29 +12,42 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Literal
 
 from dolambda._aws.invoke import tier_alias
 from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._core.tasks import PlannedTask
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
-from dolambda._wire.codec import plan_context
+from dolambda._wire.codec import dispatch_context, plan_context
+from dolambda._wire.events import (
+    EVENT_PAYLOAD_LIMIT,
+    INLINE_LIMIT,
+    RECORD_HEADROOM,
+    DispatchRange,
+    dispatch_event,
+    invoke_payload,
+    tree_size,
+)
+from dolambda._wire.models import DispatchPlan
 
-#: the most bytes an asynchronous (``InvocationType="Event"``) Invoke request may carry:
-#: 1 MB since October 2025 (256 KB before); synchronous ones may carry 6 MB.
-#: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html and
-#: https://docs.aws.amazon.com/lambda/latest/dg/API_Invoke.html
-EVENT_PAYLOAD_LIMIT = 1024 * 1024
-#: room left in the payload: Lambda's on-failure record for an invocation embeds its
-#: payload (``requestPayload``) next to ``requestContext``, ``responseContext`` and the
-#: error (``responsePayload``, a message and maybe a stack trace), so a payload at the
-#: limit would leave no room for the record that reports its failure
-RECORD_HEADROOM = 64 * 1024
-#: the largest JSON payload (bucket, key and the base64 task) dolambda sends inline;
-#: a larger task goes to S3 and the payload names its key. Base64 grows a task by 4/3,
-#: so tasks up to ~720 KiB travel inline.
-INLINE_LIMIT = EVENT_PAYLOAD_LIMIT - RECORD_HEADROOM
+# (the Invoke payload is the wire's: a remote dispatcher sends the same one)
+__all__ = ["EVENT_PAYLOAD_LIMIT", "INLINE_LIMIT", "RECORD_HEADROOM", "invoke_payload"]
+
+#: dispatch="auto" hands the dispatch to Lambda from this many tasks on
+REMOTE_FROM = 1_000
+#: ... when the planner yields them within this many seconds (a slower one, e.g. a lazy
+#: generator of inputs, is dispatched by the client as it goes: its first tasks run
+#: while the rest is planned)
+AUTO_WAIT = 1.0
+#: tasks one remote dispatcher queues a second, for sizing its share: its CPU is the
+#: bound (32 requests in flight at ~10-20 ms each in the region would be ~1,600-3,200 a
+#: second, but boto3 spends ~1-2 ms of CPU a request, and a 1 GB function has ~0.6 vCPU)
+DISPATCH_RATE = 500.0
+#: a dispatcher queues at most this many tasks itself, ~2 s of it (a larger job is split
+#: among children, who work in parallel, up to S3's 3,500 PUTs a second per prefix), and
+#: at most what it queues in a quarter of the function's timeout at DISPATCH_RATE
+MAX_SPAN = 1_000
 
 
 # a body at least this large is uploaded only when the bucket lacks it (one HEAD first);
@@ -94,24 +107,6 @@ async def send(run: RunState, task_id: int, blob: bytes) -> None:
         await run.s3.put(key, blob)
 
 
-def invoke_payload(bucket: str, key: str, blob: bytes) -> dict[str, Any]:
-    """The Invoke payload for the task ``blob`` at ``key``: the task inline when the
-    encoded payload stays within :data:`INLINE_LIMIT`, else only its key (then the
-    caller PUTs the task first).
-
-    >>> len(json.dumps(invoke_payload("b", "k", bytes(700 * 1024)))) <= INLINE_LIMIT
-    True
-    >>> "task" in invoke_payload("b", "k", bytes(800 * 1024))
-    False
-    """
-    payload: dict[str, Any] = {"bucket": bucket, "key": key}
-    if 4 * -(-len(blob) // 3) < INLINE_LIMIT:  # base64 length: skip encoding what cannot fit
-        inline = {**payload, "task": base64.b64encode(blob).decode()}
-        if len(json.dumps(inline).encode()) <= INLINE_LIMIT:
-            return inline
-    return payload
-
-
 async def _send_and_release(run: RunState, task_id: int, blob: bytes) -> None:
     try:
         started = time.monotonic()
@@ -124,8 +119,15 @@ async def _send_and_release(run: RunState, task_id: int, blob: bytes) -> None:
 
 
 async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
-    """Send every task (at most ``pool`` uploads in flight), then write the plan."""
+    """Send every task (at most ``pool`` uploads in flight), then write the plan; or,
+    for a job dispatched remotely (:func:`dispatches_remotely`), hand it to Lambda."""
     job = run.job
+    if not job.resumed and dispatches_remotely(run):
+        ahead, remote = await _plan_ahead(run, tasks)
+        if remote:
+            await _dispatch_remotely(run, ahead)
+            return
+        tasks = _replay(ahead, tasks)
     sends: set[asyncio.Task[None]] = set()
     if not job.resumed and not run.inline_job:
         await put_job_objects(run)  # before any task a worker could run
@@ -165,6 +167,100 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
     run.wake.set()
 
 
+def dispatches_remotely(run: RunState) -> bool:
+    """Whether the job may be dispatched from inside AWS: ``dispatch`` is not
+    "client", the trigger is not "call" (the client is the caller), and the tasks
+    start on the base memory tier (a tier's alias is the client's to invoke)."""
+    settings = run.settings
+    return (
+        settings.dispatch != "client"
+        and settings.trigger in ("s3", "invoke")
+        and run.start_tier == 0
+    )
+
+
+async def _plan_ahead(
+    run: RunState, tasks: AsyncIterator[PlannedTask]
+) -> tuple[list[PlannedTask], bool]:
+    """The tasks planned so far, and whether the job is dispatched remotely: always for
+    dispatch="remote" (every task is planned), and for "auto" once
+    :data:`REMOTE_FROM` tasks are planned within :data:`AUTO_WAIT` seconds."""
+    planned: list[PlannedTask] = []
+    if run.settings.dispatch == "remote":
+        planned = [t async for t in tasks]
+        return planned, True
+    started = time.monotonic()
+    async for task in tasks:
+        planned.append(task)
+        if len(planned) >= REMOTE_FROM:
+            planned.extend([t async for t in tasks])
+            return planned, True
+        if time.monotonic() - started > AUTO_WAIT:
+            break
+    return planned, False
+
+
+async def _replay(
+    planned: list[PlannedTask], rest: AsyncIterator[PlannedTask]
+) -> AsyncIterator[PlannedTask]:
+    for task in planned:
+        yield task
+    async for task in rest:
+        yield task
+
+
+def dispatch_span(task_timeout: float) -> int:
+    """The most tasks one remote dispatcher queues itself (:data:`MAX_SPAN`, or what it
+    queues in a quarter of the function's timeout at :data:`DISPATCH_RATE`).
+
+    >>> dispatch_span(900.0), dispatch_span(4.0)
+    (1000, 500)
+    """
+    return max(1, min(MAX_SPAN, int(DISPATCH_RATE * task_timeout / 4)))
+
+
+async def _dispatch_remotely(run: RunState, planned: list[PlannedTask]) -> None:
+    """Remote dispatch: the job's objects, every task sealed in ONE dispatch plan, the
+    plan for Job.attach, then ONE asynchronous Invoke of the function with a dispatch
+    event: the function queues the tasks (:mod:`dolambda._aws.dispatcher`). Each task is
+    pending from the Invoke on, so a task no dispatcher queued is sent again by the
+    lost-task timer, as any lost task is."""
+    job, settings = run.job, run.settings
+    run.inline_job = False  # (the job's objects go up first: a task carries no copy)
+    run.remote = True
+    await put_job_objects(run)
+    blobs = [run.sealed.sealed_task(p) for p in planned]
+    trigger: Literal["s3", "invoke"] = "invoke" if settings.trigger == "invoke" else "s3"
+    plan = DispatchPlan(
+        job_id=job.job_id,
+        trigger=trigger,
+        task_ids=tuple(p.task_id for p in planned),
+        tasks=tuple(blobs),
+    )
+    plan_key = _keys.dispatch_plan_key(run.prefix, job.job_id)
+    sealed_plan = codec.seal_model(plan, key=run.sealed.key, context=dispatch_context(job.job_id))
+    await run.s3.put(plan_key, sealed_plan)
+    for p in planned:
+        run.task_ids.append(p.task_id)
+    await _put_plan(run)  # (before the Invoke: Job.attach can resume from here on)
+    share = DispatchRange(
+        settings.bucket, plan_key, job.job_id, 0, len(planned), dispatch_span(settings.task_timeout)
+    )
+    job.stats.dispatch = "remote"
+    job.stats.dispatchers = tree_size(share)
+    now = time.monotonic()
+    for p in planned:
+        run.pending[p.task_id] = Pending(p, 0, now, tier=run.start_tier)
+    if planned:
+        started = time.monotonic()
+        await run.s3.invoker.invoke(dispatch_event(share))
+        run.first_send = time.monotonic() - started
+    job.attachable = True
+    run.dispatch_done = True
+    run.sent_any.set()
+    run.wake.set()
+
+
 async def _put_plan(run: RunState) -> None:
     """``plan.json``, written last: its presence means the job was fully dispatched."""
     job, record = run.job, run.job.record
@@ -176,6 +272,9 @@ async def _put_plan(run: RunState) -> None:
         else [[list(m.prefix), list(m.path), m.count] for m in record.markers],
         # the loop's combine, for Job.attach (None: it could not be pickled)
         "client": None if state is None else base64.b64encode(state).decode(),
+        # dispatched remotely: the tasks are in the dispatch plan (Job.attach reads them
+        # there; with trigger="invoke" small ones are in no object of their own)
+        "dispatch": "remote" if run.remote else "client",
     }
     if run.task_blobs:  # trigger="call": the sealed tasks (no task object holds them)
         plan["sealed_tasks"] = {
@@ -223,6 +322,7 @@ async def withdraw(run: RunState, finished: bool) -> None:
             keys += [_keys.result_key(p, job.job_id, t) for t in run.task_ids]
             # (not the body: other jobs may share it; the lifecycle rule expires it)
             keys += [_keys.manifest_key(p, job.job_id), _keys.plan_key(p, job.job_id)]
+            keys.append(_keys.dispatch_plan_key(p, job.job_id))  # (if dispatched remotely)
             if not job.cancelled.is_set():
                 keys.append(_keys.cancel_key(p, job.job_id))
             await s3.delete_keys(keys)

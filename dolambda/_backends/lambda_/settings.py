@@ -47,6 +47,9 @@ class LambdaSettings:
     memory_tiers: tuple[int, ...] = ()
     #: the memory (MB) the loop asked for: it starts on the smallest tier that has it
     memory: int | None = None
+    #: who queues the tasks: the client, the function ("remote": one plan, one Invoke),
+    #: or "auto": remote for jobs of many tasks (dispatch.REMOTE_FROM)
+    dispatch: Literal["auto", "client", "remote"] = "auto"
 
     @property
     def ladder(self) -> tuple[int, ...]:
@@ -102,6 +105,7 @@ def resolve_settings(
     memory: int | None = None,
     memory_mb: int | None = None,
     memory_tiers: object = None,
+    dispatch: str = "auto",
     aws_access_key_id: str | None = None,
     aws_secret_access_key: str | None = None,
     aws_session_token: str | None = None,
@@ -127,7 +131,7 @@ def resolve_settings(
         raise InvalidArgumentType(f"LambdaBackend: bucket must be a bucket name, got {bucket!r}")
     # the config file describes one deployed setup: only its bucket's settings apply
     same = deployed if deployed is not None and deployed.bucket == bucket else None
-    _check_values(trigger, chunk_size, retries, task_timeout, max_concurrency)
+    _check_values(trigger, chunk_size, retries, task_timeout, max_concurrency, dispatch)
     if (aws_access_key_id is None) != (aws_secret_access_key is None):
         raise InvalidArgument(
             "LambdaBackend: pass both aws_access_key_id and aws_secret_access_key, or neither "
@@ -194,6 +198,7 @@ def resolve_settings(
         architecture=same.architecture if same else "x86_64",
         memory_tiers=tiers,
         memory=memory,
+        dispatch=dispatch,  # type: ignore[arg-type]  # checked above
     )
 
 
@@ -241,10 +246,20 @@ def _check_values(
     retries: object,
     task_timeout: object,
     max_concurrency: object,
+    dispatch: object = "auto",
 ) -> None:
     if trigger not in ("s3", "invoke", "call"):
         raise InvalidArgument(
             f"LambdaBackend: trigger must be 's3', 'invoke' or 'call', got {trigger!r}"
+        )
+    if dispatch not in ("auto", "client", "remote"):
+        raise InvalidArgument(
+            f"LambdaBackend: dispatch must be 'auto', 'client' or 'remote', got {dispatch!r}"
+        )
+    if dispatch == "remote" and trigger == "call":
+        raise InvalidArgument(
+            "LambdaBackend: dispatch='remote' needs trigger 's3' or 'invoke': with "
+            "trigger='call' the client itself calls the function for each task"
         )
     if chunk_size != "auto" and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1

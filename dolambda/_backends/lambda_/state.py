@@ -102,6 +102,8 @@ class RunState:
         self.calls: set[asyncio.Task[None]] = set()
         #: trigger="call": each task sealed (without the job), for the plan (Job.attach)
         self.task_blobs: dict[int, bytes] = {}
+        #: the job was dispatched from inside AWS (dispatch.send_tasks)
+        self.remote = False
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
         )

@@ -24,12 +24,13 @@ Lambda's ``GetAccountSettings``, which moto lacks, is answered in front of moto 
 
 An event taken from the mailbox belongs to the emulator (moto keeps no copy).
 
-S3 requests signed with credentials that moto's STS issued for a role (``AssumeRole``:
-the emulator's workers act as the function's role) are authorized against that role's
-policies before moto sees them (:mod:`dolambda.emulator.moto.authorize`): a denied one
-is S3's ``403 AccessDenied``, and a GET or HEAD of a missing key is 403, not 404, unless
-the role may list the bucket, as on S3. Every other request is let through as moto
-lets everything through.
+S3 and Lambda requests signed with credentials that moto's STS issued for a role
+(``AssumeRole``: the emulator's workers act as the function's role) are authorized
+against that role's policies before moto sees them (:mod:`dolambda.emulator.moto.authorize`;
+a Lambda ``Invoke`` needs ``lambda:InvokeFunction`` on the function, any other Lambda
+action is denied): a denied S3 one is S3's ``403 AccessDenied``, and a GET or HEAD of
+a missing key is 403, not 404, unless the role may list the bucket, as on S3. Every
+other request is let through as moto lets everything through.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ ACCOUNT = {"concurrent_executions": 1000}
 #: refuses, as it says: "Request must be smaller than 69905067 bytes for the ... operation"
 #: (its "50 MB zipped" direct-upload quota, once base64'd). moto takes any size.
 CODE_REQUEST_LIMIT = 69_905_067
+#: Lambda's Invoke: ``POST /2015-03-31/functions/<name, ARN or partial ARN>/invocations``
+INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
 CODE_REQUESTS = (
     ("POST", re.compile(r"^/2015-03-31/functions/?$"), "CreateFunction"),
     ("PUT", re.compile(r"^/2015-03-31/functions/[^/]+/code/?$"), "UpdateFunctionCode"),
@@ -422,6 +425,8 @@ class App:
             session = assumed_role_session(environ)
             if session is None:
                 return self.inner(environ, start_response)
+            if _credential(environ)[1] == "lambda":
+                return self.lambda_authorized(session, environ, start_response)
             return self.authorized(session, environ, start_response)
         try:
             status, data = self.handle(path[len(API) :], environ)
@@ -507,6 +512,45 @@ class App:
         if not request.reads_object:
             return self.inner(environ, start_response)
         return self.read_object(request, policies, environ, start_response, session)
+
+    def lambda_authorized(
+        self, session: Any, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A Lambda request signed by the role's session: an ``Invoke`` runs only if its
+        policies allow ``lambda:InvokeFunction`` on the function's ARN (qualified when
+        the request names a version or alias); any other Lambda action is denied (the
+        worker calls no other)."""
+        path = str(environ.get("PATH_INFO", ""))
+        token = environ.get("HTTP_X_AMZ_SECURITY_TOKEN")
+        match = INVOKE_PATH.match(path)
+        action = "lambda:InvokeFunction" if match else "lambda:" + path.strip("/")
+        resource = "*"
+        if match:
+            region = _credential_region(environ)
+            name, _, qualifier = match.group(1).rpartition(":function:")[2].partition(":")
+            qualifier = qualifier or (_query_value(environ, "Qualifier") or "")
+            resource = f"arn:aws:lambda:{region}:{session.account_id}:function:{name}"
+            resource += f":{qualifier}" if qualifier and qualifier != "$LATEST" else ""
+        if (
+            token == session.session_token
+            and match
+            and allowed(role_policies(session), action, resource, {})
+        ):
+            return self.inner(environ, start_response)
+        message = (
+            f"User: {assumed_role_arn(session)} is not authorized to perform: {action} on "
+            f"resource: {resource} because no identity-based policy allows the {action} action"
+        )
+        body = json.dumps({"Type": "User", "message": message}).encode()
+        start_response(
+            "403 Forbidden",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("x-amzn-ErrorType", "AccessDeniedException"),
+            ],
+        )
+        return [body]
 
     def read_object(
         self,
@@ -641,9 +685,10 @@ def _credential(environ: dict[str, Any]) -> tuple[str, str]:
 
 
 def assumed_role_session(environ: dict[str, Any]) -> Any | None:
-    """moto's STS session whose access key signed this S3 request, or None (not a role's)."""
+    """moto's STS session whose access key signed this S3 or Lambda request, or None
+    (not a role's)."""
     key, service = _credential(environ)
-    if service != "s3" or not key:
+    if service not in ("s3", "lambda") or not key:
         return None
     from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.sts.models import sts_backends
