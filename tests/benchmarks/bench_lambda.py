@@ -291,7 +291,9 @@ def e2e_section(
     repeats = 1 if quick else 3
     steps = workloads.calibrate(50.0)
     with emulator(server, "e2e") as emu, instrumented() as probe:
-        backend = emu.backend
+        # the client's own dispatch (issue 6's rows: dispatch against raw PUT); a job of
+        # 1,000 tasks would go to the remote dispatchers, measured in section dispatch
+        backend = LambdaBackend(**emu.backend_settings(), dispatch="client")
         run_job(foreach(x=range(8)).chunk_size(1), backend, workloads.noop)  # warm workers
 
         # --- chunk 1: time, throughput vs the S3 limit, dispatch rate
@@ -460,7 +462,9 @@ def dispatch_alone(emu: Emulator, n: int, repeats: int) -> list[float]:
     watches, cancelled once every task is uploaded."""
     from dolambda._errors import JobCancelled
 
-    backend = LambdaBackend(**{**emu.backend_settings(), "prefix": "bench-untriggered"})
+    backend = LambdaBackend(
+        **{**emu.backend_settings(), "prefix": "bench-untriggered", "dispatch": "client"}
+    )
     backend._checked_setup = True  # no notification for this prefix, on purpose
     rates = []
     for i in range(repeats + 1):

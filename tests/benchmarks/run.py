@@ -4,7 +4,7 @@ Every run measures its own baselines, prints a table of ratios and writes JSON
 (``bench-results.json`` in the repo root unless ``--out``). See docs/scaling.md.
 
 Sections (``--only`` takes these names): local, s3raw, requests, e2e, fanin, backups,
-call, split, tiers, cpu, memory, peer.
+call, split, dispatch, tiers, cpu, memory, peer.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SECTIONS = (
     "backups",
     "call",
     "split",
+    "dispatch",
     "tiers",
     "cpu",
     "memory",
@@ -51,6 +52,8 @@ ONE_CALL: dict[str, tuple[str, str, str]] = {
     "backups": ("bench_lambda", "backups_section", "main"),
     "call": ("bench_lambda", "call_section", "main"),
     "split": ("bench_lambda", "split_section", "main"),
+    # (the dispatchers Invoke the function: the emulator's moto server)
+    "dispatch": ("bench_dispatch", "dispatch_section", "moto"),
     "tiers": ("bench_tiers", "run", "moto"),
     "cpu": ("bench_cpu", "run", "main"),
     "memory": ("bench_memory", "run", "main"),
