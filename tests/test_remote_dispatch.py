@@ -164,6 +164,36 @@ def test_auto_dispatches_remotely_from_the_threshold(
     assert job.stats.dispatch == "client"  # (the client is the caller)
 
 
+def test_a_function_deployed_without_remote_dispatch_is_dispatched_by_the_client(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function whose package record does not list "remote-dispatch" (deployed by an
+    older dolambda, whose worker ignores a dispatch event): "auto" dispatches the job
+    itself instead of leaving every task to the lost-task timer; "remote" is refused,
+    naming the function and what to do, before anything is sent."""
+    monkeypatch.setattr(_dispatch, "REMOTE_FROM", 30)
+    key = _keys.package_record_key(emu.prefix, emu.function_name)
+    client = s3(emu)
+    record = client.get_object(Bucket=emu.bucket, Key=key)["Body"].read()
+    assert "remote-dispatch" in json.loads(record)["features"]  # (what deploy records)
+    old = {k: v for k, v in json.loads(record).items() if k != "features"}
+    client.put_object(Bucket=emu.bucket, Key=key, Body=json.dumps(old).encode())
+    try:
+        auto = backend_for(emu, dispatch="auto")  # (a new backend: no cached record)
+        job = foreach(x=range(30)).chunk_size(1).submit(noisy, backend=auto, progress=False)
+        assert job.result(timeout=120) == [x * x for x in range(30)]
+        assert job.stats.dispatch == "client"
+        assert job.stats.client_s3_requests.get("invoke") is None
+        remote = backend_for(emu, dispatch="remote")
+        loop = foreach(x=range(30)).chunk_size(1)
+        with pytest.raises(dolambda.ConfigError, match="dolambda deploy") as raised:
+            loop.submit(noisy, backend=remote, progress=False).result(timeout=60)
+        assert repr(emu.function_name) in str(raised.value)
+        assert "dispatch='client'" in str(raised.value)
+    finally:
+        client.put_object(Bucket=emu.bucket, Key=key, Body=record)
+
+
 @pytest.mark.parametrize("trigger", ["s3", "invoke"])
 def test_a_tree_of_dispatchers_queues_every_task_exactly_once(
     emu: Emulator, trigger: str, monkeypatch: pytest.MonkeyPatch

@@ -39,6 +39,9 @@ class FunctionPackage:
     function_name: str
     distributions: Mapping[str, str]  # normalized name -> version
     where: str  # where the record was read, for messages
+    #: what its worker does beyond running tasks (``dolambda._wire.events.FEATURES`` of
+    #: the dolambda that built it; empty for a package older than the record's field)
+    features: frozenset[str] = frozenset()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], function_name: str, where: str) -> Any:
@@ -46,10 +49,12 @@ class FunctionPackage:
         dists = record.get("distributions")
         if not isinstance(dists, dict):
             return None
+        features = record.get("features")
         return cls(
             function_name=function_name,
             distributions={normalize(str(k)): str(v) for k, v in dists.items()},
             where=where,
+            features=frozenset(str(f) for f in (features if isinstance(features, list) else ())),
         )
 
 

@@ -32,6 +32,13 @@ RECORD_HEADROOM = 64 * 1024
 INLINE_LIMIT = EVENT_PAYLOAD_LIMIT - RECORD_HEADROOM
 
 
+#: what a worker of this version does beyond running tasks; deploy (and the emulator)
+#: record it in the function's package record, and the client dispatches remotely only
+#: to a function whose record says so: a function deployed by an older dolambda ignores
+#: a dispatch event, and its job would wait the lost-task timer (minutes) for every task
+REMOTE_DISPATCH = "remote-dispatch"
+FEATURES = (REMOTE_DISPATCH,)
+
 #: children of one dispatcher, and the most levels of dispatchers in a tree
 #: (:func:`split_range`; :mod:`dolambda._aws.dispatcher` says why so few)
 FANOUT = 32

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dolambda._errors import DeployError, InvalidArgument
 from dolambda._wire import keys as _keys
+from dolambda._wire.events import FEATURES
 from dolambda.deploy.installed import closure, copy_distributions, normalize
 
 if TYPE_CHECKING:  # settings imports this module
@@ -575,6 +576,7 @@ def package_record(
         "architecture": architecture,
         "platform": target,
         "dolambda": _dolambda_version(),
+        "features": list(FEATURES),
         "distributions": dict(sorted(dists.items())),
         "pinned": dict(sorted(pins.items())),
     }
@@ -614,6 +616,7 @@ def build_task_root(cache: Path | None = None, requirements: Iterable[str] = ())
         "platform": "emulator",
         "implementation": sys.implementation.cache_tag,
         "dolambda": _dolambda_version(),
+        "features": list(FEATURES),
         "distributions": dict(sorted(versions.items())),
         "pinned": {},
     }

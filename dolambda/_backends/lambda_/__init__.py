@@ -79,6 +79,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -459,6 +460,15 @@ class LambdaBackend(Backend):
                 # the tier an earlier run of this body needed (its tasks ran out below it)
                 run.start_tier = max(run.start_tier, self._learned_tier.get(body, 0))
                 run.call_slots = asyncio.Semaphore(self.workers)
+                ident = _code.record_id(self.function_name, region, self.endpoint_url)
+                run.function_record = functools.partial(
+                    _code.function_package,
+                    s3,
+                    self.prefix,
+                    self.function_name,
+                    ident,
+                    self._records,
+                )
                 job.queued = lambda: len(run.pending)
                 finished = False
                 try:

@@ -17,6 +17,7 @@ from typing import Literal
 from dolambda._aws.invoke import tier_alias
 from dolambda._backends.lambda_.state import Pending, RunState
 from dolambda._core.tasks import PlannedTask
+from dolambda._errors import ConfigError
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.codec import dispatch_context, plan_context
@@ -24,6 +25,7 @@ from dolambda._wire.events import (
     EVENT_PAYLOAD_LIMIT,
     INLINE_LIMIT,
     RECORD_HEADROOM,
+    REMOTE_DISPATCH,
     DispatchRange,
     dispatch_event,
     invoke_payload,
@@ -124,7 +126,7 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
     job = run.job
     if not job.resumed and dispatches_remotely(run):
         ahead, remote = await _plan_ahead(run, tasks)
-        if remote:
+        if remote and await _function_dispatches(run):
             await _dispatch_remotely(run, ahead)
             return
         tasks = _replay(ahead, tasks)
@@ -198,6 +200,28 @@ async def _plan_ahead(
         if time.monotonic() - started > AUTO_WAIT:
             break
     return planned, False
+
+
+async def _function_dispatches(run: RunState) -> bool:
+    """Whether the function can dispatch remotely: its package record lists the
+    feature. dispatch="auto" falls back to the client's own dispatch otherwise (a
+    function deployed by an older dolambda ignores a dispatch event, and every task
+    would wait for the lost-task timer); dispatch="remote" is refused before anything
+    is sent. Without a record at all, "auto" dispatches itself and "remote" trusts the
+    caller."""
+    record = None if run.function_record is None else await run.function_record()
+    if record is not None and REMOTE_DISPATCH in record.features:
+        return True
+    if run.settings.dispatch != "remote":
+        return False
+    if record is None:
+        return True
+    raise ConfigError(
+        f"LambdaBackend(dispatch='remote'): function {record.function_name!r} was deployed "
+        f"by a dolambda without remote dispatch (its package record, {record.where}, does "
+        "not list it), so it would ignore the dispatch event; run `dolambda deploy` again "
+        "(it also adds the role's two grants for it), or use dispatch='client'"
+    )
 
 
 async def _replay(

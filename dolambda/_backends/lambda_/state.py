@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from dolambda._core.tasks import PlannedTask
 if TYPE_CHECKING:
     from dolambda._backends.lambda_.backups import Backups
     from dolambda._backends.lambda_.split import Halves
+    from dolambda._code.distributions import FunctionPackage
 
 # a job whose sealed manifest + body are at most this big travels inside every task: a
 # worker new to the job then makes no request for them (2 GETs per worker per job, i.e.
@@ -104,6 +106,9 @@ class RunState:
         self.task_blobs: dict[int, bytes] = {}
         #: the job was dispatched from inside AWS (dispatch.send_tasks)
         self.remote = False
+        #: the function's package record (None: no record), read when a job would be
+        #: dispatched remotely: only a function whose record lists "remote-dispatch" is
+        self.function_record: Callable[[], Awaitable[FunctionPackage | None]] | None = None
         self.inline_job = not job.resumed and (
             len(sealed.sealed_manifest) + len(sealed.sealed_body) <= JOB_INLINE_LIMIT
         )
