@@ -124,7 +124,7 @@ def dispatch(
     with ThreadPoolExecutor(THREADS) as pool:
         share = r  # (children first: the first sub-range is then queued from here)
         while share.size > share.span and share.depth < LEVELS - 1:
-            if _cancelled(s3, r.bucket, prefix, r.job_id, log):
+            if job_cancelled(s3, r.bucket, prefix, r.job_id, log):
                 log(f"dolambda: dispatch of job {r.job_id} stopped: the job was cancelled")
                 count("cancelled", share.size)
                 return counts
@@ -163,7 +163,7 @@ def dispatch(
                 )
                 count("unsent", share.last - start)
                 break
-            if _cancelled(s3, r.bucket, prefix, r.job_id, log):
+            if job_cancelled(s3, r.bucket, prefix, r.job_id, log):
                 log(f"dolambda: dispatch of job {r.job_id} stopped: the job was cancelled")
                 count("cancelled", share.last - start)
                 break
@@ -204,7 +204,9 @@ def _remaining(context: Any) -> float | None:
     return float(remaining()) / 1000 if callable(remaining) else None
 
 
-def _cancelled(s3: Any, bucket: str, prefix: str, job_id: str, log: Callable[[str], None]) -> bool:
+def job_cancelled(
+    s3: Any, bucket: str, prefix: str, job_id: str, log: Callable[[str], None]
+) -> bool:
     """Whether the job's cancel marker exists (a failure to tell: go on)."""
     try:
         s3.head_object(Bucket=bucket, Key=_keys.cancel_key(prefix, job_id))

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from dolambda._aws import dispatcher
-from dolambda._aws.dispatcher import queued_by_dispatcher
+from dolambda._aws.dispatcher import job_cancelled, queued_by_dispatcher
 from dolambda._aws.errors import OBJECT_MISSING, Kind, kind_of
 from dolambda._aws.watchdog import Watchdog
 from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, run_task_blob
@@ -134,16 +134,9 @@ def process_s3_task(
         stats["memory_limit_mb"] = int(getattr(context, "memory_limit_in_mb", 0) or 0)
 
     def cancelled() -> bool:
-        """Whether the job's cancel marker exists (a failure to tell: go on)."""
         nonlocal requests
         requests += 1
-        try:
-            s3.head_object(Bucket=bucket, Key=_keys.cancel_key(prefix, job_id))
-        except Exception as exc:
-            if kind_of(exc) not in OBJECT_MISSING:
-                log(f"dolambda: job {job_id}: its cancel marker could not be read: {exc}")
-            return False
-        return True
+        return job_cancelled(s3, bucket, prefix, job_id, log)
 
     if check_cancel and cancelled():
         log(f"dolambda: task {job_id}/{task_id} skipped: the job was cancelled")
