@@ -165,8 +165,17 @@ def emulator_signing_key() -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by its owner only, atomically: a reader in another
+    process (a backend reading the emulator's config as ``dolambda emulator`` writes it)
+    sees the old file or the whole new one, never an empty or partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(partial, 0o600)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
