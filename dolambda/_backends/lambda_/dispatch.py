@@ -69,6 +69,13 @@ async def put_job_objects(run: RunState) -> None:
     )
 
 
+async def _put_job_objects_after_first(run: RunState) -> None:
+    """The job's objects once the first task is out (not beside it: its PUT is what
+    starts the first worker)."""
+    await run.sent_any.wait()
+    await put_job_objects(run)
+
+
 async def put_body(run: RunState) -> None:
     """The job's body, by content: a large one already in the bucket (another job put it
     there, less than :data:`BODY_REFRESH` ago) is not sent again."""
@@ -133,6 +140,9 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
     sends: set[asyncio.Task[None]] = set()
     if not job.resumed and not run.inline_job:
         await put_job_objects(run)  # before any task a worker could run
+    # the tasks carry the job: its objects are for Job.attach (and retries after an
+    # attach), so they go up once the first task is out, beside the others, before the plan
+    job_objects: asyncio.Task[None] | None = None
     try:
         async for planned in tasks:
             run.pending[planned.task_id] = Pending(
@@ -149,21 +159,29 @@ async def send_tasks(run: RunState, tasks: AsyncIterator[PlannedTask]) -> None:
                 )
             await run.uploads.acquire()  # backpressure: at most `pool` uploads in flight
             sends.add(asyncio.create_task(_send_and_release(run, planned.task_id, blob)))
+            if job_objects is None and run.inline_job:
+                job_objects = asyncio.create_task(_put_job_objects_after_first(run))
             for done in [s for s in sends if s.done()]:
                 sends.discard(done)
                 done.result()  # an upload error stops the dispatch
         await asyncio.gather(*sends)
+        # every task is out: the gather's tail (GETs of the last keys) need not wait for
+        # the job's objects and the plan
+        run.tasks_out = True
+        run.wake.set()
+        if job_objects is not None:
+            await job_objects
+        elif run.inline_job and not job.resumed:  # (a job with no task at all)
+            await put_job_objects(run)
     except BaseException:
-        for s in sends:
-            s.cancel()
+        for s in (*sends, job_objects):
+            if s is not None:
+                s.cancel()
         raise
     if not job.resumed:
-        if run.inline_job:
-            # the tasks carried the job: its objects are for Job.attach (and retries
-            # after an attach), which needs the plan too, so they go up now, before it
-            await put_job_objects(run)
-        await _put_plan(run)
+        await _put_plan(run)  # (last: its presence means the job was fully dispatched)
     job.attachable = True  # (an attached job was, and stays, attachable)
+    run.tasks_out = True
     run.dispatch_done = True
     run.sent_any.set()  # (a job with no task at all)
     run.wake.set()
@@ -280,7 +298,7 @@ async def _dispatch_remotely(run: RunState, planned: list[PlannedTask]) -> None:
         await run.s3.invoker.invoke(dispatch_event(share))
         run.first_send = time.monotonic() - started
     job.attachable = True
-    run.dispatch_done = True
+    run.tasks_out = run.dispatch_done = True
     run.sent_any.set()
     run.wake.set()
 

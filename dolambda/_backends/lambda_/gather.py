@@ -281,7 +281,7 @@ async def sleep_unless_woken(wake: asyncio.Event, seconds: float) -> None:
 
 def _get_polling(run: RunState) -> bool:
     """Every task is out and at most :data:`GET_POLL_MAX` results are still unseen."""
-    if not run.dispatch_done:
+    if not run.tasks_out:
         return False
     unseen = sum(1 for t in run.pending if t not in run.seen)
     return 0 < unseen <= GET_POLL_MAX
@@ -289,7 +289,7 @@ def _get_polling(run: RunState) -> bool:
 
 def _on_tail(run: RunState) -> bool:
     """Every task is out and only the last few are still running."""
-    return run.dispatch_done and len(run.pending) <= TAIL_TASKS
+    return run.tasks_out and len(run.pending) <= TAIL_TASKS
 
 
 def _next_interval(run: RunState, rate: float) -> float:
@@ -299,7 +299,7 @@ def _next_interval(run: RunState, rate: float) -> float:
     but the last result must be seen fast (fan-in latency), and progress should
     show at least every POLL_MAX.
     """
-    if not run.dispatch_done:
+    if not run.tasks_out:
         return min(max(RESULTS_PER_LIST / rate, POLL_FAST_MAX), POLL_MAX)
     remaining = len(run.pending) / rate  # seconds until the last result, at this rate
     if _on_tail(run) or remaining <= TAIL_SECONDS:

@@ -80,6 +80,9 @@ class RunState:
         self.pending: dict[int, Pending] = {}
         self.task_ids: list[int] = []  # every task of the job, for the cleanup
         self.seen: set[int] = set()  # results listed, being fetched
+        #: every task is sent (the gather's tail starts here); ``dispatch_done``: and the
+        #: job's objects and plan are written (the gather ends only after that)
+        self.tasks_out = False
         self.dispatch_done = False
         self.last_progress = time.monotonic()
         self.uploads = asyncio.Semaphore(pool)
