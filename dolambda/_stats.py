@@ -49,6 +49,9 @@ class JobStats:
     #: function, from one plan the client wrote), and how many dispatchers that took
     dispatch: str = "client"
     dispatchers: int = 0
+    #: tasks the remote dispatchers reported they could not queue, which the client then
+    #: sent itself (not retries)
+    undispatched: int = 0
 
     @property
     def task_count(self) -> int:
@@ -133,7 +136,10 @@ class JobStats:
         if self.throttles:
             text += f", {self.throttles} calls throttled (429, sent again)"
         if self.dispatch == "remote":
-            text += f", dispatched remotely ({self.dispatchers} dispatchers)"
+            text += f", dispatched remotely ({self.dispatchers} dispatchers"
+            if self.undispatched:
+                text += f"; {self.undispatched} tasks they could not queue sent by the client"
+            text += ")"
         if self.bytes_sent:
             text += f", {format_bytes(self.bytes_sent)} sent"
         return text

@@ -27,6 +27,7 @@ from dolambda._wire.events import DispatchRange, dispatch_event, tree_size
 from dolambda._wire.models import DispatchPlan
 from dolambda.emulator import Emulator
 from tests.bodies.lambda_ import noisy, takes_20ms
+from tests.test_iam import policy_without
 
 #: the function's timeout here: a remote dispatcher's share is MAX_SPAN (1,000 tasks;
 #: 500 a second for a quarter of it would be 1,250), so every job below has one
@@ -388,3 +389,29 @@ def test_a_dispatcher_that_dies_leaves_the_client_to_send_the_tasks(
         assert job.stats.dispatch == "remote"
         assert job.stats.retries == n  # every task was sent again, by the client
         assert emu.stats.crashed >= 1
+
+
+@pytest.mark.parametrize(
+    "trigger,grant", [("s3", "DispatchTasks"), ("invoke", "InvokeItself")], ids=["s3", "invoke"]
+)
+def test_tasks_a_dispatcher_cannot_queue_are_reported_and_sent_by_the_client(
+    emu: Emulator, caplog: pytest.LogCaptureFixture, trigger: str, grant: str
+) -> None:
+    """A role without the grant remote dispatch needs (edited by hand, or deployed by an
+    older dolambda): every PUT under queue/ (trigger="s3") or Invoke (trigger="invoke")
+    of the dispatcher is denied. It reports each task as "undispatched" and the client
+    sends them itself at once: not retries, and not after the lost-task deadline (the
+    timer's resends would count as retries)."""
+    n = 10
+    backend = backend_for(emu, trigger=trigger)
+    with policy_without(emu, grant):
+        job = foreach(x=range(n)).chunk_size(1).submit(noisy, backend=backend, progress=False)
+        assert job.result(timeout=120) == [x * x for x in range(n)]
+    assert job.stats.dispatch == "remote"
+    assert job.stats.undispatched == n
+    assert job.stats.retries == 0
+    assert "could not queue" in job.stats.summary()
+    warned = [r.getMessage() for r in caplog.records if "could not queue" in r.getMessage()]
+    assert len(warned) == 1 and "AccessDenied" in warned[0], warned
+    settled(emu)
+    assert job_keys(emu, job.id) == []

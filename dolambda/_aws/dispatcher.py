@@ -21,7 +21,12 @@ then it queues its tasks through a pool of :data:`THREADS` threads (boto3 client
 are thread-safe), looking at the job's cancel marker before each batch and at the
 invocation's time left. A request that fails is logged and skipped, never raised: a
 raise would make the invocation fail (and on a function with Lambda's retries on, run
-the whole range again); the client's lost-task timer sends what is missing itself.
+the whole range again). Each task it could not queue (its PUT or Invoke failed, or the
+Invoke of the child dispatcher for its range did) is reported as its result: a failure
+of kind ``"undispatched"`` naming the error, which the client answers by sending the
+task itself at once (a role without the DispatchTasks or InvokeItself grant would
+otherwise leave every task to the client's lost-task timer, the function's timeout
+later). What no report covers (the invocation ran out of time, or died) the timer sends.
 
 Every task queued here carries a mark (S3 metadata ``dolambda-dispatched``, or
 ``"dispatched": true`` in the Invoke payload) that makes its worker look at the cancel
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,7 +59,7 @@ from dolambda._wire.events import (
     invoke_payload,
     split_range,
 )
-from dolambda._wire.models import DispatchPlan
+from dolambda._wire.models import DispatchPlan, TaskFailure, TaskOutcome, TaskStats
 
 #: requests in flight at once (the handler's clients hold as many connections)
 THREADS = 32
@@ -112,10 +118,13 @@ def dispatch(
             counts[what] = counts.get(what, 0) + n
 
     failures: list[str] = []
+    unqueued: list[tuple[int, str]] = []  # (task id, why): reported to the client
 
-    def failed(what: str, exc: Exception) -> None:
+    def failed(what: str, exc: Exception, task_ids: Any = ()) -> None:
         count("failed")
         with lock:
+            why = f"{what}: {type(exc).__name__}: {exc}"
+            unqueued.extend((t, why) for t in task_ids)
             if len(failures) >= 3:  # (the first few say it; a thousand lines would not)
                 return
             failures.append(f"{what}: {type(exc).__name__}: {exc}")
@@ -139,7 +148,11 @@ def dispatch(
                     )
                     count("children")
                 except Exception as exc:
-                    failed(f"dispatcher for tasks {child.first}..{child.last}", exc)
+                    failed(
+                        f"the dispatcher of task positions {child.first}..{child.last}",
+                        exc,
+                        plan.task_ids[child.first : child.last],
+                    )
 
             list(pool.map(invoke_child, children))
 
@@ -151,7 +164,7 @@ def dispatch(
                 )
                 count("queued")
             except Exception as exc:
-                failed(f"task {task_id}", exc)
+                failed(f"queueing task {task_id}", exc, (task_id,))
 
         for start in range(share.first, share.last, BATCH):
             left = _remaining(context)
@@ -168,7 +181,39 @@ def dispatch(
                 count("cancelled", share.last - start)
                 break
             list(pool.map(queue, range(start, min(start + BATCH, share.last))))
+        if unqueued:
+            reported = pool.map(
+                lambda item: _report_unqueued(s3, r.bucket, prefix, signing_key, r.job_id, *item),
+                unqueued,
+            )
+            count("reported", sum(reported))
     return counts
+
+
+def _report_unqueued(
+    s3: Any, bucket: str, prefix: str, signing_key: bytes, job_id: str, task_id: int, why: str
+) -> bool:
+    """Write the ``"undispatched"`` result of a task this dispatcher could not queue
+    (the client then sends it itself); False when even that fails (the client's timer
+    sends it) or a result is already there."""
+    from dolambda._aws.worker import put_result  # (the worker imports this module)
+
+    message = (
+        f"the remote dispatcher could not queue task {task_id} ({why}); if this is "
+        "AccessDenied, the function's role lacks the DispatchTasks or InvokeItself grant: "
+        "run `dolambda doctor`, or `dolambda deploy` again"
+    )
+    outcome = TaskOutcome(
+        job_id=job_id,
+        task_id=task_id,
+        failure=TaskFailure(kind="undispatched", message=message),
+        stats=TaskStats(finished_at=time.time()),
+    )
+    try:
+        return put_result(s3, bucket, prefix, signing_key, outcome)
+    except Exception as exc:
+        print(f"dolambda: job {job_id}: task {task_id} could not be reported unqueued: {exc}")
+        return False
 
 
 def _queue_one(

@@ -16,13 +16,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# 7: the "undispatched" failure kind (a remote dispatcher's report); the body signed for
+# its digest below (merged beside 6 without its own bump: a worker of either 6 refused
+# the other's bodies as a bad signature, not as another version)
 # 7: a body is signed for its digest (``bodies/<sha256>``), not its job, and stored under
 # ``<prefix>/bodies/``; 6: a task's captured output (TaskOutcome.output,
 # IterationError.output); 5: the "load"
 # and "code" failure kinds, the manifest lists the job's code archives
 # (``code``, installed before the body loads); 4: dolambda.rng pickles as
 # dolambda._core.seeds.rng (was dolambda._worker)
-WIRE_VERSION = 6
+WIRE_VERSION = 7
 
 ErrorHandling = Literal["stop", "remove", "pass"]
 Trigger = Literal["s3", "invoke", "call", "local"]
@@ -36,6 +39,9 @@ FailureKind = Literal[
     "crashed",  # the worker process died
     "lost",  # no result and no trace: never started, or its event was dropped
     "internal",  # anything else that is not the body's fault
+    # a remote dispatcher could not queue the task (it says why): the client sends it
+    # itself, at once, not as a retry (dolambda._aws.dispatcher)
+    "undispatched",
 ]
 
 

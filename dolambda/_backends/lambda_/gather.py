@@ -7,6 +7,7 @@ results go to ``run.out`` as :class:`~dolambda._backends.base.TaskResult`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from dolambda._backends.base import TaskResult
@@ -18,6 +19,8 @@ from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.codec import outcome_context
 from dolambda._wire.models import JOB_FAILURES, TaskFailure, TaskOutcome
+
+log = logging.getLogger("dolambda")
 
 # LIST interval: fast on the tail, slowing to POLL_MAX after a minute without progress
 POLL_MIN, POLL_FAST_MAX, POLL_MAX = 0.01, 0.05, 1.0
@@ -128,6 +131,9 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
         run.seen.discard(task_id)
         return
     run.last_progress = time.monotonic()
+    if failure is not None and failure.kind == "undispatched" and not run.job.cancelled.is_set():
+        await _send_undispatched(run, task_id, key, entry, failure.message)
+        return
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
@@ -170,6 +176,25 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
         )
     # (moves up a memory tier are not retries: they are counted by tier in the stats)
     await _deliver(run, decode_outcome(outcome, attempts=entry.retries_used + 1))
+
+
+async def _send_undispatched(
+    run: RunState, task_id: int, key: str, entry: Pending, message: str
+) -> None:
+    """A remote dispatcher reported that it could not queue the task: the client sends it
+    itself now (its report cleared first, so the task's result can be written), rather
+    than at the lost-task deadline; said once per job."""
+    if not run.job.stats.undispatched:
+        log.warning(
+            "dolambda: job %s: %s. The client sends every such task itself",
+            run.job.job_id,
+            message,
+        )
+    run.job.stats.undispatched += 1
+    await run.s3.delete_keys([key])
+    run.seen.discard(task_id)
+    entry.client_sends += 1
+    await dispatch.resend(run, task_id, entry)
 
 
 def _run_again(run: RunState, task_id: int, entry: Pending, kind: str) -> str | None:

@@ -44,11 +44,14 @@ class Pending:
     #: moved up a tier after running out of memory (those runs are not retries)
     tier: int = 0
     escalations: int = 0
+    #: times the client sent it because a remote dispatcher could not (not retries)
+    client_sends: int = 0
 
     @property
     def retries_used(self) -> int:
-        """Attempts past the first that were retries (not moves to a larger tier)."""
-        return self.attempt - self.escalations
+        """Attempts past the first that were retries (not moves to a larger tier, nor the
+        client's sends of a task a remote dispatcher could not queue)."""
+        return self.attempt - self.escalations - self.client_sends
 
     @property
     def last_sent(self) -> float:
