@@ -10,6 +10,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from dolambda._aws.endpoints import resolve_endpoints_per_bucket, unreferenced
 from dolambda._aws.errors import Kind, kind_of, translate, translated
 from dolambda._aws.s3 import RequestCounter, open_s3
 from dolambda._errors import ConfigError, DeployError, StorageError
@@ -190,3 +191,68 @@ def test_a_409_on_the_result_put_is_retried_and_only_412_means_written(
     exists = RacingS3([_client_error("PreconditionFailed", 412)])
     assert worker.put_result(exists, "b", "p", b"k" * 32, outcome) is False
     assert exists.puts == 1
+
+
+# --- S3's endpoint rules: once per bucket, not per key ------------------------------------
+
+
+def _count_rule_evaluations(client: Any) -> list[int]:
+    ruleset = client._ruleset_resolver._provider.ruleset
+    calls = [0]
+    evaluate = ruleset.evaluate
+
+    def counted(params: Any) -> Any:
+        calls[0] += 1
+        return evaluate(params)
+
+    ruleset.evaluate = counted
+    return calls
+
+
+def test_the_clients_resolve_s3_endpoints_once_per_bucket_not_per_key(moto_url: str) -> None:
+    """botocore evaluates S3's endpoint rules again for every new key (its cache is keyed
+    by Key, which no rule reads; boto/botocore#3692 fixed it upstream): the worker's boto3
+    client and the job client evaluate them once, and every request still works."""
+    plain = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", **CREDS)
+    plain_calls = _count_rule_evaluations(plain)
+    fixed = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", **CREDS)
+    assert resolve_endpoints_per_bucket(fixed) == ("Key", "Prefix", "CopySource")
+    assert resolve_endpoints_per_bucket(fixed) == ("Key", "Prefix", "CopySource")  # (once)
+    calls = _count_rule_evaluations(fixed)
+    for client in (plain, fixed):
+        for i in range(20):
+            client.put_object(Bucket=BUCKET, Key=f"ep/{id(client)}/{i}", Body=b"x")
+            client.get_object(Bucket=BUCKET, Key=f"ep/{id(client)}/{i}")["Body"].read()
+    assert plain_calls[0] >= 20
+    assert calls[0] == 1
+    fixed.copy_object(
+        Bucket=BUCKET, Key="ep/copy", CopySource={"Bucket": BUCKET, "Key": f"ep/{id(fixed)}/0"}
+    )
+    listed = fixed.list_objects_v2(Bucket=BUCKET, Prefix="ep/copy")["Contents"]
+    assert [o["Key"] for o in listed] == ["ep/copy"]
+
+    async def job_client() -> int:
+        async with open_s3(
+            bucket=BUCKET,
+            region="us-east-1",
+            profile=None,
+            endpoint_url=moto_url,
+            pool=8,
+            counter=RequestCounter(),
+            credentials=CREDS,
+        ) as s3:
+            counted = _count_rule_evaluations(s3.client)
+            for i in range(10):
+                await s3.put(f"ep/async/{i}", b"y")
+                assert await s3.get(f"ep/async/{i}") == b"y"
+            return counted[0]
+
+    assert asyncio.run(job_client()) == 1
+
+
+def test_a_parameter_a_rule_refers_to_is_kept() -> None:
+    ruleset = {
+        "parameters": {"Bucket": {}, "Key": {}, "Prefix": {}},
+        "rules": [{"conditions": [{"fn": "isSet", "argv": [{"ref": "Key"}]}], "rules": []}],
+    }
+    assert unreferenced(ruleset) == ("Prefix",)  # (CopySource: not declared here)

@@ -1,0 +1,73 @@
+"""S3 endpoint resolution once per bucket, not once per key (client and worker).
+
+botocore resolves every request's endpoint by evaluating S3's endpoint rules with the
+request's parameters, behind a cache keyed by those parameters. S3's rule set declares
+``Key``, ``Prefix`` and ``CopySource`` as parameters although no rule refers to them, so
+every new key misses the cache and the whole rule tree is evaluated again: in a job's
+client ~1/5 of its CPU per request here (section cpu of the benchmarks; every task is a
+new key), and in a worker on Lambda, CPU billed with each task. botocore fixed this
+upstream by dropping those three before the rules see them (boto/botocore#3692, after
+boto/botocore#3528); the botocore that aiobotocore pins here (1.40) does not have it.
+:func:`resolve_endpoints_per_bucket` does the same on one client, and only for those of
+the three that the client's own rule set does not refer to (a later rule set that uses
+one keeps it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+#: S3 endpoint-rule parameters that no rule refers to (botocore#3692 drops the same)
+UNREFERENCED = ("Key", "Prefix", "CopySource")
+
+
+def _refs(node: Any) -> Iterator[str]:
+    """Every ``{"ref": name}`` in a rule set (its raw JSON)."""
+    if isinstance(node, dict):
+        ref = node.get("ref")
+        if isinstance(ref, str):
+            yield ref
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def unreferenced(ruleset: Any, names: tuple[str, ...] = UNREFERENCED) -> tuple[str, ...]:
+    """Which of ``names`` the rule set declares as parameters and no rule refers to."""
+    declared = ruleset.get("parameters", {}) if isinstance(ruleset, dict) else {}
+    used = set(_refs(ruleset.get("rules", []) if isinstance(ruleset, dict) else []))
+    return tuple(n for n in names if n in declared and n not in used)
+
+
+def resolve_endpoints_per_bucket(client: Any) -> tuple[str, ...]:
+    """Make an S3 client (botocore or aiobotocore) resolve its endpoint once per bucket
+    and operation kind, not per key; returns the parameters it now leaves out (none when
+    the client is not one this knows how to change: it then works as before)."""
+    resolver = getattr(client, "_ruleset_resolver", None)
+    provider = getattr(resolver, "_provider", None)
+    loader = getattr(client, "_loader", None)
+    if provider is None or loader is None or getattr(provider, "_dolambda_drops", None):
+        return tuple(getattr(provider, "_dolambda_drops", None) or ())
+    try:
+        meta = client.meta.service_model
+        ruleset = loader.load_service_model(
+            meta.service_name, "endpoint-rule-set-1", api_version=meta.api_version
+        )
+    except Exception:  # (no rule set to read: leave the client as it is)
+        return ()
+    drops = unreferenced(ruleset)
+    if not drops:
+        return ()
+    cached = provider.resolve_endpoint  # (botocore's per-parameters cache)
+
+    def resolve_endpoint(**params: Any) -> Any:
+        for name in drops:
+            params.pop(name, None)
+        return cached(**params)
+
+    provider.resolve_endpoint = resolve_endpoint
+    provider._dolambda_drops = drops
+    return drops
