@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 
 from dolambda._aws.dispatcher import THREADS
-from dolambda._aws.endpoints import resolve_endpoints_per_bucket
+from dolambda._aws.percall import lighten
 from dolambda._aws.watchdog import Watchdog, enabled_from_env
 from dolambda._aws.worker import handle_event, signing_key_from_env
 from dolambda._core.execute import WorkerState
@@ -46,7 +46,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     if _s3 is None:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or None
         _s3 = boto3.client("s3", endpoint_url=endpoint, config=_config)
-        resolve_endpoints_per_bucket(_s3)  # (S3's endpoint rules once, not for each key)
+        lighten(_s3)  # (S3's endpoint rules once, not for each key; the User-Agent once)
     results: list[dict[str, str]] = []  # (trigger="call": the results, in the response)
     outcomes = handle_event(
         event,

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from dolambda._aws.endpoints import resolve_endpoints_per_bucket, unreferenced
 from dolambda._aws.errors import Kind, kind_of, translate, translated
+from dolambda._aws.percall import build_user_agent_once, resolve_endpoints_per_bucket, unreferenced
 from dolambda._aws.s3 import RequestCounter, open_s3
 from dolambda._errors import ConfigError, DeployError, StorageError
 from tests.moto_server import MotoServer
@@ -256,3 +256,37 @@ def test_a_parameter_a_rule_refers_to_is_kept() -> None:
         "rules": [{"conditions": [{"fn": "isSet", "argv": [{"ref": "Key"}]}], "rules": []}],
     }
     assert unreferenced(ruleset) == ("Prefix",)  # (CopySource: not declared here)
+
+
+def test_the_user_agent_is_built_once_per_set_of_features_and_is_the_same(moto_url: str) -> None:
+    """botocore builds the User-Agent twice a request; built once per set of feature ids,
+    the header sent is the very one botocore would have built."""
+    sent: dict[str, list[str]] = {"plain": [], "once": []}
+    clients = {
+        name: boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", **CREDS)
+        for name in sent
+    }
+    creator = clients["once"]._user_agent_creator
+    built = [0]
+    original = creator.to_string
+
+    def counted() -> str:
+        built[0] += 1
+        text: str = original()
+        return text
+
+    creator.to_string = counted
+    assert build_user_agent_once(clients["once"]) and build_user_agent_once(clients["once"])
+    for name, client in clients.items():
+        client.meta.events.register(
+            "before-send.s3",
+            lambda request, name=name, **_: sent[name].append(request.headers["User-Agent"]),
+        )
+        for i in range(3):
+            client.put_object(Bucket=BUCKET, Key=f"ua/{name}/{i}", Body=b"x")
+            client.get_object(Bucket=BUCKET, Key=f"ua/{name}/{i}")["Body"].read()
+        client.list_objects_v2(Bucket=BUCKET, Prefix="ua/")
+    assert sent["once"] == sent["plain"]
+    assert len(set(sent["once"])) >= 2  # (the requests' feature ids differ: m/...)
+    # 7 requests, each building it twice without: once per set of features with
+    assert built[0] <= len(set(sent["once"])) + 2 < 14

@@ -20,9 +20,9 @@ from aiobotocore.config import AioConfig
 
 from dolambda import _sync
 from dolambda._aws.endpoint import refused
-from dolambda._aws.endpoints import resolve_endpoints_per_bucket
 from dolambda._aws.errors import CREDENTIAL_CHAIN, OBJECT_MISSING, Kind, kind_of, translated
 from dolambda._aws.invoke import Invoker
+from dolambda._aws.percall import lighten
 from dolambda._errors import ConfigError, StorageError
 
 
@@ -330,7 +330,7 @@ async def open_s3(
         s3 = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, config=config, verify=verify)
         )
-        resolve_endpoints_per_bucket(s3)  # (every task is a new key: no rules per key)
+        lighten(s3)  # (every task is a new key: the endpoint rules once, the User-Agent once)
         lam = call = None
         if with_lambda:
             lam = await stack.enter_async_context(

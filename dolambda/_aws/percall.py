@@ -1,7 +1,9 @@
-"""S3 endpoint resolution once per bucket, not once per key (client and worker).
+"""What botocore redoes for every request and need not, undone on dolambda's own clients
+(the job's aiobotocore S3 client, the worker's and dispatcher's boto3 one): :func:`lighten`.
 
-botocore resolves every request's endpoint by evaluating S3's endpoint rules with the
-request's parameters, behind a cache keyed by those parameters. S3's rule set declares
+**S3 endpoint resolution once per bucket, not once per key.** botocore resolves every
+request's endpoint by evaluating S3's endpoint rules with the request's parameters,
+behind a cache keyed by those parameters. S3's rule set declares
 ``Key``, ``Prefix`` and ``CopySource`` as parameters although no rule refers to them, so
 every new key misses the cache and the whole rule tree is evaluated again: in a job's
 client ~1/5 of its CPU per request here (section cpu of the benchmarks; every task is a
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+
+from botocore.context import get_context
 
 #: S3 endpoint-rule parameters that no rule refers to (botocore#3692 drops the same)
 UNREFERENCED = ("Key", "Prefix", "CopySource")
@@ -71,3 +75,44 @@ def resolve_endpoints_per_bucket(client: Any) -> tuple[str, ...]:
     provider.resolve_endpoint = resolve_endpoint
     provider._dolambda_drops = drops
     return drops
+
+
+def build_user_agent_once(client: Any) -> bool:
+    """Make a client build its User-Agent header once per set of feature ids, not twice
+    per request; False when it is not one this knows how to change.
+
+    **The User-Agent header.** botocore assembles it from a dozen components (SDK, OS,
+    language, config, the feature ids the request used: ``m/...``), each sanitized,
+    before every request and again just before sending (once the request's features are
+    known): ~5% of a request's CPU here. Everything in it but the feature ids is fixed
+    for the client, so the string is kept per set of features (the client's and the
+    request's): the same header, built once.
+    """
+    creator = getattr(client, "_user_agent_creator", None)
+    build = getattr(creator, "to_string", None)
+    if creator is None or build is None or not hasattr(creator, "_client_features"):
+        return False
+    if getattr(creator, "_dolambda_once", False):
+        return True
+    built: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        key = (
+            frozenset(() if context is None else context.features),
+            frozenset(creator._client_features or ()),
+        )
+        text = built.get(key)
+        if text is None:
+            text = built[key] = build()
+        return text
+
+    creator.to_string = to_string
+    creator._dolambda_once = True
+    return True
+
+
+def lighten(client: Any) -> None:
+    """Both of the above on one S3 client (each a no-op where it does not apply)."""
+    resolve_endpoints_per_bucket(client)
+    build_user_agent_once(client)
