@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from botocore.context import get_context
-
 #: S3 endpoint-rule parameters that no rule refers to (botocore#3692 drops the same)
 UNREFERENCED = ("Key", "Prefix", "CopySource")
 
@@ -88,6 +86,10 @@ def build_user_agent_once(client: Any) -> bool:
     for the client, so the string is kept per set of features (the client's and the
     request's): the same header, built once.
     """
+    try:  # (a botocore older than its feature ids, 1.36: nothing to change)
+        from botocore.context import get_context
+    except ImportError:
+        return False
     creator = getattr(client, "_user_agent_creator", None)
     build = getattr(creator, "to_string", None)
     if creator is None or build is None or not hasattr(creator, "_client_features"):
