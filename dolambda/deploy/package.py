@@ -63,6 +63,7 @@ WORKER_MODULES = (
     "_aws/__init__.py",
     "_aws/dispatcher.py",
     "_aws/errors.py",
+    "_aws/percall.py",
     "_aws/watchdog.py",
     "_aws/worker.py",
     "_code/__init__.py",
