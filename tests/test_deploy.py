@@ -667,6 +667,7 @@ def test_small_package_contents(small_package: dep.Package) -> None:
         "dolambda/_aws/__init__.py",
         "dolambda/_aws/dispatcher.py",
         "dolambda/_aws/errors.py",
+        "dolambda/_aws/percall.py",
         "dolambda/_aws/watchdog.py",
         "dolambda/_aws/worker.py",
         "dolambda/_code/__init__.py",
