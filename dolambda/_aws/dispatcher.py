@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,7 +58,7 @@ from dolambda._wire.events import (
     invoke_payload,
     split_range,
 )
-from dolambda._wire.models import DispatchPlan, TaskFailure, TaskOutcome, TaskStats
+from dolambda._wire.models import DispatchPlan
 
 #: requests in flight at once (the handler's clients hold as many connections)
 THREADS = 32
@@ -196,21 +195,17 @@ def _report_unqueued(
     """Write the ``"undispatched"`` result of a task this dispatcher could not queue
     (the client then sends it itself); False when even that fails (the client's timer
     sends it) or a result is already there."""
-    from dolambda._aws.worker import put_result  # (the worker imports this module)
+    from dolambda._aws.worker import put_failure  # (the worker imports this module)
 
     message = (
         f"the remote dispatcher could not queue task {task_id} ({why}); if this is "
         "AccessDenied, the function's role lacks the DispatchTasks or InvokeItself grant: "
         "run `dolambda doctor`, or `dolambda deploy` again"
     )
-    outcome = TaskOutcome(
-        job_id=job_id,
-        task_id=task_id,
-        failure=TaskFailure(kind="undispatched", message=message),
-        stats=TaskStats(finished_at=time.time()),
-    )
     try:
-        return put_result(s3, bucket, prefix, signing_key, outcome)
+        return put_failure(
+            s3, bucket, prefix, signing_key, job_id, task_id, "undispatched", message
+        )
     except Exception as exc:
         print(f"dolambda: job {job_id}: task {task_id} could not be reported unqueued: {exc}")
         return False

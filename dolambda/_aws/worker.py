@@ -37,7 +37,14 @@ from dolambda._core.execute import BodyNotLoaded, CodeUnavailable, WorkerState, 
 from dolambda._wire import codec
 from dolambda._wire import keys as _keys
 from dolambda._wire.events import parse_dispatch
-from dolambda._wire.models import JobManifest, TaskFailure, TaskOutcome, TaskSpec, TaskStats
+from dolambda._wire.models import (
+    FailureKind,
+    JobManifest,
+    TaskFailure,
+    TaskOutcome,
+    TaskSpec,
+    TaskStats,
+)
 
 
 def process_s3_task(
@@ -246,17 +253,35 @@ def report_handler_error(
         f"{exc}. If this is AccessDenied, the function's role lacks a permission: run "
         "`dolambda doctor` (it checks the role's policy) or `dolambda deploy` again"
     )
-    outcome = TaskOutcome(
-        job_id=job_id,
-        task_id=task_id,
-        failure=TaskFailure(kind="internal", message=message),
-        stats=TaskStats(finished_at=time.time()),
-    )
     try:
-        stored = put_result(s3, bucket, prefix, signing_key, outcome, written=written)
+        stored = put_failure(
+            s3, bucket, prefix, signing_key, job_id, task_id, "internal", message, written
+        )
     except Exception:
         raise exc from None
     return "failure-recorded" if stored else "duplicate"
+
+
+def put_failure(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    signing_key: bytes,
+    job_id: str,
+    task_id: int,
+    kind: FailureKind,
+    message: str,
+    written: Callable[[str, bytes], None] | None = None,
+) -> bool:
+    """Write a task's result that is a failure of ``kind`` (no iteration ran), once, as
+    :func:`put_result` does; False when a result is already there."""
+    outcome = TaskOutcome(
+        job_id=job_id,
+        task_id=task_id,
+        failure=TaskFailure(kind=kind, message=message),
+        stats=TaskStats(finished_at=time.time()),
+    )
+    return put_result(s3, bucket, prefix, signing_key, outcome, written=written)
 
 
 #: how often a result PUT that S3 answers 409 ConditionalRequestConflict is tried again

@@ -16,12 +16,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# 7: the "undispatched" failure kind (a remote dispatcher's report); the body signed for
-# its digest below (merged beside 6 without its own bump: a worker of either 6 refused
-# the other's bodies as a bad signature, not as another version)
-# 7: a body is signed for its digest (``bodies/<sha256>``), not its job, and stored under
-# ``<prefix>/bodies/``; 6: a task's captured output (TaskOutcome.output,
-# IterationError.output); 5: the "load"
+# 7: the "undispatched" failure kind (a remote dispatcher's report), and a body is signed
+# for its digest (``bodies/<sha256>``), not its job, and stored under ``<prefix>/bodies/``
+# (that change was merged beside 6 without a bump of its own: a worker of either 6 took
+# the other's bodies for bad signatures, not another version); 6: a task's captured
+# output (TaskOutcome.output, IterationError.output); 5: the "load"
 # and "code" failure kinds, the manifest lists the job's code archives
 # (``code``, installed before the body loads); 4: dolambda.rng pickles as
 # dolambda._core.seeds.rng (was dolambda._worker)

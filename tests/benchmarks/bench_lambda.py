@@ -264,18 +264,16 @@ def smallest_job(moto: Server, emu: Emulator, quick: bool) -> list[Row]:
             t0, w0 = time.perf_counter(), time.time()
             job = run_job(foreach(x=range(1)).chunk_size(1), backend, workloads.inc)
             job_s, returned = time.perf_counter() - t0, time.time()
-            task = f"{prefix}{i}/task", f"{prefix}{i}/result"
+            task, result = f"{prefix}{i}/task", f"{prefix}{i}/result"
             t0 = time.perf_counter()
-            raw.put_object(Bucket=bucket, Key=task[0], Body=blob)
+            raw.put_object(Bucket=bucket, Key=task, Body=blob)
             t1 = time.perf_counter()
-            raw.get_object(Bucket=bucket, Key=task[0])["Body"].read()
+            raw.get_object(Bucket=bucket, Key=task)["Body"].read()
             t2 = time.perf_counter()
-            raw.put_object(Bucket=bucket, Key=task[1], Body=blob)
+            raw.put_object(Bucket=bucket, Key=result, Body=blob)
             raw.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}{i}/")
-            raw.get_object(Bucket=bucket, Key=task[1])["Body"].read()
-            raw.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": task[0]}, {"Key": task[1]}]}
-            )
+            raw.get_object(Bucket=bucket, Key=result)["Body"].read()
+            raw.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": task}, {"Key": result}]})
             if not i:  # (the first warms the client's connection and endpoint rules)
                 continue
             jobs.append(job_s)

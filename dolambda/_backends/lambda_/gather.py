@@ -131,9 +131,6 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
         run.seen.discard(task_id)
         return
     run.last_progress = time.monotonic()
-    if failure is not None and failure.kind == "undispatched" and not run.job.cancelled.is_set():
-        await _send_undispatched(run, task_id, key, entry, failure.message)
-        return
     if (
         failure is not None
         and failure.kind in RUNTIME_FAILURES
@@ -142,9 +139,9 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
         return  # a backup or its original failed while the other is still out
     again = None if failure is None else _run_again(run, task_id, entry, failure.kind)
     if again is not None and failure is not None:
-        # the task runs again (split, on a larger tier, or retried): this invocation was
-        # billed all the same, so it counts in the job's stats
-        if outcome.stats is not None:
+        # the task runs again (split, on a larger tier, retried, or sent by the client):
+        # an invocation that ran was billed all the same, so it counts in the job's stats
+        if outcome.stats is not None and again != "client":
             run.job.stats.tasks.append(outcome.stats)
         if again == "split":
             # its halves go out instead (an out-of-memory chunk is split before it moves
@@ -158,6 +155,9 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
         if again == "tier":  # out of memory: the next tier up (an Invoke of its alias)
             entry.tier += 1
             entry.escalations += 1
+        if again == "client":  # a remote dispatcher could not queue it: not a retry
+            entry.client_sends += 1
+            _undispatched(run, failure.message)
         await dispatch.resend(run, task_id, entry)
         return
     del run.pending[task_id]
@@ -178,12 +178,9 @@ async def accept(run: RunState, task_id: int, key: str, blob: bytes) -> None:
     await _deliver(run, decode_outcome(outcome, attempts=entry.retries_used + 1))
 
 
-async def _send_undispatched(
-    run: RunState, task_id: int, key: str, entry: Pending, message: str
-) -> None:
-    """A remote dispatcher reported that it could not queue the task: the client sends it
-    itself now (its report cleared first, so the task's result can be written), rather
-    than at the lost-task deadline; said once per job."""
+def _undispatched(run: RunState, message: str) -> None:
+    """A remote dispatcher reported a task it could not queue (the client sends it now,
+    not at the lost-task deadline): counted, and said once per job."""
     if not run.job.stats.undispatched:
         log.warning(
             "dolambda: job %s: %s. The client sends every such task itself",
@@ -191,17 +188,18 @@ async def _send_undispatched(
             message,
         )
     run.job.stats.undispatched += 1
-    await run.s3.delete_keys([key])
-    run.seen.discard(task_id)
-    entry.client_sends += 1
-    await dispatch.resend(run, task_id, entry)
 
 
 def _run_again(run: RunState, task_id: int, entry: Pending, kind: str) -> str | None:
     """How a task whose runtime failed (``kind``) runs again: ``"split"`` (a timed-out or
     out-of-memory chunk), ``"tier"`` (out of memory, a larger tier left), ``"retry"``
-    (retries left), or None: its failure stands."""
-    if run.job.cancelled.is_set() or kind not in RUNTIME_FAILURES:
+    (retries left), ``"client"`` (a remote dispatcher could not queue it: the client
+    sends it, whatever the retries left), or None: its failure stands."""
+    if run.job.cancelled.is_set():
+        return None
+    if kind == "undispatched":
+        return "client"
+    if kind not in RUNTIME_FAILURES:
         return None
     if kind in ("timeout", "memory") and split.can_split(task_id, entry):
         return "split"
